@@ -1,0 +1,21 @@
+/* util.h — pure helpers: session-key rules, UTF-8 validation, duration and size parsing.
+ * No allocation, no I/O, no state: safe from any thread. */
+#ifndef WSGATE_UTIL_H
+#define WSGATE_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KEY_MAX_LEN 128
+
+/* DESIGN.md §2: 1..128 bytes of [A-Za-z0-9_:.-], no leading/trailing '.', no "..".
+ * Returns 1 when valid. Used for session keys and topic names. */
+int key_valid(const char *s, size_t len);
+/* 1 when buf[0..len) is well-formed UTF-8 (no overlongs, surrogates, > U+10FFFF). */
+int utf8_valid(const void *buf, size_t len);
+/* "250ms", "30s", "5m", "1h", bare number = seconds. 0 and *ms set, or -1. */
+int parse_duration_ms(const char *s, uint64_t *ms);
+/* "512", "64k", "1m" (KiB/MiB), bare number = bytes. 0 and *bytes set, or -1. */
+int parse_size(const char *s, uint64_t *bytes);
+
+#endif

@@ -1,0 +1,52 @@
+#!/bin/sh
+# run-tests.sh — runs every test program and counts test cases from their TAP output
+# ("ok N - name" / "not ok N - name"). A program that exits non-zero without reporting a
+# failing case counts as one failed case, so a crash never passes silently.
+# Called by `make test` with WSGATE_BIN (the binary under test) and BUILD (build dir).
+# Ends with exactly one line: "N passed, N failed".
+set -u
+cd "$(dirname "$0")/.."
+: "${BUILD:=build}"
+: "${WSGATE_BIN:=$PWD/wsgate}"
+export WSGATE_BIN BUILD
+export WSGATE_TOOLS="$PWD/$BUILD/tools"
+export CMOCKA_MESSAGE_OUTPUT=TAP
+PY=/usr/bin/python3   # Debian's python: it sees python3-websockets (pyenv's does not)
+LOGDIR=$(mktemp -d /tmp/wsgate-tests.XXXXXX)
+passed=0
+failed=0
+
+run_one() { # name, command...
+    name=$1; shift
+    out="$LOGDIR/$(echo "$name" | tr '/' '_').log"
+    echo "# --- $name"
+    "$@" >"$out" 2>&1
+    rc=$?
+    grep -E '^(not ok|ok) ' "$out" | sed 's/^/  /'
+    p=$(grep -cE '^ok ' "$out")
+    f=$(grep -cE '^not ok ' "$out")
+    if [ "$rc" != 0 ] && [ "$f" = 0 ]; then
+        echo "  not ok - $name exited with status $rc (log: $out)"
+        tail -n 20 "$out" | sed 's/^/  # /'
+        f=1
+    elif [ "$f" != 0 ]; then
+        echo "  # failures in $name (log: $out):"
+        grep -E -A8 '^not ok ' "$out" | head -n 60 | sed 's/^/  # /'
+    fi
+    passed=$((passed + p))
+    failed=$((failed + f))
+}
+
+for t in "$BUILD"/tests/test_*; do
+    [ -x "$t" ] || continue
+    run_one "unit/$(basename "$t")" "$t"
+done
+for t in tests/integration/test_*.py; do
+    [ -f "$t" ] || continue
+    run_one "integration/$(basename "$t")" "$PY" "$t"
+done
+if [ -f tests/interop/run.sh ]; then
+    run_one "interop" sh tests/interop/run.sh
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
