@@ -36,7 +36,7 @@ int session_deliver(struct session *s, uint64_t msg_id, struct msg *m);
 /* Messages queued on s's socket and not yet written. */
 size_t session_pending(const struct session *s);
 /* Completion of broker attach: status 0 answers the client 101; < 0 answers 503 and
- * closes (detach follows later). */
+ * closes, and the core does not call detach for s (the backend already forgot it). */
 void session_attached(struct session *s, int status);
 /* Close s's socket with a WebSocket close code (e.g. 1011 broker failure); detach follows. */
 void session_close(struct session *s, uint16_t code);

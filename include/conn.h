@@ -1,0 +1,128 @@
+/* conn.h — one client connection: HTTP/1.1 (llhttp) until a valid upgrade, then
+ * WebSocket (wslay). Owns the socket, the HTTP state, the wslay context, the session
+ * and the output queue of refcounted messages. Does NOT route messages or know which
+ * broker runs: it calls session_* and broker_* only. Loop thread only.
+ * Internal header shared by src/conn.c, src/http.c, src/ws.c and src/server.c. */
+#ifndef WSGATE_CONN_H
+#define WSGATE_CONN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+#include <wslay/wslay.h>
+
+struct server;
+struct msg;
+struct session;
+struct http_state;
+
+enum conn_state { CONN_HTTP = 0, CONN_WS, CONN_WS_CLOSING, CONN_CLOSING };
+
+enum conn_flag {
+    CONN_F_DIRTY = 1 << 0,        /* on srv->dirty */
+    CONN_F_WRITING = 1 << 1,      /* a uv_write is in flight */
+    CONN_F_CLOSE_AFTER = 1 << 2,  /* close the socket once the queue is written */
+    CONN_F_CLOSE_SOON = 1 << 3,   /* close at the next flush pass (deferred close) */
+    CONN_F_READ_PAUSED = 1 << 4,  /* reads stopped for backpressure */
+    CONN_F_PINGED = 1 << 5,       /* a ping went out since the last activity */
+    CONN_F_CLOSED_H = 1 << 6,     /* the uv handle is closed: free when refs reach 0 */
+};
+
+/* One queued item: a message ref, and the broker id to ack once written (0 = none). */
+struct outq_item {
+    struct msg *m;   /* ref: released when written or dropped */
+    uint64_t msg_id; /* for broker_ack after the write; 0 = no ack */
+};
+
+/* Ring of queued items; items [0, writing) are in the in-flight uv_write. */
+struct outq {
+    struct outq_item *items; /* owned: ring storage, NULL while never used */
+    uint32_t cap;            /* power of two */
+    uint32_t head;           /* index of the oldest item */
+    uint32_t count;          /* items queued */
+    uint32_t writing;        /* items covered by the in-flight write */
+    uint32_t off;            /* bytes of the head item already written */
+    size_t bytes;            /* unwritten bytes of all items */
+};
+
+struct conn {
+    uv_tcp_t tcp;                /* embedded: c is freed only in conn_on_closed() */
+    struct server *srv;          /* borrowed: srv owns c via its lists */
+    struct conn *prev;           /* list links (srv->http, srv->ws or srv->closing) */
+    struct conn *next;
+    struct conn *dirty_next;     /* link on srv->dirty */
+    uint8_t state;               /* enum conn_state */
+    uint8_t flags;               /* enum conn_flag */
+    uint16_t close_code;         /* WebSocket close code to send at the deferred close */
+    uint32_t refs;               /* async ops holding c (push callbacks); free at 0 after close */
+    uint32_t upstream_inflight;  /* upstream publishes not yet called back */
+    uint64_t active_ms;          /* last activity (ws: any frame; http: deadline base) */
+    struct http_state *http;     /* owned: NULL after the upgrade */
+    wslay_event_context_ptr ws;  /* owned: NULL until the upgrade */
+    struct session *sess;        /* owned: from the upgrade request until conn_on_closed */
+    const uint8_t *rx;           /* borrowed: unread bytes of the current read (wslay pulls) */
+    size_t rx_len;
+    struct outq out;             /* owned: bytes to write, in order */
+    struct outq early;           /* owned: frames delivered before the 101 went out */
+};
+
+/* --- conn.c --- */
+struct conn *conn_accept(struct server *srv);
+/* Queue m (a ref is taken) with an ack id. 0, or UV_ENOMEM. */
+int conn_queue(struct conn *c, struct msg *m, uint64_t msg_id);
+/* Queue a copy of bytes as a raw (unframed) message. 0 or UV_ENOMEM. */
+int conn_queue_bytes(struct conn *c, const void *data, size_t len);
+/* Mark c for the next flush pass. */
+void conn_dirty(struct conn *c);
+/* Write what is queued (called from the flush pass). */
+void conn_flush(struct conn *c);
+/* Close now (I/O callbacks only: detaches from the broker synchronously). Idempotent. */
+void conn_close(struct conn *c);
+/* Close at the next flush pass; safe inside broker callbacks. */
+void conn_close_soon(struct conn *c);
+/* Move c between server lists. */
+void conn_list_remove(struct conn *c);
+void conn_list_append(struct conn *c, int which);
+enum { CONN_LIST_HTTP, CONN_LIST_WS, CONN_LIST_CLOSING };
+void conn_ref(struct conn *c);
+void conn_unref(struct conn *c);
+void conn_read_pause(struct conn *c, int pause);
+/* Flush every dirty conn (flush pass). */
+void conn_flush_all(struct server *srv);
+/* Drop queued items of q not yet being written (closing). Returns count dropped. */
+uint32_t outq_drop_unsent(struct outq *q);
+/* Append m (a ref is taken). 0 or UV_ENOMEM. */
+int outq_push(struct outq *q, struct msg *m, uint64_t msg_id);
+void outq_free(struct outq *q);
+
+/* --- http.c --- */
+int http_start(struct conn *c);
+void http_feed(struct conn *c, const char *data, size_t len);
+void http_free(struct http_state *h);
+/* c closes while its upgrade is attaching or attached without a 101: undo the attach. */
+void http_upgrade_abort(struct conn *c);
+/* Sweep: enforce handshake/keep-alive deadlines. */
+void http_check_timeout(struct conn *c, uint64_t now);
+/* Write finished for c: resume reads if they were paused for pipelining. */
+void http_on_written(struct conn *c);
+/* Queue a JSON error answer. close=1 adds Connection: close and closes after. */
+void http_error(struct conn *c, int status, const char *reason, int close);
+/* Render a whole answer as a raw msg (refs 1); extra = header lines ending in CRLF. */
+struct msg *http_render(int status, const char *ctype, const char *extra, const char *body,
+                        size_t body_len, int close);
+/* Shutdown: close c now if idle, else after its pending answers. */
+void http_drain(struct conn *c);
+
+/* --- ws.c --- */
+/* The upgrade request for c was valid and attach succeeded: send 101, switch to WS. */
+int ws_start(struct conn *c, const uint8_t *pre, size_t pre_len);
+void ws_feed(struct conn *c, const uint8_t *data, size_t len);
+/* Begin the closing handshake with code (1000-4999); the socket closes later. */
+void ws_close(struct conn *c, uint16_t code);
+void ws_free(struct conn *c);
+/* Compute Sec-WebSocket-Accept for a client key (base64 of 24 chars + NUL into out[29]). */
+void ws_accept_key(const char *client_key, size_t len, char out[29]);
+/* Sweep: pings, idle timeout, close timeout. */
+void ws_check_timeout(struct conn *c, uint64_t now);
+
+#endif

@@ -1,0 +1,84 @@
+/* server.h — the gateway's per-loop context: listener, connection lists, timers,
+ * metrics, the broker handle, and the shared read buffer. Everything mutable lives
+ * here (no globals). Does NOT parse HTTP or WebSocket (conn/http/ws do). Loop thread. */
+#ifndef WSGATE_SERVER_H
+#define WSGATE_SERVER_H
+
+#include <stdint.h>
+#include <uv.h>
+
+struct config;
+struct broker;
+struct conn;
+struct msg;
+
+struct metrics {
+    uint64_t ws_open;             /* gauge: WebSocket connections (101 sent) */
+    uint64_t ws_total;            /* upgrades answered 101 */
+    uint64_t http_open;           /* gauge: connections still speaking HTTP */
+    uint64_t http_requests;       /* requests answered */
+    uint64_t pushed;              /* /push accepted (202) */
+    uint64_t published;           /* /publish accepted (202) */
+    uint64_t delivered;           /* frames written to sockets */
+    uint64_t dropped;             /* messages dropped by the core (closed socket, slow client) */
+    uint64_t upstream;            /* client frames forwarded to the broker */
+    uint64_t bytes_in;            /* bytes read from sockets */
+    uint64_t bytes_out;           /* bytes written to sockets */
+    uint64_t slow_closes;         /* closed for max_send_buffer */
+    uint64_t handshake_timeouts;  /* 408s */
+};
+
+/* Intrusive doubly linked list of connections (head = oldest activity). */
+struct conn_list {
+    struct conn *head; /* borrowed: members are owned by the server via conn_new/conn_free */
+    struct conn *tail;
+    uint32_t count;
+};
+
+struct server {
+    uv_loop_t *loop;           /* borrowed: outlives the server */
+    const struct config *cfg;  /* borrowed: outlives the server */
+    struct broker *broker;     /* borrowed: opened before server_start, closed after stop */
+    uv_tcp_t listener;         /* embedded */
+    uv_timer_t sweep;          /* embedded: timeouts, pings (runs only while conns exist) */
+    uv_prepare_t flush_prep;   /* embedded: flush dirty conns before the loop blocks */
+    uv_check_t flush_check;    /* embedded: flush dirty conns after each I/O round */
+    uv_signal_t sigterm;       /* embedded */
+    uv_signal_t sigint;        /* embedded */
+    uv_timer_t drain_timer;    /* embedded: hard deadline for shutdown */
+    struct conn_list http;     /* HTTP connections (before upgrade) */
+    struct conn_list ws;       /* WebSocket connections, least recently active first */
+    struct conn_list closing;  /* WebSockets waiting for the client's close frame */
+    struct conn *dirty;        /* borrowed: singly linked (c->dirty_next) conns to flush */
+    uint32_t upgrades_pending; /* upgrades waiting for broker attach (count to max_connections) */
+    uint64_t next_session_id;  /* session ids, unique in this process */
+    uint64_t now_ms;           /* uv_now at the last sweep/read, ms */
+    uint64_t sweep_period_ms;  /* sweep timer period */
+    int draining;              /* 1 after SIGTERM/SIGINT */
+    int listening;             /* listener is open */
+    int exit_code;             /* what main returns */
+    char *rbuf;                /* owned: shared read buffer (reads are handled synchronously) */
+    size_t rbuf_size;          /* its size */
+    int rbuf_busy;             /* 1 while a read callback owns rbuf */
+    struct msg *resp_202;      /* owned: shared pre-rendered 202 {"ok":true} (keep-alive) */
+    struct msg *ping_frame;    /* owned: shared empty ping frame */
+    struct metrics m;          /* counters for /metrics */
+    char listen_addr[64];      /* "host:port" actually bound, for logs */
+};
+
+/* Set up handles and bind/listen on cfg->listen. 0 or UV_E* (logged). */
+int server_start(struct server *srv, uv_loop_t *loop, const struct config *cfg,
+                 struct broker *b);
+/* Begin shutdown: stop accepting, close WebSockets with 1001, drain, then close every
+ * handle; uv_run returns once everything is closed (or at drain_timeout). */
+void server_shutdown(struct server *srv);
+/* Free what server_start allocated; after uv_run returned. */
+void server_free(struct server *srv);
+/* Make sure the sweep timer runs (a connection appeared). */
+void server_sweep_arm(struct server *srv);
+/* A connection finished closing (drain bookkeeping). */
+void server_on_conn_closed(struct server *srv);
+/* Render /metrics into a new raw msg (refs 1) or NULL. */
+struct msg *server_metrics_render(struct server *srv);
+
+#endif

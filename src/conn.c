@@ -1,0 +1,503 @@
+/* conn.c — connection lifecycle and output: accept, read dispatch (HTTP or WebSocket),
+ * the ordered output queue of refcounted messages written with one writev per flush,
+ * acks after the write, deferred and immediate close, and freeing in the close
+ * callback. Does NOT parse HTTP (http.c) or frames (ws.c), and never knows which broker
+ * runs. Loop thread only. */
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+#include "config.h"
+#include "conn.h"
+#include "log.h"
+#include "msg.h"
+#include "server.h"
+#include "session.h"
+
+#define FLUSH_MAX_ITEMS 256 /* messages gathered into one writev */
+
+static void conn_on_closed(uv_handle_t *h);
+
+/* --- output queue ring --- */
+
+static size_t item_bytes(const struct msg *m)
+{
+    return (size_t)m->hdr_len + m->len;
+}
+
+int outq_push(struct outq *q, struct msg *m, uint64_t msg_id)
+{
+    if (q->count == q->cap) {
+        uint32_t ncap = q->cap ? q->cap * 2 : 8;
+        struct outq_item *n = malloc(sizeof(*n) * ncap);
+        if (n == NULL)
+            return UV_ENOMEM;
+        /* unwrap the ring into the new storage, oldest first */
+        for (uint32_t i = 0; i < q->count; i++)
+            n[i] = q->items[(q->head + i) & (q->cap - 1)];
+        free(q->items);
+        q->items = n;
+        q->cap = ncap;
+        q->head = 0;
+    }
+    struct outq_item *it = &q->items[(q->head + q->count) & (q->cap - 1)];
+    it->m = msg_ref(m);
+    it->msg_id = msg_id;
+    q->count++;
+    q->bytes += item_bytes(m);
+    return 0;
+}
+
+static struct outq_item *outq_at(struct outq *q, uint32_t i)
+{
+    return &q->items[(q->head + i) & (q->cap - 1)];
+}
+
+static void outq_pop(struct outq *q)
+{
+    q->head = (q->head + 1) & (q->cap - 1);
+    q->count--;
+}
+
+uint32_t outq_drop_unsent(struct outq *q)
+{
+    uint32_t dropped = 0;
+    /* items [0, writing) belong to an in-flight write and the head item may be half
+     * written: both must stay so the stream is never cut mid-frame */
+    uint32_t keep = q->writing;
+    if (keep == 0 && q->off > 0)
+        keep = 1;
+    while (q->count > keep) {
+        struct outq_item *it = outq_at(q, q->count - 1);
+        q->bytes -= item_bytes(it->m);
+        if (it->m->hdr_len > 0 && it->m->opcode <= 0x2)
+            dropped++;
+        msg_unref(it->m);
+        q->count--;
+    }
+    return dropped;
+}
+
+void outq_free(struct outq *q)
+{
+    while (q->count > 0) {
+        msg_unref(outq_at(q, 0)->m);
+        outq_pop(q);
+    }
+    free(q->items);
+    memset(q, 0, sizeof(*q));
+}
+
+/* --- lists --- */
+
+static struct conn_list *conn_list_of(struct conn *c, int which)
+{
+    switch (which) {
+    case CONN_LIST_HTTP:
+        return &c->srv->http;
+    case CONN_LIST_WS:
+        return &c->srv->ws;
+    default:
+        return &c->srv->closing;
+    }
+}
+
+/* which list c is on follows from its state: HTTP, WS, WS_CLOSING; CLOSING = none */
+static struct conn_list *conn_list_current(struct conn *c)
+{
+    switch (c->state) {
+    case CONN_HTTP:
+        return &c->srv->http;
+    case CONN_WS:
+        return &c->srv->ws;
+    case CONN_WS_CLOSING:
+        return &c->srv->closing;
+    default:
+        return NULL;
+    }
+}
+
+void conn_list_remove(struct conn *c)
+{
+    struct conn_list *l = conn_list_current(c);
+    if (l == NULL)
+        return;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        l->head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else
+        l->tail = c->prev;
+    c->prev = c->next = NULL;
+    l->count--;
+}
+
+void conn_list_append(struct conn *c, int which)
+{
+    struct conn_list *l = conn_list_of(c, which);
+    c->next = NULL;
+    c->prev = l->tail;
+    if (l->tail)
+        l->tail->next = c;
+    else
+        l->head = c;
+    l->tail = c;
+    l->count++;
+}
+
+/* --- reading --- */
+
+static void conn_on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    struct conn *c = h->data;
+    (void)hint;
+    /* one buffer for the whole loop: every read is consumed (or copied) before the
+     * read callback returns, so idle connections hold no read memory at all */
+    buf->base = c->srv->rbuf;
+    buf->len = c->srv->rbuf_size;
+}
+
+static void conn_on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    struct conn *c = stream->data;
+    struct server *srv = c->srv;
+    if (nread == 0)
+        return;
+    if (nread < 0) {
+        if (nread != UV_EOF)
+            log_debug("event=read_error conn=%p err=%s", (void *)c, uv_err_name((int)nread));
+        if (c->state == CONN_HTTP && c->http != NULL && nread == UV_EOF) {
+            /* half-close: answer what was asked, then close */
+            uv_read_stop(stream);
+            c->flags |= CONN_F_CLOSE_AFTER;
+            conn_dirty(c);
+            return;
+        }
+        conn_close(c);
+        return;
+    }
+    srv->m.bytes_in += (uint64_t)nread;
+    srv->now_ms = uv_now(srv->loop);
+    c->active_ms = srv->now_ms;
+    if (c->state == CONN_HTTP) {
+        http_feed(c, buf->base, (size_t)nread);
+    } else if (c->state == CONN_WS || c->state == CONN_WS_CLOSING) {
+        if (c->state == CONN_WS) {
+            /* activity: move to the tail of the LRU that drives pings and idle_timeout */
+            conn_list_remove(c);
+            conn_list_append(c, CONN_LIST_WS);
+            c->flags &= ~CONN_F_PINGED;
+        }
+        ws_feed(c, (const uint8_t *)buf->base, (size_t)nread);
+    }
+}
+
+void conn_read_pause(struct conn *c, int pause)
+{
+    if (c->state == CONN_CLOSING)
+        return;
+    if (pause && !(c->flags & CONN_F_READ_PAUSED)) {
+        c->flags |= CONN_F_READ_PAUSED;
+        uv_read_stop((uv_stream_t *)&c->tcp);
+    } else if (!pause && (c->flags & CONN_F_READ_PAUSED)) {
+        c->flags &= ~CONN_F_READ_PAUSED;
+        uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read);
+    }
+}
+
+struct conn *conn_accept(struct server *srv)
+{
+    struct conn *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    c->srv = srv;
+    c->tcp.data = c;
+    if (uv_tcp_init(srv->loop, &c->tcp) < 0) {
+        free(c);
+        return NULL;
+    }
+    if (uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)&c->tcp) < 0 ||
+        http_start(c) < 0) {
+        c->state = CONN_CLOSING;
+        uv_close((uv_handle_t *)&c->tcp, conn_on_closed);
+        return NULL;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    c->state = CONN_HTTP;
+    c->active_ms = uv_now(srv->loop);
+    conn_list_append(c, CONN_LIST_HTTP);
+    srv->m.http_open++;
+    uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read);
+    server_sweep_arm(srv);
+    return c;
+}
+
+/* --- writing --- */
+
+int conn_queue(struct conn *c, struct msg *m, uint64_t msg_id)
+{
+    int rc = outq_push(&c->out, m, msg_id);
+    if (rc == 0)
+        conn_dirty(c);
+    return rc;
+}
+
+int conn_queue_bytes(struct conn *c, const void *data, size_t len)
+{
+    struct msg *m = msg_new(len);
+    if (m == NULL)
+        return UV_ENOMEM;
+    memcpy(m->data, data, len);
+    m->len = (uint32_t)len; /* raw: hdr_len stays 0, written as is */
+    int rc = conn_queue(c, m, 0);
+    msg_unref(m);
+    return rc;
+}
+
+void conn_dirty(struct conn *c)
+{
+    if (c->flags & CONN_F_DIRTY)
+        return;
+    c->flags |= CONN_F_DIRTY;
+    c->dirty_next = c->srv->dirty;
+    c->srv->dirty = c;
+}
+
+/* Release n fully written items from the head: count, ack. */
+static void conn_written(struct conn *c, uint32_t n)
+{
+    struct server *srv = c->srv;
+    /* ack only while the broker still knows the session (not after detach) */
+    int can_ack = c->sess != NULL && c->state == CONN_WS;
+    while (n-- > 0) {
+        struct outq_item *it = outq_at(&c->out, 0);
+        size_t b = item_bytes(it->m) - c->out.off;
+        c->out.bytes -= b;
+        c->out.off = 0;
+        if (it->m->hdr_len > 0 && it->m->opcode <= 0x2)
+            srv->m.delivered++;
+        if (it->msg_id != 0 && can_ack)
+            broker_ack(srv->broker, c->sess, it->msg_id);
+        msg_unref(it->m);
+        outq_pop(&c->out);
+    }
+}
+
+static void conn_on_write(uv_write_t *req, int status)
+{
+    struct conn *c = req->data;
+    uint32_t n = c->out.writing;
+    free(req);
+    c->flags &= ~CONN_F_WRITING;
+    c->out.writing = 0;
+    if (status < 0) {
+        /* UV_ECANCELED at close, or a reset: nothing was confirmed written */
+        if (c->state != CONN_CLOSING)
+            conn_close(c);
+        conn_unref(c);
+        return;
+    }
+    conn_written(c, n);
+    if (c->state != CONN_CLOSING) {
+        if (c->state == CONN_HTTP)
+            http_on_written(c);
+        conn_flush(c);
+    }
+    conn_unref(c);
+}
+
+/* Fill bufs from the queue starting at item 0 (skipping off bytes of it). */
+static uint32_t conn_gather(struct conn *c, uv_buf_t *bufs, uint32_t *nbufs)
+{
+    uint32_t items = 0, nb = 0;
+    size_t skip = c->out.off;
+    while (items < c->out.count && items < FLUSH_MAX_ITEMS) {
+        struct msg *m = outq_at(&c->out, items)->m;
+        if (m->hdr_len > skip) {
+            bufs[nb++] = uv_buf_init((char *)m->hdr + skip, (unsigned)(m->hdr_len - skip));
+            skip = 0;
+        } else {
+            skip -= m->hdr_len;
+        }
+        if (m->len > skip)
+            bufs[nb++] = uv_buf_init(m->data + skip, (unsigned)(m->len - skip));
+        skip = 0;
+        items++;
+    }
+    *nbufs = nb;
+    return items;
+}
+
+void conn_flush(struct conn *c)
+{
+    struct server *srv = c->srv;
+    uv_buf_t bufs[FLUSH_MAX_ITEMS * 2];
+    uint32_t nb;
+
+    while (!(c->flags & CONN_F_WRITING) && c->out.count > 0 && c->state != CONN_CLOSING) {
+        uint32_t items = conn_gather(c, bufs, &nb);
+        int n = uv_try_write((uv_stream_t *)&c->tcp, bufs, nb);
+        if (n == UV_EAGAIN || n == UV_ENOSYS)
+            n = 0;
+        if (n < 0) {
+            conn_close(c);
+            return;
+        }
+        srv->m.bytes_out += (uint64_t)n;
+        /* consume whole items written, and the offset into a partial one */
+        size_t left = (size_t)n;
+        uint32_t done = 0;
+        while (done < items) {
+            size_t b = item_bytes(outq_at(&c->out, done)->m) - (done == 0 ? c->out.off : 0);
+            if (left < b)
+                break;
+            left -= b;
+            done++;
+        }
+        if (done > 0)
+            conn_written(c, done);
+        if (c->state == CONN_CLOSING)
+            return; /* an ack closed us? never: acks do not call back; defensive */
+        c->out.off += left;
+        c->out.bytes -= left;
+        if (done == items && c->out.count > 0)
+            continue; /* more than FLUSH_MAX_ITEMS queued: next batch */
+        if (c->out.count == 0)
+            break;
+        /* the socket is full: hand the rest of this batch to libuv */
+        items = conn_gather(c, bufs, &nb);
+        uv_write_t *req = malloc(sizeof(*req));
+        if (req == NULL) {
+            conn_close(c);
+            return;
+        }
+        req->data = c;
+        size_t total = 0;
+        for (uint32_t i = 0; i < nb; i++)
+            total += bufs[i].len;
+        if (uv_write(req, (uv_stream_t *)&c->tcp, bufs, nb, conn_on_write) < 0) {
+            free(req);
+            conn_close(c);
+            return;
+        }
+        srv->m.bytes_out += total;
+        c->out.writing = items;
+        c->flags |= CONN_F_WRITING;
+        conn_ref(c);
+        return;
+    }
+    if (c->out.count == 0 && !(c->flags & CONN_F_WRITING)) {
+        if (c->out.cap > 64) { /* a burst grew the ring: give the memory back */
+            free(c->out.items);
+            c->out.items = NULL;
+            c->out.cap = c->out.head = 0;
+        }
+        if (c->flags & CONN_F_CLOSE_AFTER)
+            conn_close(c);
+        else if (c->state == CONN_HTTP)
+            http_on_written(c);
+    }
+}
+
+void conn_flush_all(struct server *srv)
+{
+    while (srv->dirty != NULL) {
+        struct conn *list = srv->dirty;
+        srv->dirty = NULL;
+        while (list != NULL) {
+            struct conn *c = list;
+            list = c->dirty_next;
+            c->dirty_next = NULL;
+            c->flags &= ~CONN_F_DIRTY;
+            if (c->state == CONN_CLOSING)
+                continue;
+            if (c->flags & CONN_F_CLOSE_SOON) {
+                c->flags &= ~CONN_F_CLOSE_SOON;
+                if (c->state == CONN_WS)
+                    ws_close(c, c->close_code ? c->close_code : 1011);
+                else if (c->state == CONN_HTTP)
+                    conn_close(c);
+                if (c->state == CONN_CLOSING)
+                    continue;
+            }
+            if (c->state == CONN_HTTP)
+                http_on_written(c); /* emits ready responses, may switch to WS */
+            if (c->state != CONN_CLOSING)
+                conn_flush(c);
+        }
+    }
+}
+
+/* --- closing --- */
+
+void conn_close_soon(struct conn *c)
+{
+    if (c->state == CONN_CLOSING)
+        return;
+    c->flags |= CONN_F_CLOSE_SOON;
+    conn_dirty(c);
+}
+
+void conn_close(struct conn *c)
+{
+    struct server *srv = c->srv;
+    if (c->state == CONN_CLOSING)
+        return;
+    if (c->state == CONN_WS || c->state == CONN_WS_CLOSING)
+        srv->m.ws_open--;
+    else
+        srv->m.http_open--;
+    if (c->sess != NULL && c->state == CONN_WS)
+        broker_detach(srv->broker, c->sess); /* unacked messages go back */
+    else if (c->sess != NULL && c->state == CONN_HTTP)
+        http_upgrade_abort(c); /* attach pending or done, 101 not sent yet */
+    conn_list_remove(c);
+    c->state = CONN_CLOSING;
+    uv_close((uv_handle_t *)&c->tcp, conn_on_closed); /* writes end with UV_ECANCELED first */
+}
+
+void conn_ref(struct conn *c)
+{
+    c->refs++;
+}
+
+static void conn_free(struct conn *c)
+{
+    outq_free(&c->out);
+    outq_free(&c->early);
+    if (c->http != NULL)
+        http_free(c->http);
+    ws_free(c);
+    if (c->sess != NULL) {
+        free(c->sess->topics);
+        free(c->sess);
+    }
+    free(c);
+}
+
+void conn_unref(struct conn *c)
+{
+    assert(c->refs > 0);
+    if (--c->refs == 0 && (c->flags & CONN_F_CLOSED_H))
+        conn_free(c);
+}
+
+static void conn_on_closed(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    struct server *srv = c->srv;
+    if (c->flags & CONN_F_DIRTY) { /* rare: closed between a dirty mark and the flush */
+        struct conn **pp = &srv->dirty;
+        while (*pp != NULL && *pp != c)
+            pp = &(*pp)->dirty_next;
+        if (*pp == c)
+            *pp = c->dirty_next;
+    }
+    c->flags |= CONN_F_CLOSED_H;
+    if (c->refs == 0)
+        conn_free(c);
+    server_on_conn_closed(srv);
+}

@@ -1,0 +1,961 @@
+/* http.c — HTTP/1.1 on llhttp: keep-alive, pipelining (answers in request order),
+ * chunked bodies, Expect: 100-continue, header/body limits, deadlines, the routes of
+ * DESIGN.md §2 and the WebSocket upgrade request (validated here, completed in ws.c).
+ * Bodies are parsed straight into a struct msg, which goes to the broker as is.
+ * Does NOT speak WebSocket frames or know which broker runs. Loop thread only. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <llhttp.h>
+#include <openssl/evp.h>
+
+#include "broker.h"
+#include "config.h"
+#include "conn.h"
+#include "log.h"
+#include "msg.h"
+#include "server.h"
+#include "session.h"
+#include "util.h"
+
+enum route { ROUTE_NONE = 0, ROUTE_WS, ROUTE_PUSH, ROUTE_PUBLISH, ROUTE_HEALTHZ, ROUTE_READYZ,
+             ROUTE_METRICS, ROUTE_NOTFOUND };
+
+enum hdr_id { HDR_OTHER = 0, HDR_UPGRADE, HDR_WS_KEY, HDR_WS_VERSION, HDR_EXPECT };
+
+enum upgrade_state { UPG_NONE = 0, UPG_ATTACHING, UPG_ATTACHED, UPG_FAILED };
+
+/* One answer slot, in request order. Async answers (push) fill resp later. */
+struct http_pending {
+    struct http_pending *next; /* owned list link (h->pend_head) */
+    struct conn *c;            /* borrowed: c is ref'd while a callback may arrive */
+    struct msg *resp;          /* ref: the answer once ready, NULL while waiting */
+    uint8_t close_after;       /* close the connection after this answer */
+    uint8_t upgrade;           /* this is the 101: switch to WebSocket after it */
+};
+
+struct http_state {
+    llhttp_t parser;            /* embedded; settings are srv-wide (static const) */
+    struct conn *c;             /* borrowed: owner */
+    uint8_t route;              /* enum route of the current request */
+    uint8_t hdr;                /* enum hdr_id of the header being read */
+    uint8_t in_message;         /* between message_begin and message_complete */
+    uint8_t head_done;          /* headers of the current request complete */
+    uint8_t upgrade_ws;         /* Upgrade: websocket seen */
+    uint8_t ws_version_ok;      /* Sec-WebSocket-Version: 13 */
+    uint8_t ws_version_seen;    /* the header was present */
+    uint8_t expect_continue;    /* Expect: 100-continue */
+    uint8_t expect_other;       /* some other Expect value (417) */
+    uint8_t hname_len;          /* bytes in hname, 0xff = too long to matter */
+    uint8_t hval_len;
+    uint8_t ws_key_len;
+    uint8_t upgrade;            /* enum upgrade_state */
+    uint8_t stopped;            /* no more parsing on this connection */
+    uint16_t err_status;        /* answer decided early (404/405/400...), 0 = none */
+    const char *err_reason;     /* static string */
+    const char *err_allow;      /* Allow header for 405, static */
+    uint64_t deadline;          /* ms: head/body must arrive by then (0 = none) */
+    size_t head_bytes;          /* request line + headers so far */
+    char *url;                  /* owned: request target, NUL-terminated */
+    size_t url_len, url_cap;
+    char hname[24];             /* lower-cased header name (only short ones matter) */
+    char hval[24];              /* value of Upgrade/Version/Expect */
+    char ws_key[32];            /* Sec-WebSocket-Key */
+    struct msg *body;           /* owned: the request body being received */
+    struct http_pending *pend_head; /* owned: answers not yet queued, in order */
+    struct http_pending *pend_tail;
+    uint32_t npending;
+    uint32_t nreq;              /* requests completed on this connection */
+    struct http_pending *upg;   /* borrowed: the 101 slot while upgrading */
+    uint8_t *pre;               /* owned: bytes read after the upgrade request */
+    size_t pre_len;
+};
+
+static const char *status_text(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 202: return "Accepted";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 417: return "Expectation Failed";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    default: return "Error";
+    }
+}
+
+/* Render a full answer into a new raw msg (refs 1). extra: more header lines, each
+ * ending in \r\n, or "". */
+struct msg *http_render(int status, const char *ctype, const char *extra,
+                               const char *body, size_t body_len, int close)
+{
+    char head[512];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
+                     status, status_text(status), ctype, body_len, extra,
+                     close ? "Connection: close\r\n" : "");
+    if (n < 0 || (size_t)n >= sizeof(head))
+        return NULL;
+    struct msg *m = msg_new((size_t)n + body_len);
+    if (m == NULL)
+        return NULL;
+    memcpy(m->data, head, (size_t)n);
+    if (body_len > 0)
+        memcpy(m->data + n, body, body_len);
+    m->len = (uint32_t)((size_t)n + body_len);
+    return m;
+}
+
+static struct msg *http_render_error(struct server *srv, int status, const char *reason,
+                                     const char *allow, int close)
+{
+    char body[160], extra[96] = "";
+    int bl = snprintf(body, sizeof(body), "{\"error\":\"%s\"}", reason);
+    if (status == 503 || status == 429)
+        snprintf(extra, sizeof(extra), "Retry-After: %llu\r\n",
+                 (unsigned long long)srv->cfg->retry_after_s);
+    else if (status == 405 && allow != NULL)
+        snprintf(extra, sizeof(extra), "Allow: %s\r\n", allow);
+    return http_render(status, "application/json", extra, body, (size_t)bl, close);
+}
+
+/* --- answers in order --- */
+
+static struct http_pending *http_slot_new(struct http_state *h)
+{
+    struct http_pending *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return NULL;
+    p->c = h->c;
+    if (h->pend_tail)
+        h->pend_tail->next = p;
+    else
+        h->pend_head = p;
+    h->pend_tail = p;
+    h->npending++;
+    if (h->npending >= h->c->srv->cfg->max_pipeline)
+        conn_read_pause(h->c, 1);
+    return p;
+}
+
+/* Queue m (a ref is taken) as the next answer; in order behind pending ones. */
+static void http_answer(struct conn *c, struct msg *m, int close)
+{
+    struct http_state *h = c->http;
+    if (m == NULL) { /* out of memory while rendering: nothing sane to say */
+        c->flags |= CONN_F_CLOSE_AFTER;
+        conn_dirty(c);
+        return;
+    }
+    c->srv->m.http_requests++;
+    if (h->pend_head == NULL) {
+        conn_queue(c, m, 0);
+        if (close) {
+            c->flags |= CONN_F_CLOSE_AFTER;
+            h->stopped = 1;
+            conn_read_pause(c, 1);
+        }
+        return;
+    }
+    struct http_pending *p = http_slot_new(h);
+    if (p == NULL) {
+        c->flags |= CONN_F_CLOSE_AFTER;
+        conn_dirty(c);
+        return;
+    }
+    p->resp = msg_ref(m);
+    p->close_after = (uint8_t)close;
+    if (close) {
+        h->stopped = 1;
+        conn_read_pause(c, 1);
+    }
+}
+
+void http_error(struct conn *c, int status, const char *reason, int close)
+{
+    struct msg *m = http_render_error(c->srv, status, reason, NULL, close);
+    http_answer(c, m, close);
+    msg_unref(m);
+}
+
+/* Emit ready answers from the head of the pending list (flush pass / write done). */
+void http_on_written(struct conn *c)
+{
+    struct http_state *h = c->http;
+    if (h == NULL)
+        return;
+    while (h->pend_head != NULL && h->pend_head->resp != NULL) {
+        struct http_pending *p = h->pend_head;
+        h->pend_head = p->next;
+        if (h->pend_head == NULL)
+            h->pend_tail = NULL;
+        h->npending--;
+        conn_queue(c, p->resp, 0);
+        msg_unref(p->resp);
+        int close = p->close_after, upgrade = p->upgrade;
+        free(p);
+        if (upgrade) {
+            /* everything before the upgrade is answered: this connection is a WebSocket */
+            h->upg = NULL;
+            uint8_t *pre = h->pre;
+            size_t pre_len = h->pre_len;
+            h->pre = NULL;
+            c->http = NULL;
+            http_free(h);
+            ws_start(c, pre, pre_len);
+            free(pre);
+            return;
+        }
+        if (close) {
+            c->flags |= CONN_F_CLOSE_AFTER;
+            h->stopped = 1;
+            conn_read_pause(c, 1);
+            return;
+        }
+    }
+    if (!h->stopped && h->npending < c->srv->cfg->max_pipeline && h->upgrade == UPG_NONE)
+        conn_read_pause(c, 0);
+    if (h->npending == 0 && !h->in_message && h->deadline == 0 && c->out.count == 0)
+        h->deadline = c->srv->now_ms + c->srv->cfg->keepalive_timeout_ms;
+}
+
+/* --- push / publish --- */
+
+static void http_on_pushed(void *arg, int status)
+{
+    struct http_pending *p = arg;
+    struct conn *c = p->c;
+    struct server *srv = c->srv;
+    if (c->state == CONN_CLOSING) {
+        /* the client went away: the answer has nowhere to go (the message was taken);
+         * the slot stays on the list and is freed with the connection */
+        p->resp = msg_ref(srv->resp_202);
+        conn_unref(c);
+        return;
+    }
+    if (status == 0) {
+        p->resp = msg_ref(srv->resp_202);
+    } else if (status == UV_ENOBUFS) {
+        p->resp = http_render_error(srv, 429, "session queue full", NULL, 0);
+    } else if (status == UV_E2BIG) {
+        p->resp = http_render_error(srv, 413, "message too large", NULL, 0);
+    } else {
+        p->resp = http_render_error(srv, 503, "broker unavailable", NULL, 0);
+    }
+    if (p->resp == NULL) {
+        p->resp = msg_ref(srv->resp_202); /* placeholder so the order holds */
+        p->close_after = 1;
+    }
+    conn_dirty(c); /* the flush pass emits it in order */
+    conn_unref(c);
+}
+
+static void http_do_push(struct conn *c, int publish, const char *key)
+{
+    struct http_state *h = c->http;
+    struct server *srv = c->srv;
+    struct msg *m = h->body;
+    h->body = NULL;
+    if (m == NULL && (m = msg_new(0)) == NULL) {
+        http_error(c, 500, "out of memory", 1);
+        return;
+    }
+    msg_seal(m, srv->cfg->frame_type);
+    if (!broker_ready(srv->broker)) {
+        msg_unref(m);
+        http_error(c, 503, "broker unavailable", 0);
+        return;
+    }
+    struct http_pending *p = http_slot_new(h);
+    if (p == NULL) {
+        msg_unref(m);
+        http_error(c, 500, "out of memory", 1);
+        return;
+    }
+    int rc = publish ? broker_publish(srv->broker, key, m, http_on_pushed, p)
+                     : broker_push(srv->broker, key, m, http_on_pushed, p);
+    msg_unref(m);
+    if (rc < 0) {
+        p->resp = rc == UV_ENOBUFS ? http_render_error(srv, 429, "session queue full", NULL, 0)
+                                   : http_render_error(srv, 503, "broker unavailable", NULL, 0);
+        if (p->resp == NULL) {
+            p->resp = msg_ref(srv->resp_202);
+            p->close_after = 1;
+        }
+        conn_dirty(c);
+        return;
+    }
+    if (publish)
+        srv->m.published++;
+    else
+        srv->m.pushed++;
+    conn_ref(c);
+}
+
+/* --- upgrade --- */
+
+static int topics_parse(struct session *s, const char *q, uint32_t max_topics)
+{
+    /* q: the query string (after '?'); only topics= matters; others (token) ignored */
+    const char *v = NULL;
+    size_t vlen = 0;
+    while (*q) {
+        const char *amp = strchr(q, '&');
+        size_t len = amp ? (size_t)(amp - q) : strlen(q);
+        if (len > 7 && strncmp(q, "topics=", 7) == 0) {
+            v = q + 7;
+            vlen = len - 7;
+        }
+        q += len + (amp ? 1 : 0);
+    }
+    if (v == NULL || vlen == 0)
+        return 0;
+    uint32_t n = 1;
+    for (size_t i = 0; i < vlen; i++)
+        if (v[i] == ',')
+            n++;
+    if (n > max_topics)
+        return -1;
+    /* one allocation: pointer array then the strings */
+    char **arr = malloc(n * sizeof(char *) + vlen + 1);
+    if (arr == NULL)
+        return -1;
+    char *str = (char *)(arr + n);
+    memcpy(str, v, vlen);
+    str[vlen] = '\0';
+    uint32_t i = 0;
+    for (char *t = str;; i++) {
+        char *comma = strchr(t, ',');
+        if (comma)
+            *comma = '\0';
+        if (!key_valid(t, strlen(t))) {
+            free(arr);
+            return -1;
+        }
+        arr[i] = t;
+        if (!comma)
+            break;
+        t = comma + 1;
+    }
+    s->topics = arr;
+    s->ntopics = (uint16_t)n;
+    return 0;
+}
+
+static void http_upgrade(struct conn *c, const char *key, size_t key_len, const char *query)
+{
+    struct http_state *h = c->http;
+    struct server *srv = c->srv;
+    if (!key_valid(key, key_len)) {
+        http_error(c, 400, "invalid session key", 1);
+        return;
+    }
+    if (!h->upgrade_ws || !h->parser.upgrade) {
+        http_error(c, 400, "websocket upgrade required", 1);
+        return;
+    }
+    if (!h->ws_version_ok) {
+        struct msg *m = http_render(400, "application/json", "Sec-WebSocket-Version: 13\r\n",
+                                    "{\"error\":\"unsupported websocket version\"}", 41, 1);
+        http_answer(c, m, 1);
+        msg_unref(m);
+        return;
+    }
+    uint8_t raw[20];
+    if (h->ws_key_len != 24 || EVP_DecodeBlock(raw, (const unsigned char *)h->ws_key, 24) != 18 ||
+        h->ws_key[22] != '=' || h->ws_key[23] != '=') {
+        http_error(c, 400, "invalid Sec-WebSocket-Key", 1);
+        return;
+    }
+    if (srv->draining) {
+        http_error(c, 503, "shutting down", 1);
+        return;
+    }
+    if (srv->m.ws_open + srv->upgrades_pending >= srv->cfg->max_connections) {
+        http_error(c, 503, "too many connections", 1);
+        return;
+    }
+    if (!broker_ready(srv->broker)) {
+        http_error(c, 503, "broker unavailable", 1);
+        return;
+    }
+    struct session *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        http_error(c, 503, "out of memory", 1);
+        return;
+    }
+    s->conn = c;
+    s->id = ++srv->next_session_id;
+    memcpy(s->key, key, key_len);
+    s->key[key_len] = '\0';
+    s->key_len = (uint8_t)key_len;
+    if (query != NULL && topics_parse(s, query, srv->cfg->max_topics) < 0) {
+        free(s);
+        http_error(c, 400, "invalid topics", 1);
+        return;
+    }
+    struct http_pending *p = http_slot_new(h);
+    if (p == NULL) {
+        free(s->topics);
+        free(s);
+        http_error(c, 503, "out of memory", 1);
+        return;
+    }
+    p->upgrade = 1;
+    h->upg = p;
+    h->stopped = 1;
+    c->sess = s;
+    h->upgrade = UPG_ATTACHING;
+    srv->upgrades_pending++;
+    conn_read_pause(c, 1);
+    int rc = broker_attach(srv->broker, s);
+    if (rc < 0) {
+        h->upgrade = UPG_FAILED;
+        srv->upgrades_pending--;
+        p->upgrade = 0;
+        p->close_after = 1;
+        p->resp = http_render_error(srv, 503, "broker unavailable", NULL, 1);
+        h->upg = NULL;
+        conn_dirty(c);
+    }
+}
+
+void session_attached(struct session *s, int status)
+{
+    struct conn *c = s->conn;
+    struct http_state *h = c->http;
+    struct server *srv = c->srv;
+    if (c->state != CONN_HTTP || h == NULL || h->upgrade != UPG_ATTACHING)
+        return; /* defensive: the contract says detach cancels the callback */
+    srv->upgrades_pending--;
+    struct http_pending *p = h->upg;
+    if (status < 0) {
+        h->upgrade = UPG_FAILED;
+        p->upgrade = 0;
+        p->close_after = 1;
+        p->resp = http_render_error(srv, 503, "broker unavailable", NULL, 1);
+        h->upg = NULL;
+        log_info("event=attach_failed session=%s err=%s", s->key, uv_err_name(status));
+    } else {
+        char accept[29], head[160];
+        ws_accept_key(h->ws_key, 24, accept);
+        int n = snprintf(head, sizeof(head),
+                         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                         "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+                         accept);
+        p->resp = msg_new((size_t)n);
+        if (p->resp == NULL) {
+            h->upgrade = UPG_FAILED;
+            broker_detach(srv->broker, s); /* not inside attach: the backend allows it */
+            p->upgrade = 0;
+            p->close_after = 1;
+            p->resp = msg_ref(srv->resp_202);
+        } else {
+            memcpy(p->resp->data, head, (size_t)n);
+            p->resp->len = (uint32_t)n;
+            h->upgrade = UPG_ATTACHED;
+        }
+    }
+    conn_dirty(c);
+}
+
+void http_upgrade_abort(struct conn *c)
+{
+    struct http_state *h = c->http;
+    if (h == NULL)
+        return;
+    if (h->upgrade == UPG_ATTACHING)
+        c->srv->upgrades_pending--;
+    if (h->upgrade == UPG_ATTACHING || h->upgrade == UPG_ATTACHED)
+        broker_detach(c->srv->broker, c->sess);
+    h->upgrade = UPG_FAILED;
+}
+
+/* --- routing --- */
+
+static int http_route(struct http_state *h, const char **key, size_t *key_len,
+                      const char **query)
+{
+    char *url = h->url ? h->url : "";
+    char *q = strchr(url, '?');
+    size_t plen = q ? (size_t)(q - url) : strlen(url);
+    *query = q ? q + 1 : NULL;
+    static const struct {
+        const char *prefix;
+        int route;
+    } pre[] = {{"/ws/", ROUTE_WS}, {"/push/", ROUTE_PUSH}, {"/publish/", ROUTE_PUBLISH}};
+    for (size_t i = 0; i < sizeof(pre) / sizeof(pre[0]); i++) {
+        size_t l = strlen(pre[i].prefix);
+        if (plen >= l && strncmp(url, pre[i].prefix, l) == 0) {
+            *key = url + l;
+            *key_len = plen - l;
+            return pre[i].route;
+        }
+    }
+    if (plen == 8 && strncmp(url, "/healthz", 8) == 0)
+        return ROUTE_HEALTHZ;
+    if (plen == 7 && strncmp(url, "/readyz", 7) == 0)
+        return ROUTE_READYZ;
+    if (plen == 8 && strncmp(url, "/metrics", 8) == 0)
+        return ROUTE_METRICS;
+    return ROUTE_NOTFOUND;
+}
+
+/* Decide early errors once the head is known (before any body). */
+static void http_check_head(struct http_state *h)
+{
+    const char *key, *query;
+    size_t key_len;
+    int method = h->parser.method;
+    h->route = (uint8_t)http_route(h, &key, &key_len, &query);
+    switch (h->route) {
+    case ROUTE_WS:
+        if (method != HTTP_GET) {
+            h->err_status = 405;
+            h->err_allow = "GET";
+        }
+        break;
+    case ROUTE_PUSH:
+    case ROUTE_PUBLISH:
+        if (method != HTTP_POST) {
+            h->err_status = 405;
+            h->err_allow = "POST";
+        } else if (!key_valid(key, key_len)) {
+            h->err_status = 400;
+            h->err_reason = h->route == ROUTE_PUSH ? "invalid session key" : "invalid topic";
+        } else if (h->parser.content_length > h->c->srv->cfg->max_message_size &&
+                   !(h->parser.flags & F_CHUNKED)) {
+            h->err_status = 413;
+            h->err_reason = "message too large";
+        } else if (h->expect_other) {
+            h->err_status = 417;
+            h->err_reason = "unsupported expectation";
+        }
+        break;
+    case ROUTE_HEALTHZ:
+    case ROUTE_READYZ:
+    case ROUTE_METRICS:
+        if (method != HTTP_GET && method != HTTP_HEAD) {
+            h->err_status = 405;
+            h->err_allow = "GET, HEAD";
+        }
+        break;
+    default:
+        h->err_status = 404;
+        h->err_reason = "not found";
+    }
+    if (h->err_status == 405)
+        h->err_reason = "method not allowed";
+}
+
+static void http_dispatch(struct conn *c)
+{
+    struct http_state *h = c->http;
+    struct server *srv = c->srv;
+    int keep = llhttp_should_keep_alive(&h->parser);
+    const char *key, *query;
+    size_t key_len;
+    http_route(h, &key, &key_len, &query);
+    if (h->err_status != 0) {
+        struct msg *m = http_render_error(srv, h->err_status, h->err_reason, h->err_allow,
+                                          !keep || h->err_status == 413);
+        http_answer(c, m, !keep || h->err_status == 413);
+        msg_unref(m);
+        return;
+    }
+    int head = h->parser.method == HTTP_HEAD;
+    switch (h->route) {
+    case ROUTE_WS: {
+        char k[KEY_MAX_LEN + 1];
+        if (key_len > KEY_MAX_LEN) {
+            http_error(c, 400, "invalid session key", 1);
+            return;
+        }
+        memcpy(k, key, key_len);
+        k[key_len] = '\0';
+        http_upgrade(c, k, key_len, query);
+        return;
+    }
+    case ROUTE_PUSH:
+    case ROUTE_PUBLISH: {
+        char k[KEY_MAX_LEN + 1];
+        memcpy(k, key, key_len); /* key_valid() checked the length at head time */
+        k[key_len] = '\0';
+        http_do_push(c, h->route == ROUTE_PUBLISH, k);
+        if (!keep) {
+            /* mark the slot just added (or the answer) to close after */
+            if (h->pend_tail)
+                h->pend_tail->close_after = 1;
+            h->stopped = 1;
+            conn_read_pause(c, 1);
+        }
+        return;
+    }
+    case ROUTE_HEALTHZ:
+    case ROUTE_READYZ: {
+        int ok = h->route == ROUTE_HEALTHZ || (broker_ready(srv->broker) && !srv->draining);
+        const char *body = ok ? "{\"ok\":true}" : "{\"error\":\"broker unavailable\"}";
+        struct msg *m = ok ? http_render(200, "application/json", "", body, head ? 0 : 11, !keep)
+                           : http_render_error(srv, 503, "broker unavailable", NULL, !keep);
+        http_answer(c, m, !keep);
+        msg_unref(m);
+        return;
+    }
+    case ROUTE_METRICS: {
+        struct msg *b = server_metrics_render(srv);
+        struct msg *m = b ? http_render(200, "text/plain; version=0.0.4", "", b->data,
+                                        head ? 0 : b->len, !keep)
+                          : NULL;
+        msg_unref(b);
+        http_answer(c, m, !keep);
+        msg_unref(m);
+        return;
+    }
+    default:
+        http_error(c, 404, "not found", !keep);
+    }
+}
+
+/* --- llhttp callbacks --- */
+
+static int head_grow(struct http_state *h, size_t len)
+{
+    h->head_bytes += len;
+    if (h->head_bytes > h->c->srv->cfg->max_header_size) {
+        h->err_status = 431;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+    struct http_state *h = p->data;
+    struct conn *c = h->c;
+    h->in_message = 1;
+    h->head_done = 0;
+    h->route = ROUTE_NONE;
+    h->hdr = HDR_OTHER;
+    h->upgrade_ws = h->ws_version_ok = h->ws_version_seen = 0;
+    h->expect_continue = h->expect_other = 0;
+    h->hname_len = h->hval_len = h->ws_key_len = 0;
+    h->err_status = 0;
+    h->err_reason = NULL;
+    h->err_allow = NULL;
+    h->head_bytes = 0;
+    h->url_len = 0;
+    if (h->url)
+        h->url[0] = '\0';
+    h->deadline = c->srv->now_ms + c->srv->cfg->handshake_timeout_ms;
+    return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+    struct http_state *h = p->data;
+    if (head_grow(h, len) < 0)
+        return -1;
+    if (h->url_len + len + 1 > h->url_cap) {
+        size_t cap = h->url_cap ? h->url_cap : 128;
+        while (cap < h->url_len + len + 1)
+            cap *= 2;
+        char *n = realloc(h->url, cap);
+        if (n == NULL)
+            return -1;
+        h->url = n;
+        h->url_cap = cap;
+    }
+    memcpy(h->url + h->url_len, at, len);
+    h->url_len += len;
+    h->url[h->url_len] = '\0';
+    return 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct http_state *h = p->data;
+    if (head_grow(h, len + 4) < 0) /* + ": " and CRLF */
+        return -1;
+    for (size_t i = 0; i < len && h->hname_len != 0xff; i++) {
+        if (h->hname_len >= sizeof(h->hname) - 1) {
+            h->hname_len = 0xff;
+            break;
+        }
+        char ch = at[i];
+        h->hname[h->hname_len++] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+    }
+    return 0;
+}
+
+static int on_header_field_complete(llhttp_t *p)
+{
+    struct http_state *h = p->data;
+    h->hdr = HDR_OTHER;
+    if (h->hname_len != 0xff) {
+        h->hname[h->hname_len] = '\0';
+        if (strcmp(h->hname, "upgrade") == 0)
+            h->hdr = HDR_UPGRADE;
+        else if (strcmp(h->hname, "sec-websocket-key") == 0)
+            h->hdr = HDR_WS_KEY;
+        else if (strcmp(h->hname, "sec-websocket-version") == 0)
+            h->hdr = HDR_WS_VERSION;
+        else if (strcmp(h->hname, "expect") == 0)
+            h->hdr = HDR_EXPECT;
+    }
+    h->hname_len = 0;
+    h->hval_len = 0;
+    return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct http_state *h = p->data;
+    if (head_grow(h, len) < 0)
+        return -1;
+    if (h->hdr == HDR_WS_KEY) {
+        for (size_t i = 0; i < len; i++)
+            if (h->ws_key_len < sizeof(h->ws_key) - 1)
+                h->ws_key[h->ws_key_len++] = at[i];
+            else
+                h->ws_key_len = sizeof(h->ws_key); /* too long: invalid */
+    } else if (h->hdr != HDR_OTHER) {
+        for (size_t i = 0; i < len; i++)
+            if (h->hval_len < sizeof(h->hval) - 1)
+                h->hval[h->hval_len++] = at[i];
+    }
+    return 0;
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+    struct http_state *h = p->data;
+    h->hval[h->hval_len] = '\0';
+    switch (h->hdr) {
+    case HDR_UPGRADE:
+        if (strcasestr(h->hval, "websocket") != NULL)
+            h->upgrade_ws = 1;
+        break;
+    case HDR_WS_VERSION:
+        h->ws_version_seen = 1;
+        h->ws_version_ok = strcmp(h->hval, "13") == 0;
+        break;
+    case HDR_EXPECT:
+        if (strcasecmp(h->hval, "100-continue") == 0)
+            h->expect_continue = 1;
+        else
+            h->expect_other = 1;
+        break;
+    default:
+        break;
+    }
+    h->hdr = HDR_OTHER;
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    struct http_state *h = p->data;
+    struct conn *c = h->c;
+    h->head_done = 1;
+    h->deadline = c->srv->now_ms + c->srv->cfg->handshake_timeout_ms; /* for the body */
+    http_check_head(h);
+    if (h->route == ROUTE_PUSH || h->route == ROUTE_PUBLISH) {
+        if (h->err_status != 0 && (h->expect_continue || h->err_status == 413)) {
+            /* a final answer instead of 100 Continue; the body will not be read */
+            return -1;
+        }
+        if (h->err_status == 0) {
+            size_t cap = (h->parser.flags & F_CHUNKED) ? 1024 : (size_t)h->parser.content_length;
+            h->body = msg_new(cap);
+            if (h->body == NULL)
+                return -1;
+            if (h->expect_continue) {
+                static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+                struct msg *m = msg_new(sizeof(cont) - 1);
+                if (m == NULL)
+                    return -1;
+                memcpy(m->data, cont, sizeof(cont) - 1);
+                m->len = sizeof(cont) - 1;
+                http_answer(c, m, 0);
+                c->srv->m.http_requests--; /* interim, not an answer */
+                msg_unref(m);
+            }
+        }
+    }
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct http_state *h = p->data;
+    struct conn *c = h->c;
+    h->deadline = c->srv->now_ms + c->srv->cfg->handshake_timeout_ms;
+    if (h->body == NULL || h->err_status != 0)
+        return 0; /* discarded (error answer decided at head time) */
+    int rc = msg_append(&h->body, at, len, c->srv->cfg->max_message_size);
+    if (rc < 0) {
+        h->err_status = rc == UV_E2BIG ? 413 : 500;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    struct http_state *h = p->data;
+    struct conn *c = h->c;
+    h->in_message = 0;
+    h->deadline = 0;
+    h->nreq++;
+    http_dispatch(c);
+    msg_unref(h->body);
+    h->body = NULL;
+    if (h->stopped || c->state != CONN_HTTP)
+        return HPE_PAUSED;
+    return 0;
+}
+
+static const llhttp_settings_t *http_settings(void)
+{
+    static llhttp_settings_t s; /* written once, identical every time: effectively const */
+    static int init;
+    if (!init) {
+        llhttp_settings_init(&s);
+        s.on_message_begin = on_message_begin;
+        s.on_url = on_url;
+        s.on_header_field = on_header_field;
+        s.on_header_field_complete = on_header_field_complete;
+        s.on_header_value = on_header_value;
+        s.on_header_value_complete = on_header_value_complete;
+        s.on_headers_complete = on_headers_complete;
+        s.on_body = on_body;
+        s.on_message_complete = on_message_complete;
+        init = 1;
+    }
+    return &s;
+}
+
+int http_start(struct conn *c)
+{
+    struct http_state *h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        return UV_ENOMEM;
+    llhttp_init(&h->parser, HTTP_REQUEST, http_settings());
+    h->parser.data = h;
+    h->c = c;
+    h->deadline = uv_now(c->srv->loop) + c->srv->cfg->handshake_timeout_ms;
+    c->http = h;
+    return 0;
+}
+
+void http_feed(struct conn *c, const char *data, size_t len)
+{
+    struct http_state *h = c->http;
+    if (h->stopped)
+        return;
+    llhttp_errno_t err = llhttp_execute(&h->parser, data, len);
+    if (err == HPE_OK || c->state != CONN_HTTP)
+        return;
+    if (err == HPE_PAUSED_UPGRADE || err == HPE_PAUSED) {
+        const char *pos = llhttp_get_error_pos(&h->parser);
+        size_t used = pos ? (size_t)(pos - data) : len;
+        if (h->upgrade == UPG_ATTACHING) {
+            /* bytes the client sent right after its upgrade request: frames, kept for ws */
+            if (used < len) {
+                h->pre = malloc(len - used);
+                if (h->pre == NULL) {
+                    conn_close(c);
+                    return;
+                }
+                memcpy(h->pre, data + used, len - used);
+                h->pre_len = len - used;
+            }
+            return;
+        }
+        if (h->stopped)
+            return; /* closing after an answer: the rest is ignored */
+        /* a paused non-WebSocket upgrade (Upgrade header on another route): ignore it */
+        if (err == HPE_PAUSED_UPGRADE)
+            llhttp_resume_after_upgrade(&h->parser);
+        else
+            llhttp_resume(&h->parser);
+        if (used < len)
+            http_feed(c, data + used, len - used);
+        return;
+    }
+    /* a parse error or a limit: answer once and close */
+    int status = h->err_status ? h->err_status : 400;
+    const char *reason = status == 431   ? "request header too large"
+                         : status == 413 ? "message too large"
+                         : h->err_reason ? h->err_reason
+                                         : llhttp_errno_name(err);
+    if (status == 400 && h->err_reason == NULL)
+        reason = "malformed request";
+    if (h->err_status == 405) {
+        struct msg *m = http_render_error(c->srv, 405, reason, h->err_allow, 1);
+        http_answer(c, m, 1);
+        msg_unref(m);
+    } else {
+        http_error(c, status, reason, 1);
+    }
+    h->stopped = 1;
+}
+
+void http_check_timeout(struct conn *c, uint64_t now)
+{
+    struct http_state *h = c->http;
+    if (h == NULL || h->deadline == 0 || now < h->deadline || h->stopped)
+        return;
+    if (h->in_message || h->nreq == 0) {
+        /* a head (or body) trickling in, or a client that never sent a request */
+        c->srv->m.handshake_timeouts++;
+        http_error(c, 408, "request timeout", 1);
+        return;
+    }
+    if (h->npending == 0 && c->out.count == 0)
+        conn_close(c); /* idle keep-alive connection */
+}
+
+void http_free(struct http_state *h)
+{
+    if (h == NULL)
+        return;
+    /* no broker callback is outstanding here: c (and so h) is freed only when the
+     * last one has run, and an upgrade happens only once every earlier answer is out */
+    struct http_pending *p = h->pend_head;
+    while (p != NULL) {
+        struct http_pending *n = p->next;
+        msg_unref(p->resp);
+        free(p);
+        p = n;
+    }
+    msg_unref(h->body);
+    free(h->url);
+    free(h->pre);
+    free(h);
+}
+
+void http_drain(struct conn *c)
+{
+    struct http_state *h = c->http;
+    if (h == NULL || (!h->in_message && h->npending == 0 && c->out.count == 0)) {
+        conn_close(c);
+        return;
+    }
+    h->stopped = 1;
+    conn_read_pause(c, 1);
+    c->flags |= CONN_F_CLOSE_AFTER;
+    conn_dirty(c);
+}

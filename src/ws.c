@@ -1,0 +1,273 @@
+/* ws.c — the WebSocket side of a connection: wslay for reading frames (validation,
+ * reassembly, control frames, close codes), our own pre-framed messages for writing
+ * (one header per message, shared by every socket it goes to), the 101 switch, pings,
+ * idle and close timeouts, upstream forwarding, and the session_* calls backends use.
+ * wslay's send callback always takes every byte into the output queue, so wslay is
+ * never mid-frame and our frames can be interleaved safely (DEPS.md, wslay).
+ * Does NOT parse HTTP or know which broker runs. Loop thread only. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+
+#include "broker.h"
+#include "config.h"
+#include "conn.h"
+#include "log.h"
+#include "msg.h"
+#include "server.h"
+#include "session.h"
+
+static const uint8_t close_1002[] = {0x88, 0x02, 0x03, 0xea};
+
+void ws_accept_key(const char *client_key, size_t len, char out[29])
+{
+    static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    unsigned char buf[64 + sizeof(guid)], sha[SHA_DIGEST_LENGTH];
+    if (len > 64)
+        len = 64;
+    memcpy(buf, client_key, len);
+    memcpy(buf + len, guid, sizeof(guid) - 1);
+    SHA1(buf, len + sizeof(guid) - 1, sha);
+    EVP_EncodeBlock((unsigned char *)out, sha, SHA_DIGEST_LENGTH); /* 28 chars + NUL */
+}
+
+/* --- wslay callbacks --- */
+
+static ssize_t ws_on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
+                          void *user)
+{
+    struct conn *c = user;
+    (void)flags;
+    if (c->rx_len == 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
+    size_t n = len < c->rx_len ? len : c->rx_len;
+    memcpy(buf, c->rx, n);
+    c->rx += n;
+    c->rx_len -= n;
+    return (ssize_t)n;
+}
+
+static ssize_t ws_on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len,
+                          int flags, void *user)
+{
+    struct conn *c = user;
+    (void)flags;
+    /* always take everything: wslay must never be left mid-frame */
+    if (conn_queue_bytes(c, data, len) < 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+        return -1;
+    }
+    return (ssize_t)len;
+}
+
+static void ws_on_upstream(void *arg, int status)
+{
+    struct conn *c = arg;
+    struct server *srv = c->srv;
+    c->upstream_inflight--;
+    if (status == 0) {
+        srv->m.upstream++;
+    } else {
+        srv->m.dropped++;
+        log_warn("event=upstream_failed err=%s", uv_err_name(status));
+    }
+    if (c->state == CONN_WS && c->upstream_inflight < srv->cfg->max_inflight)
+        conn_read_pause(c, 0);
+    conn_unref(c);
+}
+
+static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg,
+                      void *user)
+{
+    struct conn *c = user;
+    struct server *srv = c->srv;
+    (void)ctx;
+    if (arg->opcode != WSLAY_TEXT_FRAME && arg->opcode != WSLAY_BINARY_FRAME)
+        return; /* ping answered by wslay; pong and close: activity already counted */
+    if (!srv->cfg->upstream || c->state != CONN_WS || srv->broker->ops->upstream == NULL)
+        return;
+    struct msg *m = msg_new(arg->msg_length);
+    if (m == NULL) {
+        srv->m.dropped++;
+        return;
+    }
+    memcpy(m->data, arg->msg, arg->msg_length);
+    m->len = (uint32_t)arg->msg_length;
+    m->opcode = arg->opcode == WSLAY_TEXT_FRAME ? 0x1 : 0x2; /* what the client sent */
+    int rc = broker_upstream(srv->broker, c->sess, m, ws_on_upstream, c);
+    msg_unref(m);
+    if (rc < 0) {
+        srv->m.dropped++;
+        log_warn("event=upstream_failed err=%s", uv_err_name(rc));
+        return;
+    }
+    conn_ref(c);
+    if (++c->upstream_inflight >= srv->cfg->max_inflight)
+        conn_read_pause(c, 1); /* backpressure: read no more frames than the broker takes */
+}
+
+static const struct wslay_event_callbacks ws_callbacks = {
+    .recv_callback = ws_on_recv,
+    .send_callback = ws_on_send,
+    .on_msg_recv_callback = ws_on_msg,
+};
+
+/* --- lifecycle --- */
+
+int ws_start(struct conn *c, const uint8_t *pre, size_t pre_len)
+{
+    struct server *srv = c->srv;
+    if (wslay_event_context_server_init(&c->ws, &ws_callbacks, c) != 0) {
+        c->ws = NULL;
+        conn_close(c);
+        return UV_ENOMEM;
+    }
+    wslay_event_config_set_max_recv_msg_length(c->ws, srv->cfg->max_message_size);
+    conn_list_remove(c);
+    c->state = CONN_WS;
+    conn_list_append(c, CONN_LIST_WS);
+    srv->m.http_open--;
+    srv->m.ws_open++;
+    srv->m.ws_total++;
+    c->active_ms = uv_now(srv->loop);
+    /* frames delivered while the 101 was pending go right behind it, in order */
+    for (uint32_t i = 0; i < c->early.count; i++) {
+        struct outq_item *it = &c->early.items[(c->early.head + i) & (c->early.cap - 1)];
+        conn_queue(c, it->m, it->msg_id);
+    }
+    outq_free(&c->early);
+    log_debug("event=ws_open session=%s id=%llu", c->sess->key,
+              (unsigned long long)c->sess->id);
+    if (pre_len > 0)
+        ws_feed(c, pre, pre_len);
+    if (c->state == CONN_WS)
+        conn_read_pause(c, 0);
+    conn_dirty(c);
+    return 0;
+}
+
+/* Leave CONN_WS: the broker forgets the session (unacked go back), unsent frames are
+ * dropped, the connection moves to the closing list with a close_timeout deadline. */
+static void ws_enter_closing(struct conn *c)
+{
+    struct server *srv = c->srv;
+    if (c->state != CONN_WS)
+        return;
+    broker_detach(srv->broker, c->sess);
+    srv->m.dropped += outq_drop_unsent(&c->out);
+    conn_list_remove(c);
+    c->state = CONN_WS_CLOSING;
+    conn_list_append(c, CONN_LIST_CLOSING);
+    c->active_ms = uv_now(srv->loop);
+    conn_dirty(c);
+}
+
+void ws_feed(struct conn *c, const uint8_t *data, size_t len)
+{
+    c->rx = data;
+    c->rx_len = len;
+    int rc = wslay_event_recv(c->ws);
+    c->rx = NULL;
+    c->rx_len = 0;
+    if (c->state == CONN_CLOSING)
+        return;
+    if (rc != 0) {
+        /* wslay failed without a status code (oversized or fragmented control frame,
+         * non-minimal length): answer 1002 ourselves and close (DEPS.md, wslay) */
+        ws_enter_closing(c);
+        if (rc == WSLAY_ERR_CALLBACK_FAILURE || rc == WSLAY_ERR_PROTO)
+            conn_queue_bytes(c, close_1002, sizeof(close_1002));
+        c->flags |= CONN_F_CLOSE_AFTER;
+        conn_read_pause(c, 1);
+        return;
+    }
+    if (!wslay_event_want_read(c->ws))
+        ws_enter_closing(c); /* a close frame came in or wslay refused a frame */
+    if (wslay_event_send(c->ws) != 0 ||
+        (!wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws))) {
+        c->flags |= CONN_F_CLOSE_AFTER;
+        conn_read_pause(c, 1);
+    }
+    conn_dirty(c);
+}
+
+void ws_close(struct conn *c, uint16_t code)
+{
+    if (c->state == CONN_HTTP) {
+        conn_close(c);
+        return;
+    }
+    if (c->state != CONN_WS)
+        return;
+    ws_enter_closing(c);
+    wslay_event_queue_close(c->ws, code, NULL, 0);
+    wslay_event_send(c->ws);
+    if (!wslay_event_want_read(c->ws))
+        c->flags |= CONN_F_CLOSE_AFTER;
+}
+
+void ws_check_timeout(struct conn *c, uint64_t now)
+{
+    struct server *srv = c->srv;
+    const struct config *cfg = srv->cfg;
+    if (c->state == CONN_WS_CLOSING) {
+        if (now - c->active_ms >= cfg->close_timeout_ms)
+            conn_close(c);
+        return;
+    }
+    if (c->state != CONN_WS)
+        return;
+    if (now - c->active_ms >= cfg->idle_timeout_ms) {
+        log_debug("event=idle_timeout session=%s", c->sess->key);
+        ws_close(c, 1001);
+    } else if (cfg->ping_interval_ms > 0 && now - c->active_ms >= cfg->ping_interval_ms &&
+               !(c->flags & CONN_F_PINGED)) {
+        c->flags |= CONN_F_PINGED;
+        conn_queue(c, srv->ping_frame, 0);
+    }
+}
+
+void ws_free(struct conn *c)
+{
+    if (c->ws != NULL)
+        wslay_event_context_free(c->ws);
+    c->ws = NULL;
+}
+
+/* --- what backends call (session.h) --- */
+
+int session_deliver(struct session *s, uint64_t msg_id, struct msg *m)
+{
+    struct conn *c = s->conn;
+    struct server *srv = c->srv;
+    if ((c->state != CONN_WS && c->state != CONN_HTTP) || (c->flags & CONN_F_CLOSE_SOON))
+        return UV_ECANCELED;
+    size_t queued = c->out.bytes + c->early.bytes;
+    if (queued > 0 && queued + m->hdr_len + m->len > srv->cfg->max_send_buffer) {
+        /* a slow client: close it rather than let memory grow (DESIGN.md §2) */
+        srv->m.slow_closes++;
+        log_info("event=slow_client session=%s queued=%zu", s->key, queued);
+        c->close_code = 1008;
+        conn_close_soon(c);
+        return UV_ENOBUFS;
+    }
+    if (c->state == CONN_HTTP) /* the 101 is not out yet: hold it behind */
+        return outq_push(&c->early, m, msg_id);
+    return conn_queue(c, m, msg_id);
+}
+
+size_t session_pending(const struct session *s)
+{
+    return s->conn->out.count + s->conn->early.count;
+}
+
+void session_close(struct session *s, uint16_t code)
+{
+    struct conn *c = s->conn;
+    c->close_code = code;
+    conn_close_soon(c);
+}
