@@ -272,8 +272,8 @@ static int cfg_check_kafka_brokers(const char *v, char *why, size_t whylen)
 
 static const char *const cfg_log_levels[] = {"error", "warn", "info", "debug", NULL};
 static const char *const cfg_frame_types[] = {"auto", "text", "binary", NULL};
-static const char *const cfg_broker_types[] = {"memory",       "redis-list", "redis-pubsub",
-                                               "nats",         "kafka",      NULL};
+static const char *const cfg_broker_types[] = {"memory", "redis-list", "redis-pubsub",
+                                               "nats",   "kafka",      NULL};
 static const char *const cfg_bools[] = {"off", "on", NULL}; /* canonical spellings */
 
 _Static_assert(LOG_LEVEL_ERROR == 0 && LOG_LEVEL_DEBUG == 3, "cfg_log_levels order");
@@ -662,7 +662,8 @@ struct cfg_load {
 /* One error line: "<where>: key 'section.name': reason". at == NULL: the current file
  * line; label NULL: a line-level error without a key. */
 static void cfg_error(struct cfg_load *ld, const struct cfg_key *k, const struct cfg_origin *at,
-                      const char *label, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+                      const char *label, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
 static void cfg_error(struct cfg_load *ld, const struct cfg_key *k, const struct cfg_origin *at,
                       const char *label, const char *fmt, ...)
 {
@@ -703,10 +704,10 @@ static const char *cfg_find_chars_or_comment(const char *s, const char *chars)
 }
 
 struct cfg_file {
-    FILE *f;              /* borrowed: opened and closed by config_load */
-    char *buf;            /* owned: getline buffer, freed by config_load */
-    size_t cap;           /* of buf */
-    struct cfg_load *ld;  /* borrowed */
+    FILE *f;             /* borrowed: opened and closed by config_load */
+    char *buf;           /* owned: getline buffer, freed by config_load */
+    size_t cap;          /* of buf */
+    struct cfg_load *ld; /* borrowed */
 };
 
 /* For an over-long line: name the key it sets if that can be seen, and its variable. */
@@ -795,7 +796,7 @@ static char *cfg_file_gets(char *str, int num, void *stream)
         ld->bad_section = 0;
     } else {
         const char *sep = cfg_find_chars_or_comment(s, "=:");
-        if (*sep != '=' && *sep != ':') {
+        if ((*sep != '=' && *sep != ':') || sep == s) {
             cfg_error(ld, NULL, NULL, NULL, "syntax error: expected 'key = value'");
             return str;
         }

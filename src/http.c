@@ -159,7 +159,6 @@ static void http_answer(struct conn *c, struct msg *m, int close)
         conn_dirty(c);
         return;
     }
-    c->srv->m.http_requests++;
     if (h->pend_head == NULL) {
         conn_queue(c, m, 0);
         if (close) {
@@ -455,18 +454,16 @@ void session_attached(struct session *s, int status)
                          "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                          "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
                          accept);
+        h->upgrade = UPG_ATTACHED;
         p->resp = msg_new((size_t)n);
         if (p->resp == NULL) {
-            h->upgrade = UPG_FAILED;
-            broker_detach(srv->broker, s); /* not inside attach: the backend allows it */
-            p->upgrade = 0;
-            p->close_after = 1;
-            p->resp = msg_ref(srv->resp_202);
-        } else {
-            memcpy(p->resp->data, head, (size_t)n);
-            p->resp->len = (uint32_t)n;
-            h->upgrade = UPG_ATTACHED;
+            /* out of memory: drop the connection; the detach happens in the flush pass,
+             * never inside this broker callback */
+            conn_close_soon(c);
+            return;
         }
+        memcpy(p->resp->data, head, (size_t)n);
+        p->resp->len = (uint32_t)n;
     }
     conn_dirty(c);
 }
@@ -789,7 +786,6 @@ static int on_headers_complete(llhttp_t *p)
                 memcpy(m->data, cont, sizeof(cont) - 1);
                 m->len = sizeof(cont) - 1;
                 http_answer(c, m, 0);
-                c->srv->m.http_requests--; /* interim, not an answer */
                 msg_unref(m);
             }
         }
@@ -819,6 +815,7 @@ static int on_message_complete(llhttp_t *p)
     h->in_message = 0;
     h->deadline = 0;
     h->nreq++;
+    c->srv->m.http_requests++;
     http_dispatch(c);
     msg_unref(h->body);
     h->body = NULL;

@@ -17,7 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define LOG_LINE_STACK 1024     /* most lines fit here; longer ones use the heap */
+#define LOG_LINE_STACK 1024      /* most lines fit here; longer ones use the heap */
 #define LOG_LINE_MAX (64 * 1024) /* a longer caller text is cut (and marked) */
 #define LOG_CUT_MARK " log_truncated=1"
 #define LOG_TAIL (sizeof LOG_CUT_MARK + 1) /* room after the text: mark, '\n', NUL */
@@ -97,7 +97,7 @@ static void log_line_write(const char *buf, size_t len)
 void log_write(enum log_level level, const char *fmt, ...)
 {
     char stack[LOG_LINE_STACK];
-    char *line = stack;     /* stack, or owned heap copy freed below */
+    char *line = stack; /* stack, or owned heap copy freed below */
     size_t cap = sizeof stack;
     va_list ap, ap2;
 

@@ -55,21 +55,23 @@ int utf8_valid(const void *buf, size_t len)
     size_t i = 0;
 
     while (i < len) {
-        if (len - i >= 8) {
-            uint64_t w;
-            memcpy(&w, p + i, 8); /* unaligned-safe; compiles to one load */
-            if ((w & UTIL_HI_BITS) == 0) {
-                i += 8;
-                continue;
-            }
-#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-            /* Skip the ASCII bytes before the first high byte in one step. */
-            i += (size_t)__builtin_ctzll(w & UTIL_HI_BITS) / 8;
-#endif
-        }
         unsigned c = p[i];
         if (c < 0x80) {
+            /* In ASCII text: step 8 bytes at a time until a word holds a high byte. Only
+             * entered from an ASCII byte, so dense non-ASCII text pays nothing for it. */
             i++;
+            while (len - i >= 8) {
+                uint64_t w;
+                memcpy(&w, p + i, 8); /* unaligned-safe; compiles to one load */
+                if ((w & UTIL_HI_BITS) != 0) {
+#if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+                    /* skip the ASCII bytes before the first high byte */
+                    i += (size_t)__builtin_ctzll(w & UTIL_HI_BITS) / 8;
+#endif
+                    break;
+                }
+                i += 8;
+            }
             continue;
         }
         size_t left = len - i;

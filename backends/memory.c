@@ -1,0 +1,698 @@
+/* memory.c — the default broker (`[broker] type = memory`, DESIGN.md §4): per-session-key
+ * FIFOs and topic fan-out in this process's RAM. At-most-once (msg id 0, no ack), one
+ * node only. A push goes straight to one online socket of its key (round-robin, consumed
+ * once), else waits in the key's FIFO, at most cfg->max_queue messages (then 429), each
+ * for cfg->ttl_ms after its push (then dropped and counted in b->dropped); the next socket
+ * of that key to attach drains the FIFO in order before its 101. Queued messages cost one
+ * msg ref and one small node, never a payload copy.
+ * Does NOT survive a restart, share anything between nodes, or forward client frames:
+ * `.upstream = NULL`, so broker_upstream() returns UV_ENOSYS and the core drops them —
+ * no service can read ws.send.S from inside this process.
+ * Idle cost: one uv_idle_t runs deferred callbacks and attach completions and is stopped
+ * when there are none; one unref'd uv_timer_t wakes at the earliest expiry and only while
+ * offline messages exist. Loop thread only. */
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "broker.h"
+#include "config.h"
+#include "log.h"
+#include "map.h"
+#include "msg.h"
+#include "session.h"
+#include "util.h"
+
+#define MEM_CLOSE_CODE 1001 /* sessions still attached when the broker closes: going away */
+
+struct mem_queue;
+struct mem_topic;
+
+/* One offline message. It sits in its key's FIFO and in the broker-wide expiry list.
+ * Every message lives exactly ttl_ms, so push order is expiry order in both lists and the
+ * expiry list's head is always the head of its own queue's FIFO. */
+struct mem_item {
+    struct mem_item *next;  /* borrowed: next (younger) item of the same queue */
+    struct mem_item *gprev; /* borrowed: expiry list, older neighbour */
+    struct mem_item *gnext; /* borrowed: expiry list, younger neighbour */
+    struct mem_queue *q;    /* borrowed: the queue that owns this item */
+    struct msg *m;          /* ref: released when delivered, expired or at close */
+    uint64_t expires_at;    /* uv_now() time in ms at which it is dropped */
+};
+
+/* One session key that has sockets online here or messages waiting; freed as soon as it
+ * has neither. */
+struct mem_queue {
+    struct map_node node;     /* in mem_broker.queues; node.key points at key[] */
+    struct mem_item *head;    /* owned: FIFO of offline messages, oldest first */
+    struct mem_item *tail;    /* borrowed: last item of head's list */
+    uint32_t nitems;          /* items in the FIFO, bounded by max_queue */
+    uint32_t nsessions;       /* sessions in the list below */
+    struct session *sessions; /* borrowed: online sockets of this key, via s->bnext/bprev */
+    struct session *rr;       /* borrowed: member of sessions that gets the next push */
+    char key[];               /* NUL-terminated copy of the session key */
+};
+
+/* One session's membership in one topic. */
+struct mem_sub {
+    struct mem_sub *next; /* borrowed: next subscriber of t */
+    struct mem_sub *prev; /* borrowed: previous subscriber of t */
+    struct mem_topic *t;  /* borrowed: NULL when the name repeats an earlier topic of s */
+    struct session *s;    /* borrowed: the subscriber */
+};
+
+/* One topic with at least one subscriber on this node. */
+struct mem_topic {
+    struct map_node node; /* in mem_broker.topics; node.key points at name[] */
+    struct mem_sub *subs; /* borrowed: subscribers (each owned by its mem_sess) */
+    char name[];          /* NUL-terminated copy of the topic name */
+};
+
+/* The backend's state for one attached session (s->bpriv). */
+struct mem_sess {
+    struct session *s;      /* borrowed: the core's session; detach frees this first */
+    struct mem_queue *q;    /* borrowed: holds s in q->sessions; NULL once the broker closes */
+    struct mem_sess *anext; /* borrowed: pending-attach list, next */
+    struct mem_sess *aprev; /* borrowed: pending-attach list, previous */
+    int attaching;          /* 1 until session_attached() has run (or been cancelled) */
+    uint16_t nsubs;         /* entries in subs[] (= s->ntopics) */
+    struct mem_sub subs[];  /* one per topic of s */
+};
+
+/* A push/publish callback to run from the idle handle. */
+struct mem_call {
+    struct mem_call *next; /* borrowed: next call in mem_broker.calls */
+    broker_push_cb cb;     /* the caller's callback */
+    void *arg;             /* borrowed: the caller's argument */
+    int status;            /* 0 or UV_ENOBUFS */
+};
+
+struct mem_broker {
+    struct broker *b;             /* borrowed: b->priv points here */
+    uv_idle_t idle;               /* embedded: deferred work; active only while there is some */
+    uv_timer_t timer;             /* embedded: TTL sweep; unref'd, active only with items */
+    struct map queues;            /* key -> struct mem_queue (owned) */
+    struct map topics;            /* name -> struct mem_topic (owned) */
+    struct mem_item *ghead;       /* borrowed: expiry list, oldest (items owned by queues) */
+    struct mem_item *gtail;       /* borrowed: expiry list, youngest */
+    struct mem_call *calls;       /* owned: callbacks to run, in order */
+    struct mem_call *calls_tail;  /* borrowed: last of calls */
+    struct mem_sess *attach_head; /* borrowed: sessions waiting for session_attached */
+    struct mem_sess *attach_tail; /* borrowed: last of attach_head's list */
+    uint64_t ttl_ms;              /* [broker] ttl */
+    uint32_t max_queue;           /* [broker] max_queue */
+    int closing;                  /* close() was called: refuse new work */
+    int open_handles;             /* idle + timer not yet closed */
+    broker_close_cb close_cb;     /* the owner's close callback */
+};
+
+/* --- deferred work: one idle handle per broker --- */
+
+static void mem_on_idle(uv_idle_t *h);
+
+static void mem_kick(struct mem_broker *p)
+{
+    if (!uv_is_active((uv_handle_t *)&p->idle))
+        uv_idle_start(&p->idle, mem_on_idle);
+}
+
+/* Take call (owned by the caller until now) and run cb(arg, status) later. */
+static void mem_call_add(struct mem_broker *p, struct mem_call *c, broker_push_cb cb, void *arg,
+                         int status)
+{
+    c->next = NULL;
+    c->cb = cb;
+    c->arg = arg;
+    c->status = status;
+    if (p->calls_tail != NULL)
+        p->calls_tail->next = c;
+    else
+        p->calls = c;
+    p->calls_tail = c;
+    mem_kick(p);
+}
+
+static struct mem_call *mem_call_pop(struct mem_broker *p)
+{
+    struct mem_call *c = p->calls;
+    if (c != NULL) {
+        p->calls = c->next;
+        if (p->calls == NULL)
+            p->calls_tail = NULL;
+    }
+    return c;
+}
+
+static void mem_attach_link(struct mem_broker *p, struct mem_sess *ms)
+{
+    ms->attaching = 1;
+    ms->anext = NULL;
+    ms->aprev = p->attach_tail;
+    if (p->attach_tail != NULL)
+        p->attach_tail->anext = ms;
+    else
+        p->attach_head = ms;
+    p->attach_tail = ms;
+    mem_kick(p);
+}
+
+static void mem_attach_unlink(struct mem_broker *p, struct mem_sess *ms)
+{
+    if (ms->aprev != NULL)
+        ms->aprev->anext = ms->anext;
+    else
+        p->attach_head = ms->anext;
+    if (ms->anext != NULL)
+        ms->anext->aprev = ms->aprev;
+    else
+        p->attach_tail = ms->aprev;
+    ms->anext = ms->aprev = NULL;
+    ms->attaching = 0;
+}
+
+/* --- queues and offline items --- */
+
+static void mem_on_timer(uv_timer_t *h);
+
+/* Wake at the earliest expiry, or never when nothing waits (no polling when idle). */
+static void mem_timer_arm(struct mem_broker *p)
+{
+    uint64_t now, due;
+    if (p->ghead == NULL) {
+        uv_timer_stop(&p->timer);
+        return;
+    }
+    now = uv_now(p->b->loop);
+    due = p->ghead->expires_at;
+    uv_timer_start(&p->timer, mem_on_timer, due > now ? due - now : 0, 0);
+}
+
+static struct mem_queue *mem_queue_find(struct mem_broker *p, const char *key, size_t len)
+{
+    struct map_node *n = map_get(&p->queues, key, len);
+    return n != NULL ? map_entry(n, struct mem_queue, node) : NULL;
+}
+
+/* A new empty queue for key, in p->queues; NULL on allocation failure. */
+static struct mem_queue *mem_queue_new(struct mem_broker *p, const char *key, size_t len)
+{
+    struct mem_queue *q = calloc(1, sizeof(*q) + len + 1);
+    if (q == NULL)
+        return NULL;
+    memcpy(q->key, key, len);
+    q->key[len] = '\0';
+    q->node.key = q->key;
+    q->node.key_len = (uint32_t)len;
+    if (map_put(&p->queues, &q->node) < 0) { /* only ENOMEM: the key was looked up first */
+        free(q);
+        return NULL;
+    }
+    return q;
+}
+
+static void mem_queue_free_if_empty(struct mem_broker *p, struct mem_queue *q)
+{
+    if (q->nsessions != 0 || q->head != NULL)
+        return;
+    map_remove(&p->queues, &q->node);
+    free(q);
+}
+
+/* Queue it (owned by the caller until now) at the tail of q, holding a ref on m. */
+static void mem_item_append(struct mem_broker *p, struct mem_queue *q, struct mem_item *it,
+                            struct msg *m)
+{
+    uint64_t now = uv_now(p->b->loop);
+    it->m = msg_ref(m);
+    it->q = q;
+    it->expires_at = p->ttl_ms > UINT64_MAX - now ? UINT64_MAX : now + p->ttl_ms;
+    it->next = NULL;
+    if (q->tail != NULL)
+        q->tail->next = it;
+    else
+        q->head = it;
+    q->tail = it;
+    q->nitems++;
+    it->gnext = NULL;
+    it->gprev = p->gtail;
+    if (p->gtail != NULL)
+        p->gtail->gnext = it;
+    else
+        p->ghead = it;
+    p->gtail = it;
+    if (p->ghead == it)
+        mem_timer_arm(p); /* first waiting message: start the sweep timer */
+}
+
+/* Remove q's oldest item from q and from the expiry list and free it, releasing its ref
+ * (the receiver, if any, took its own). */
+static void mem_item_drop_head(struct mem_broker *p, struct mem_queue *q)
+{
+    struct mem_item *it = q->head;
+    q->head = it->next;
+    if (q->head == NULL)
+        q->tail = NULL;
+    q->nitems--;
+    if (it->gprev != NULL)
+        it->gprev->gnext = it->gnext;
+    else
+        p->ghead = it->gnext;
+    if (it->gnext != NULL)
+        it->gnext->gprev = it->gprev;
+    else
+        p->gtail = it->gprev;
+    msg_unref(it->m);
+    free(it);
+}
+
+/* --- sessions of a key (s->bnext/bprev) and topic subscriptions --- */
+
+static void mem_queue_link(struct mem_queue *q, struct session *s)
+{
+    s->bprev = NULL;
+    s->bnext = q->sessions;
+    if (q->sessions != NULL)
+        q->sessions->bprev = s;
+    q->sessions = s;
+    q->nsessions++;
+    if (q->rr == NULL)
+        q->rr = s;
+}
+
+static void mem_queue_unlink(struct mem_queue *q, struct session *s)
+{
+    struct session *next = s->bnext;
+    if (s->bprev != NULL)
+        s->bprev->bnext = s->bnext;
+    else
+        q->sessions = s->bnext;
+    if (s->bnext != NULL)
+        s->bnext->bprev = s->bprev;
+    s->bnext = s->bprev = NULL;
+    q->nsessions--;
+    if (q->rr == s)
+        q->rr = next != NULL ? next : q->sessions;
+}
+
+/* Give m to one socket of q, round-robin, skipping sockets that refuse it (they are being
+ * closed). 0 when one took it, else the last refusal (or UV_ENOENT: nobody online). */
+static int mem_queue_deliver(struct mem_queue *q, struct msg *m)
+{
+    int rc = UV_ENOENT;
+    for (uint32_t tries = q->nsessions; tries > 0; tries--) {
+        struct session *s = q->rr;
+        if (s == NULL)
+            break; /* defensive: only a detach from inside session_deliver could do this */
+        q->rr = s->bnext != NULL ? s->bnext : q->sessions;
+        if ((rc = session_deliver(s, 0, m)) == 0)
+            return 0;
+    }
+    return rc;
+}
+
+/* Hand q's waiting messages to s, oldest first, dropping expired ones; stop at the first
+ * refusal (s is closing: the rest stay for the next socket or the TTL). */
+static void mem_queue_drain(struct mem_broker *p, struct mem_queue *q, struct session *s)
+{
+    uint64_t now = uv_now(p->b->loop);
+    struct mem_item *it;
+    while ((it = q->head) != NULL) {
+        if (it->expires_at <= now)
+            p->b->dropped++;
+        else if (session_deliver(s, 0, it->m) != 0)
+            break;
+        mem_item_drop_head(p, q);
+    }
+    mem_timer_arm(p);
+}
+
+static struct mem_topic *mem_topic_get(struct mem_broker *p, const char *name, size_t len,
+                                       int create)
+{
+    struct map_node *n = map_get(&p->topics, name, len);
+    struct mem_topic *t;
+    if (n != NULL)
+        return map_entry(n, struct mem_topic, node);
+    if (!create || (t = calloc(1, sizeof(*t) + len + 1)) == NULL)
+        return NULL;
+    memcpy(t->name, name, len);
+    t->name[len] = '\0';
+    t->node.key = t->name;
+    t->node.key_len = (uint32_t)len;
+    if (map_put(&p->topics, &t->node) < 0) {
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+static void mem_sub_link(struct mem_topic *t, struct mem_sub *sub, struct session *s)
+{
+    sub->t = t;
+    sub->s = s;
+    sub->prev = NULL;
+    sub->next = t->subs;
+    if (t->subs != NULL)
+        t->subs->prev = sub;
+    t->subs = sub;
+}
+
+/* Leave every topic of ms; free topics nobody here subscribes to any more. */
+static void mem_sess_unsubscribe(struct mem_broker *p, struct mem_sess *ms)
+{
+    for (uint16_t i = 0; i < ms->nsubs; i++) {
+        struct mem_sub *sub = &ms->subs[i];
+        struct mem_topic *t = sub->t;
+        if (t == NULL)
+            continue;
+        if (sub->prev != NULL)
+            sub->prev->next = sub->next;
+        else
+            t->subs = sub->next;
+        if (sub->next != NULL)
+            sub->next->prev = sub->prev;
+        sub->t = NULL;
+        if (t->subs == NULL) {
+            map_remove(&p->topics, &t->node);
+            free(t);
+        }
+    }
+}
+
+/* Length of a key or topic name if it is 1..KEY_MAX_LEN bytes, else 0. Full validation
+ * (key_valid) is the core's job; this only keeps the map and copies bounded. */
+static size_t mem_name_len(const char *name)
+{
+    size_t len = strnlen(name, KEY_MAX_LEN + 1);
+    return len <= KEY_MAX_LEN ? len : 0;
+}
+
+/* --- broker_ops --- */
+
+static void mem_on_open_failed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static int mem_open(struct broker *b, uv_loop_t *loop, const struct config *cfg)
+{
+    struct mem_broker *p = calloc(1, sizeof(*p));
+    int rc;
+    if (p == NULL)
+        return UV_ENOMEM;
+    p->b = b;
+    p->ttl_ms = cfg->ttl_ms;
+    p->max_queue = cfg->max_queue;
+    map_init(&p->queues);
+    map_init(&p->topics);
+    /* Neither init fails on Unix (libuv 1.44 always returns 0); checked for the contract. */
+    if ((rc = uv_idle_init(loop, &p->idle)) < 0) {
+        free(p);
+        return rc;
+    }
+    p->idle.data = p;
+    if ((rc = uv_timer_init(loop, &p->timer)) < 0) {
+        uv_close((uv_handle_t *)&p->idle, mem_on_open_failed); /* frees p */
+        return rc;
+    }
+    p->timer.data = p;
+    uv_unref((uv_handle_t *)&p->timer); /* pending expiries alone do not keep the loop alive */
+    p->open_handles = 2;
+    b->priv = p;
+    log_debug("event=broker_open type=memory ttl_ms=%llu max_queue=%u",
+              (unsigned long long)p->ttl_ms, p->max_queue);
+    return 0;
+}
+
+static int mem_attach(struct broker *b, struct session *s)
+{
+    struct mem_broker *p = b->priv;
+    struct mem_sess *ms;
+    struct mem_queue *q;
+    size_t len = s->key_len;
+    int rc = UV_ENOMEM;
+    uint16_t i;
+    s->bpriv = NULL; /* so that a detach after a failed attach is a no-op */
+    if (p == NULL || p->closing)
+        return UV_ECANCELED;
+    if (len == 0 || len > KEY_MAX_LEN)
+        return UV_EINVAL;
+    ms = calloc(1, sizeof(*ms) + (size_t)s->ntopics * sizeof(ms->subs[0]));
+    if (ms == NULL)
+        return UV_ENOMEM;
+    ms->s = s;
+    ms->nsubs = s->ntopics;
+    q = mem_queue_find(p, s->key, len);
+    if (q == NULL && (q = mem_queue_new(p, s->key, len)) == NULL)
+        goto fail;
+    for (i = 0; i < s->ntopics; i++) {
+        const char *name = s->topics[i];
+        size_t nlen = mem_name_len(name);
+        struct mem_topic *t;
+        int dup = 0;
+        if (nlen == 0) {
+            rc = UV_EINVAL;
+            goto fail_subs;
+        }
+        for (uint16_t j = 0; j < i && !dup; j++) /* ?topics=a,a: subscribe once */
+            dup = strcmp(s->topics[j], name) == 0;
+        if (dup)
+            continue;
+        if ((t = mem_topic_get(p, name, nlen, 1)) == NULL)
+            goto fail_subs;
+        mem_sub_link(t, &ms->subs[i], s);
+    }
+    /* Subscriptions are in place now; the key's backlog is drained right before the 101
+     * (mem_on_idle), so pushes accepted meanwhile queue behind it in order. */
+    mem_queue_link(q, s);
+    ms->q = q;
+    s->bpriv = ms;
+    mem_attach_link(p, ms);
+    return 0;
+fail_subs:
+    mem_sess_unsubscribe(p, ms);
+    mem_queue_free_if_empty(p, q);
+fail:
+    free(ms);
+    return rc;
+}
+
+static void mem_detach(struct broker *b, struct session *s)
+{
+    struct mem_broker *p = b->priv;
+    struct mem_sess *ms = s->bpriv;
+    if (p == NULL || ms == NULL)
+        return; /* never attached, attach failed, or the broker already let it go */
+    if (ms->attaching)
+        mem_attach_unlink(p, ms); /* session_attached will not run */
+    mem_sess_unsubscribe(p, ms);
+    if (ms->q != NULL) {
+        mem_queue_unlink(ms->q, s);
+        mem_queue_free_if_empty(p, ms->q);
+    }
+    s->bpriv = NULL;
+    free(ms);
+}
+
+static int mem_push(struct broker *b, const char *key, struct msg *m, broker_push_cb cb, void *arg)
+{
+    struct mem_broker *p = b->priv;
+    struct mem_call *c;
+    struct mem_queue *q;
+    struct mem_item *it;
+    size_t len;
+    int status = 0;
+    if (p == NULL || p->closing)
+        return UV_ECANCELED;
+    if ((len = mem_name_len(key)) == 0)
+        return UV_EINVAL;
+    if ((c = malloc(sizeof(*c))) == NULL)
+        return UV_ENOMEM;
+    q = mem_queue_find(p, key, len);
+    /* Straight to a socket only when nothing older waits, so a key's messages stay in order. */
+    if (q != NULL && q->head == NULL && mem_queue_deliver(q, m) == 0)
+        goto done;
+    if ((q != NULL ? q->nitems : 0) >= p->max_queue) {
+        status = UV_ENOBUFS; /* the core answers 429 */
+        goto done;
+    }
+    if ((it = malloc(sizeof(*it))) == NULL)
+        goto nomem;
+    if (q == NULL && (q = mem_queue_new(p, key, len)) == NULL) {
+        free(it);
+        goto nomem;
+    }
+    mem_item_append(p, q, it, m);
+done:
+    mem_call_add(p, c, cb, arg, status);
+    return 0;
+nomem:
+    free(c);
+    return UV_ENOMEM;
+}
+
+static int mem_publish(struct broker *b, const char *topic, struct msg *m, broker_push_cb cb,
+                       void *arg)
+{
+    struct mem_broker *p = b->priv;
+    struct mem_topic *t;
+    struct mem_call *c;
+    size_t len;
+    if (p == NULL || p->closing)
+        return UV_ECANCELED;
+    if ((len = mem_name_len(topic)) == 0)
+        return UV_EINVAL;
+    if ((c = malloc(sizeof(*c))) == NULL)
+        return UV_ENOMEM;
+    /* session_deliver never calls back into the broker, so the list cannot change under
+     * us; a refusal closes that socket and is none of the publisher's business. */
+    if ((t = mem_topic_get(p, topic, len, 0)) != NULL)
+        for (struct mem_sub *sub = t->subs; sub != NULL; sub = sub->next)
+            (void)session_deliver(sub->s, 0, m);
+    mem_call_add(p, c, cb, arg, 0);
+    return 0;
+}
+
+static int mem_ready(struct broker *b)
+{
+    struct mem_broker *p = b->priv;
+    return p != NULL && !p->closing;
+}
+
+/* Deferred work: attach completions (drain, then session_attached), then the push and
+ * publish callbacks queued before this pass (a callback that pushes again is served on
+ * the next loop iteration, so this never spins). A callback may close the broker: the
+ * rest then runs from mem_close_finish. */
+static void mem_on_idle(uv_idle_t *h)
+{
+    struct mem_broker *p = h->data;
+    struct mem_call *last = p->calls_tail, *c;
+    struct mem_sess *ms;
+    while (!p->closing && (ms = p->attach_head) != NULL) {
+        mem_attach_unlink(p, ms);
+        mem_queue_drain(p, ms->q, ms->s);
+        session_attached(ms->s, 0);
+    }
+    while (!p->closing && last != NULL && (c = mem_call_pop(p)) != NULL) {
+        int was_last = c == last;
+        broker_push_cb cb = c->cb;
+        void *arg = c->arg;
+        int status = c->status;
+        free(c);
+        cb(arg, status);
+        if (was_last)
+            break;
+    }
+    if (!p->closing && p->calls == NULL && p->attach_head == NULL)
+        uv_idle_stop(h);
+}
+
+/* Drop every expired message (the oldest first, all in one pass) and re-arm. */
+static void mem_on_timer(uv_timer_t *h)
+{
+    struct mem_broker *p = h->data;
+    uint64_t now = uv_now(p->b->loop);
+    unsigned long n = 0;
+    struct mem_item *it;
+    while ((it = p->ghead) != NULL && it->expires_at <= now) {
+        struct mem_queue *q = it->q;
+        assert(q->head == it); /* same TTL for all: the oldest item heads its own queue */
+        mem_item_drop_head(p, q);
+        mem_queue_free_if_empty(p, q);
+        n++;
+    }
+    p->b->dropped += n;
+    if (n > 0)
+        log_debug("event=broker_expired type=memory count=%lu", n);
+    mem_timer_arm(p);
+}
+
+static void mem_close_finish(struct mem_broker *p)
+{
+    struct broker *b = p->b;
+    broker_close_cb cb = p->close_cb;
+    struct mem_sess *ms;
+    struct mem_call *c;
+    /* Attaches that never completed: exactly-once session_attached, with an error. */
+    while ((ms = p->attach_head) != NULL) {
+        struct session *s = ms->s;
+        mem_attach_unlink(p, ms);
+        s->bpriv = NULL;
+        free(ms);
+        session_attached(s, UV_ECANCELED);
+    }
+    /* Accepted pushes and publishes still get their one callback. */
+    while ((c = mem_call_pop(p)) != NULL) {
+        broker_push_cb ccb = c->cb;
+        void *arg = c->arg;
+        int status = c->status;
+        free(c);
+        ccb(arg, status);
+    }
+    b->priv = NULL;
+    free(p);
+    if (cb != NULL)
+        cb(b);
+}
+
+static void mem_on_handle_closed(uv_handle_t *h)
+{
+    struct mem_broker *p = h->data;
+    if (--p->open_handles == 0)
+        mem_close_finish(p);
+}
+
+/* Free every queue, message and subscription now; sessions still online are closed with
+ * 1001 and let go (a later detach of them is a no-op while b's memory lives); the
+ * callbacks (pending attaches, pushes, then cb) run once both handles are closed. */
+static void mem_close(struct broker *b, broker_close_cb cb)
+{
+    struct mem_broker *p = b->priv;
+    struct map_iter iter;
+    struct map_node *n;
+    if (p == NULL || p->closing)
+        return; /* already closing: the first close's cb will run */
+    p->closing = 1;
+    p->close_cb = cb;
+    map_iter_init(&iter, &p->queues);
+    while ((n = map_iter_next(&iter)) != NULL) {
+        struct mem_queue *q = map_entry(n, struct mem_queue, node);
+        struct session *s;
+        while ((s = q->sessions) != NULL) {
+            struct mem_sess *ms = s->bpriv;
+            mem_queue_unlink(q, s);
+            mem_sess_unsubscribe(p, ms);
+            ms->q = NULL;
+            if (ms->attaching)
+                continue; /* mem_close_finish answers it */
+            s->bpriv = NULL;
+            free(ms);
+            session_close(s, MEM_CLOSE_CODE);
+        }
+        while (q->head != NULL) {
+            mem_item_drop_head(p, q);
+            b->dropped++;
+        }
+        map_remove(&p->queues, n);
+        free(q);
+    }
+    assert(map_count(&p->topics) == 0); /* every subscriber was in some queue */
+    map_free(&p->queues);
+    map_free(&p->topics);
+    uv_close((uv_handle_t *)&p->idle, mem_on_handle_closed);
+    uv_close((uv_handle_t *)&p->timer, mem_on_handle_closed);
+}
+
+const struct broker_ops broker_memory_ops = {
+    .name = "memory",
+    .open = mem_open,
+    .attach = mem_attach,
+    .detach = mem_detach,
+    .push = mem_push,
+    .publish = mem_publish,
+    .upstream = NULL, /* no in-process reader of ws.send.S: the core drops client frames */
+    .ack = NULL,      /* at-most-once: msg ids are always 0 */
+    .ready = mem_ready,
+    .close = mem_close,
+};

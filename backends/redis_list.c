@@ -1,0 +1,967 @@
+/* redis_list.c — the "redis-list" broker: durable per-session queues in Redis lists,
+ * at-least-once delivery across any number of gateway nodes. Loop thread only.
+ *
+ * Keys (prefix p = [broker] prefix, S = session key, T = topic):
+ *   p.recv.S                 list: RPUSH by producers (POST /push or plain redis-cli),
+ *                            PEXPIRE ttl on every push made by the gateway
+ *   p.send.S                 list: client frames (upstream = on), RPUSH + PEXPIRE ttl
+ *   p.topic.T                pub/sub channel for broadcasts (not stored)
+ *   p.inflight.N.I           list: messages taken for socket I (struct session id) of node
+ *                            incarnation N, delivered and not yet acked
+ *   p.node.N                 hash I -> "p.recv.S": which queue each in-flight list returns to
+ *   p.lease.N                string with a PX lease, refreshed by the node's heartbeat
+ *   p.nodes                  set of node incarnations that may own in-flight lists
+ *
+ * Flow: a socket attaches -> SUBSCRIBE __keyspace@db__:p.recv.S (+ p.topic.T) on the
+ * node's one pub/sub connection; once confirmed, the socket gets its 101 and a fetch: one
+ * EVALSHA that LPOPs up to min(batch, free window) messages and RPUSHes them onto the
+ * socket's in-flight list (the window is [websocket] max_inflight delivered-but-unwritten
+ * messages: nothing is taken from Redis that the socket cannot take). Any RPUSH/LPUSH on
+ * p.recv.S (ours or a plain redis-cli's) produces a keyspace notification that wakes the
+ * holder's fetch; there is no polling. When the core reports a frame written (ack), the
+ * next fetch of that socket first LPOPs the acked count off its in-flight list (acks of one
+ * loop iteration are coalesced into that same EVALSHA). On detach the unacked messages go
+ * back to the head of p.recv.S in order (one EVALSHA).
+ *
+ * Crash recovery: each connection of the command link registers a fresh incarnation N
+ * with a lease (max(3 ping, 2 timeout) + 1 s). Every node's heartbeat sweeps p.nodes and
+ * returns the in-flight lists of incarnations whose lease expired to the heads of their
+ * queues, atomically in Lua; a node whose own link dropped reclaims its old incarnation as
+ * soon as it reconnects. So a kill -9'd node's in-flight messages are redelivered by any
+ * node within one lease, and nothing is removed from Redis before its ack.
+ *
+ * Does NOT: buffer messages in gateway memory beyond the window, poll Redis, use blocking
+ * commands, or open more than two Redis connections (one command link, one pub/sub link)
+ * however many sessions are attached. */
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker.h"
+#include "config.h"
+#include "log.h"
+#include "msg.h"
+#include "redis_conn.h"
+#include "session.h"
+
+#define RLIST_TAG_KEYSPACE 1
+#define RLIST_TAG_TOPIC 2
+#define RLIST_NAME_MAX 320   /* prefix(64) + ".inflight." + nid + sid + key(128) + slack */
+#define RLIST_BATCH_MAX 1000 /* Lua unpack() limit is ~8000; keep replies small */
+#define RLIST_HSET_CHUNK 256 /* sessions per HSET when re-registering */
+
+/* --- Lua (loaded with SCRIPT LOAD on every connect; EVALSHA by locally computed SHA1) --- */
+
+/* KEYS[1] queue; ARGV payload, max_queue (0 = none), ttl_ms. -1 when full. */
+static const char rlist_lua_push[] =
+    "local max = tonumber(ARGV[2])\n"
+    "if max > 0 and redis.call('LLEN', KEYS[1]) >= max then return -1 end\n"
+    "local n = redis.call('RPUSH', KEYS[1], ARGV[1])\n"
+    "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
+    "return n\n";
+
+/* KEYS[1] queue, KEYS[2] in-flight list, KEYS[3] lease; ARGV acks, k.
+ * Drops the acked head of the in-flight list, then moves up to k messages. */
+static const char rlist_lua_flow[] =
+    "local a = tonumber(ARGV[1])\n"
+    "if a > 0 then redis.call('LPOP', KEYS[2], a) end\n"
+    "local k = tonumber(ARGV[2])\n"
+    "if k <= 0 then return {} end\n"
+    "if redis.call('EXISTS', KEYS[3]) == 0 then\n"
+    "  return redis.error_reply('WSGATE_LEASE node lease lost')\n"
+    "end\n"
+    "local v = redis.call('LPOP', KEYS[1], k)\n"
+    "if not v then return {} end\n"
+    "redis.call('RPUSH', KEYS[2], unpack(v))\n"
+    "return v\n";
+
+/* KEYS[1] in-flight list, KEYS[2] queue, KEYS[3] node hash; ARGV acks, sid, ttl_ms.
+ * Drops the acked head, moves the rest back to the queue head in order. */
+static const char rlist_lua_release[] =
+    "local a = tonumber(ARGV[1])\n"
+    "if a > 0 then redis.call('LPOP', KEYS[1], a) end\n"
+    "local n = 0\n"
+    "while redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT') do n = n + 1 end\n"
+    "if n > 0 and redis.call('PTTL', KEYS[2]) < 0 then\n"
+    "  redis.call('PEXPIRE', KEYS[2], ARGV[3])\n"
+    "end\n"
+    "redis.call('HDEL', KEYS[3], ARGV[2])\n"
+    "return n\n";
+
+/* ARGV prefix, nid ("" = none), old nid to reclaim ("" = none), lease_ms, ttl_ms, mode.
+ * mode "beat": refresh our lease (-1 if it is gone), then sweep. Otherwise: reclaim old,
+ * register nid, sweep. Returns the number of messages moved back to their queues. */
+static const char rlist_lua_node[] =
+    "local p = ARGV[1]\n"
+    "local function reclaim(id)\n"
+    "  local h = p .. '.node.' .. id\n"
+    "  local m = redis.call('HGETALL', h)\n"
+    "  local moved = 0\n"
+    "  for i = 1, #m, 2 do\n"
+    "    local f = p .. '.inflight.' .. id .. '.' .. m[i]\n"
+    "    local q = m[i + 1]\n"
+    "    local n = 0\n"
+    "    while redis.call('LMOVE', f, q, 'RIGHT', 'LEFT') do n = n + 1 end\n"
+    "    if n > 0 and redis.call('PTTL', q) < 0 then redis.call('PEXPIRE', q, ARGV[5]) end\n"
+    "    moved = moved + n\n"
+    "  end\n"
+    "  redis.call('DEL', h, p .. '.lease.' .. id)\n"
+    "  redis.call('SREM', p .. '.nodes', id)\n"
+    "  return moved\n"
+    "end\n"
+    "local moved = 0\n"
+    "if ARGV[6] == 'beat' then\n"
+    "  if redis.call('PEXPIRE', p .. '.lease.' .. ARGV[2], ARGV[4]) == 0 then return -1 end\n"
+    "else\n"
+    "  if ARGV[3] ~= '' then moved = reclaim(ARGV[3]) end\n"
+    "  if ARGV[2] == '' then return moved end\n"
+    "  redis.call('SADD', p .. '.nodes', ARGV[2])\n"
+    "  redis.call('SET', p .. '.lease.' .. ARGV[2], '1', 'PX', ARGV[4])\n"
+    "end\n"
+    "for _, id in ipairs(redis.call('SMEMBERS', p .. '.nodes')) do\n"
+    "  if redis.call('EXISTS', p .. '.lease.' .. id) == 0 then moved = moved + reclaim(id) end\n"
+    "end\n"
+    "return moved\n";
+
+enum { RLIST_LUA_PUSH = 0, RLIST_LUA_FLOW, RLIST_LUA_RELEASE, RLIST_LUA_NODE, RLIST_LUA_N };
+
+static const char *const rlist_lua[RLIST_LUA_N] = {rlist_lua_push, rlist_lua_flow,
+                                                   rlist_lua_release, rlist_lua_node};
+
+struct rlist;
+
+/* One attached socket. Allocated by attach with its rsubs and queue name in one block;
+ * freed when it is detached and no reply callback or service-queue entry refers to it. */
+struct rlist_sess {
+    struct rlist *rl;          /* borrowed: outlives rs */
+    struct session *s;         /* borrowed: from attach until detach, then NULL */
+    struct rlist_sess *next;   /* rl->sessions (attached, not detached) */
+    struct rlist_sess *prev;   /* idem */
+    struct rlist_sess *snext;  /* rl service queue, while queued */
+    char *qkey;                /* points into this allocation: "p.recv.S" */
+    uint32_t qkey_len;         /* strlen(qkey) */
+    uint64_t sid;              /* s->id: names the in-flight list */
+    uint32_t unacked;          /* delivered in this epoch, not acked yet */
+    uint32_t fetching;         /* messages asked by the outstanding fetch (0 = none) */
+    uint32_t acks;             /* acked, not yet dropped from the in-flight list */
+    uint32_t refs;             /* outstanding replies + service-queue membership */
+    uint64_t fetch_epoch;      /* rl->epoch when the outstanding fetch was sent */
+    uint8_t more;              /* the queue may hold messages: fetch when the window allows */
+    uint8_t dirty;             /* woken while a fetch was in flight */
+    uint8_t queued;            /* in the service queue */
+    uint8_t attached;          /* session_attached(s, 0) was called */
+    uint8_t detached;          /* detach ran: s is gone */
+    uint8_t dead;              /* session_deliver refused: wait for detach */
+    uint16_t nsubs;            /* subs[0] keyspace channel, then topic channels */
+    uint16_t nready;           /* subs confirmed on the current pub/sub connection */
+    struct rsub subs[];        /* embedded: registered with rl->sub from attach to detach */
+};
+
+struct rlist {
+    struct broker *b;            /* borrowed: owns rl through b->priv */
+    const struct config *cfg;    /* borrowed: outlives the broker */
+    struct rconn_url url;        /* parsed [redis] url */
+    struct rconn *cmd;           /* owned: command link, closed in rlist_close */
+    struct rconn *sub;           /* owned: pub/sub link */
+    uv_check_t check;            /* embedded: drains the service queue after each poll */
+    uv_timer_t hb;               /* embedded: lease heartbeat + sweep */
+    struct rlist_sess *sessions; /* attached sessions (borrowed list heads, owned nodes) */
+    struct rlist_sess *svc_head; /* service queue (each entry holds a ref) */
+    struct rlist_sess *svc_tail; /* idem */
+    char sha[RLIST_LUA_N][41];   /* SHA1 hex of each script */
+    char nid[17];                /* current incarnation id (hex), registered when `registered` */
+    char old_nid[17];            /* incarnation to reclaim at the next registration, or "" */
+    uint64_t epoch;              /* +1 whenever the command link drops */
+    uint64_t next_id;            /* last msg_id given out */
+    uint64_t first_valid_id;     /* acks below this belong to a dead epoch: ignored */
+    uint64_t lease_ms;           /* node lease length */
+    uint32_t batch;              /* messages per fetch at most */
+    int setup_pending;           /* setup replies still awaited after the link came up */
+    uint8_t registered;          /* setup done on the current command link */
+    uint8_t closing;             /* rlist_close called */
+    int close_pending;           /* handles and links still closing */
+    broker_close_cb close_cb;    /* set by rlist_close */
+};
+
+static void rlist_service_schedule(struct rlist_sess *rs);
+
+/* --- helpers --- */
+
+static void rlist_hex(const unsigned char *in, size_t n, char *out)
+{
+    static const char hx[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hx[in[i] >> 4];
+        out[2 * i + 1] = hx[in[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+static size_t rlist_inflight_key(const struct rlist *rl, uint64_t sid, char *out, size_t cap)
+{
+    int n = snprintf(out, cap, "%s.inflight.%s.%llu", rl->cfg->prefix, rl->nid,
+                     (unsigned long long)sid);
+    return n < 0 ? 0 : (size_t)n;
+}
+
+static void rlist_sess_unref(struct rlist_sess *rs)
+{
+    if (--rs->refs == 0 && rs->detached)
+        free(rs);
+}
+
+/* --- delivery --- */
+
+static void rlist_on_flow(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rlist_sess *rs = priv;
+    struct rlist *rl = rs->rl;
+    redisReply *reply = r;
+    uint32_t k = rs->fetching;
+    (void)ac;
+    rs->fetching = 0;
+    if (rs->detached || reply == NULL || rs->fetch_epoch != rl->epoch) {
+        rs->more = 1; /* the next registration kicks every session */
+        rlist_sess_unref(rs);
+        return;
+    }
+    if (reply->type == REDIS_REPLY_ERROR) {
+        rl->b->errors++;
+        log_warn("event=redis_fetch_failed session=%s err=\"%.*s\"", rs->s->key,
+                 (int)reply->len, reply->str);
+        if (strncmp(reply->str, "WSGATE_LEASE", 12) == 0 || strncmp(reply->str, "NOSCRIPT", 8) == 0)
+            rconn_reset(rl->cmd, "lease lost or scripts flushed");
+        rs->more = 0; /* e.g. WRONGTYPE: retry on the next wake-up, not in a loop */
+        rlist_sess_unref(rs);
+        return;
+    }
+    size_t n = reply->type == REDIS_REPLY_ARRAY ? reply->elements : 0;
+    for (size_t i = 0; i < n && !rs->dead; i++) {
+        redisReply *e = reply->element[i];
+        struct msg *m;
+        int rc;
+        if (e->type != REDIS_REPLY_STRING)
+            continue;
+        m = msg_new_copy(e->str, e->len, rl->cfg->frame_type);
+        if (m == NULL) {
+            session_close(rs->s, 1011);
+            rs->dead = 1;
+            break;
+        }
+        rc = session_deliver(rs->s, ++rl->next_id, m);
+        msg_unref(m);
+        if (rc < 0) {
+            rs->dead = 1; /* the core closes it; detach returns what is left */
+            break;
+        }
+        rs->unacked++;
+    }
+    rs->more = n >= k || rs->dirty;
+    rs->dirty = 0;
+    if (rs->more || rs->acks > 0)
+        rlist_service_schedule(rs);
+    rlist_sess_unref(rs);
+}
+
+/* One command for this socket: drop acked messages, and fetch if the window allows. */
+static void rlist_service(struct rlist_sess *rs)
+{
+    struct rlist *rl = rs->rl;
+    char fkey[RLIST_NAME_MAX], lease[RLIST_NAME_MAX], acks[16], kbuf[16];
+    size_t flen;
+    uint32_t k = 0;
+    if (rs->detached || !rl->registered || !rconn_is_up(rl->cmd))
+        return;
+    uint32_t window = rl->cfg->max_inflight > 0 ? rl->cfg->max_inflight : 1;
+    if (rs->attached && rs->more && rs->fetching == 0 && !rs->dead &&
+        rs->nready == rs->nsubs && rs->unacked < window) {
+        k = window - rs->unacked;
+        if (k > rl->batch)
+            k = rl->batch;
+    }
+    if (k == 0 && rs->acks == 0)
+        return;
+    flen = rlist_inflight_key(rl, rs->sid, fkey, sizeof(fkey));
+    int alen = snprintf(acks, sizeof(acks), "%u", rs->acks);
+    if (k == 0) {
+        const char *argv[] = {"LPOP", fkey, acks};
+        size_t lens[] = {4, flen, (size_t)alen};
+        if (rconn_command(rl->cmd, NULL, NULL, 3, argv, lens) == 0)
+            rs->acks = 0;
+        return;
+    }
+    int llen = snprintf(lease, sizeof(lease), "%s.lease.%s", rl->cfg->prefix, rl->nid);
+    int klen = snprintf(kbuf, sizeof(kbuf), "%u", k);
+    const char *argv[] = {"EVALSHA", rl->sha[RLIST_LUA_FLOW], "3", rs->qkey, fkey, lease,
+                          acks, kbuf};
+    size_t lens[] = {7, 40, 1, rs->qkey_len, flen, (size_t)llen, (size_t)alen, (size_t)klen};
+    if (rconn_command(rl->cmd, rlist_on_flow, rs, 8, argv, lens) == 0) {
+        rs->refs++;
+        rs->acks = 0;
+        rs->fetching = k;
+        rs->fetch_epoch = rl->epoch;
+        rs->dirty = 0;
+    }
+}
+
+static void rlist_on_check(uv_check_t *h)
+{
+    struct rlist *rl = h->data;
+    /* Each pass sends at most one command per socket; replies come back in a later poll. */
+    while (rl->svc_head != NULL) {
+        struct rlist_sess *rs = rl->svc_head;
+        rl->svc_head = rs->snext;
+        if (rl->svc_head == NULL)
+            rl->svc_tail = NULL;
+        rs->snext = NULL;
+        rs->queued = 0;
+        if (!rl->closing)
+            rlist_service(rs);
+        rlist_sess_unref(rs);
+    }
+    uv_check_stop(&rl->check);
+}
+
+static void rlist_service_schedule(struct rlist_sess *rs)
+{
+    struct rlist *rl = rs->rl;
+    if (rs->queued || rs->detached || rl->closing)
+        return;
+    rs->queued = 1;
+    rs->refs++;
+    if (rl->svc_tail != NULL)
+        rl->svc_tail->snext = rs;
+    else
+        rl->svc_head = rs;
+    rl->svc_tail = rs;
+    uv_check_start(&rl->check, rlist_on_check);
+}
+
+static void rlist_wake(struct rlist_sess *rs)
+{
+    if (rs->detached || !rs->attached)
+        return;
+    if (rs->fetching > 0) {
+        rs->dirty = 1;
+        return;
+    }
+    rs->more = 1;
+    rlist_service_schedule(rs);
+}
+
+/* --- pub/sub link callbacks --- */
+
+static int rlist_is_push_event(const char *d, size_t n)
+{
+    return (n == 5 && (memcmp(d, "rpush", 5) == 0 || memcmp(d, "lpush", 5) == 0)) ||
+           (n == 7 && memcmp(d, "linsert", 7) == 0);
+}
+
+static void rlist_on_message(struct rconn *rc, struct rconn_chan *ch, const char *data,
+                             size_t len, void *arg)
+{
+    struct rlist *rl = arg;
+    struct msg *m = NULL;
+    (void)rc;
+    if (ch->ready == NULL)
+        return;
+    if (ch->ready->tag == RLIST_TAG_KEYSPACE) {
+        /* The payload is the event name; our own LPOPs also notify and are ignored. */
+        if (!rlist_is_push_event(data, len))
+            return;
+        for (struct rsub *u = ch->ready; u; u = u->next)
+            rlist_wake(u->owner);
+        return;
+    }
+    for (struct rsub *u = ch->ready; u; u = u->next) {
+        struct rlist_sess *rs = u->owner;
+        if (rs->detached || !rs->attached || rs->dead)
+            continue;
+        if (m == NULL && (m = msg_new_copy(data, len, rl->cfg->frame_type)) == NULL)
+            return;
+        session_deliver(rs->s, 0, m); /* a broadcast is not stored: no ack */
+    }
+    msg_unref(m);
+}
+
+static void rlist_on_sub_ready(struct rconn *rc, struct rsub *sub, void *arg)
+{
+    struct rlist_sess *rs = sub->owner;
+    (void)rc;
+    (void)arg;
+    if (rs->detached || ++rs->nready < rs->nsubs)
+        return;
+    rs->refs++; /* session_attached may detach rs (allowed outside attach) */
+    if (!rs->attached) {
+        rs->attached = 1;
+        session_attached(rs->s, 0);
+    }
+    /* (Re)subscribed: anything pushed while we were not listening is fetched now. */
+    if (!rs->detached) {
+        rs->more = 1;
+        rlist_service_schedule(rs);
+    }
+    rlist_sess_unref(rs);
+}
+
+static void rlist_on_sub_state(struct rconn *rc, int up, void *arg)
+{
+    struct rlist *rl = arg;
+    (void)rc;
+    if (up)
+        return; /* rsubs become ready one by one (rlist_on_sub_ready) */
+    for (struct rlist_sess *rs = rl->sessions; rs; rs = rs->next)
+        rs->nready = 0;
+}
+
+/* --- command link setup --- */
+
+static void rlist_kick_all(struct rlist *rl)
+{
+    for (struct rlist_sess *rs = rl->sessions; rs; rs = rs->next) {
+        rs->more = 1;
+        rlist_service_schedule(rs);
+    }
+}
+
+static void rlist_on_hb_timer(uv_timer_t *t);
+
+static void rlist_setup_step(struct rlist *rl)
+{
+    if (--rl->setup_pending > 0)
+        return;
+    rl->registered = 1;
+    rl->old_nid[0] = '\0';
+    log_info("event=redis_registered node=%s lease_ms=%llu", rl->nid,
+             (unsigned long long)rl->lease_ms);
+    uv_timer_start(&rl->hb, rlist_on_hb_timer, rl->lease_ms / 3, rl->lease_ms / 3);
+    rlist_kick_all(rl);
+}
+
+static void rlist_on_config_set(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rlist *rl = priv;
+    redisReply *reply = r;
+    (void)ac;
+    if (reply == NULL)
+        return;
+    if (reply->type == REDIS_REPLY_ERROR)
+        log_error("event=redis_notify_config_failed err=\"%.*s\" hint=\"set "
+                  "notify-keyspace-events to include K and l (e.g. Kl) in redis.conf: without "
+                  "it plain RPUSH producers do not wake the gateway\"",
+                  (int)reply->len, reply->str);
+    else
+        log_info("event=redis_notify_enabled");
+    rlist_setup_step(rl);
+}
+
+static void rlist_on_config_get(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rlist *rl = priv;
+    redisReply *reply = r;
+    char flags[64];
+    (void)ac;
+    if (reply == NULL)
+        return;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+        reply->element[1]->type != REDIS_REPLY_STRING || reply->element[1]->len > 40) {
+        log_warn("event=redis_notify_config_unknown hint=\"cannot read notify-keyspace-events: "
+                 "make sure it includes K and l (e.g. Kl)\"");
+        rlist_setup_step(rl);
+        return;
+    }
+    const char *cur = reply->element[1]->str;
+    int has_k = strchr(cur, 'K') != NULL;
+    int has_l = strchr(cur, 'l') != NULL || strchr(cur, 'A') != NULL;
+    if (has_k && has_l) {
+        rlist_setup_step(rl);
+        return;
+    }
+    int n = snprintf(flags, sizeof(flags), "%s%s%s", cur, has_k ? "" : "K", has_l ? "" : "l");
+    const char *argv[] = {"CONFIG", "SET", "notify-keyspace-events", flags};
+    size_t lens[] = {6, 3, 22, (size_t)n};
+    if (rconn_command(rl->cmd, rlist_on_config_set, rl, 4, argv, lens) < 0)
+        return; /* link going down: setup restarts on the next up */
+}
+
+static void rlist_on_register(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rlist *rl = priv;
+    redisReply *reply = r;
+    (void)ac;
+    if (reply == NULL)
+        return;
+    if (reply->type != REDIS_REPLY_INTEGER) {
+        rl->b->errors++;
+        log_error("event=redis_register_failed err=\"%.*s\"", (int)reply->len,
+                  reply->str ? reply->str : "");
+        rconn_reset(rl->cmd, "register failed");
+        return;
+    }
+    if (reply->integer > 0)
+        log_info("event=redis_reclaimed messages=%lld", reply->integer);
+    rlist_setup_step(rl);
+}
+
+static void rlist_on_script_load(redisAsyncContext *ac, void *r, void *priv)
+{
+    redisReply *reply = r;
+    const char *want = priv;
+    (void)ac;
+    if (reply == NULL)
+        return;
+    if (reply->type != REDIS_REPLY_STRING || reply->len != 40 || memcmp(reply->str, want, 40))
+        log_error("event=redis_script_load_failed err=\"%.*s\"", (int)reply->len,
+                  reply->str ? reply->str : "");
+}
+
+/* Send the node script: register (mode "reg") or heartbeat ("beat"). */
+static int rlist_node_cmd(struct rlist *rl, const char *nid, const char *old, const char *mode,
+                          redisCallbackFn *fn)
+{
+    char lease[24], ttl[24];
+    int ll = snprintf(lease, sizeof(lease), "%llu", (unsigned long long)rl->lease_ms);
+    int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)rl->cfg->ttl_ms);
+    const char *argv[] = {"EVALSHA", rl->sha[RLIST_LUA_NODE], "0", rl->cfg->prefix, nid, old,
+                          lease, ttl, mode};
+    size_t lens[] = {7, 40, 1, strlen(rl->cfg->prefix), strlen(nid), strlen(old),
+                     (size_t)ll, (size_t)tl, strlen(mode)};
+    return rconn_command(rl->cmd, fn, rl, 9, argv, lens);
+}
+
+/* HSET p.node.N I "p.recv.S" for every attached session, in chunks. */
+static void rlist_hset_all(struct rlist *rl)
+{
+    char hkey[RLIST_NAME_MAX];
+    char sids[RLIST_HSET_CHUNK][24];
+    const char *argv[2 + 2 * RLIST_HSET_CHUNK];
+    size_t lens[2 + 2 * RLIST_HSET_CHUNK];
+    int hl = snprintf(hkey, sizeof(hkey), "%s.node.%s", rl->cfg->prefix, rl->nid);
+    int n = 0;
+    argv[0] = "HSET";
+    lens[0] = 4;
+    argv[1] = hkey;
+    lens[1] = (size_t)hl;
+    for (struct rlist_sess *rs = rl->sessions; rs; rs = rs->next) {
+        int sl = snprintf(sids[n], sizeof(sids[n]), "%llu", (unsigned long long)rs->sid);
+        argv[2 + 2 * n] = sids[n];
+        lens[2 + 2 * n] = (size_t)sl;
+        argv[3 + 2 * n] = rs->qkey;
+        lens[3 + 2 * n] = rs->qkey_len;
+        if (++n == RLIST_HSET_CHUNK || rs->next == NULL) {
+            rconn_command(rl->cmd, NULL, NULL, 2 + 2 * n, argv, lens);
+            n = 0;
+        }
+    }
+}
+
+static void rlist_on_cmd_state(struct rconn *rc, int up, void *arg)
+{
+    struct rlist *rl = arg;
+    unsigned char rnd[8];
+    (void)rc;
+    if (!up) {
+        rl->epoch++;
+        rl->first_valid_id = rl->next_id + 1;
+        if (rl->registered)
+            memcpy(rl->old_nid, rl->nid, sizeof(rl->nid));
+        rl->registered = 0;
+        uv_timer_stop(&rl->hb);
+        for (struct rlist_sess *rs = rl->sessions; rs; rs = rs->next) {
+            rs->unacked = 0;
+            rs->acks = 0;
+            rs->more = 1;
+        }
+        return;
+    }
+    if (uv_random(NULL, NULL, rnd, sizeof(rnd), 0, NULL) < 0) {
+        uint64_t t = uv_hrtime() ^ ((uint64_t)(uintptr_t)rl << 16);
+        memcpy(rnd, &t, sizeof(rnd));
+    }
+    rlist_hex(rnd, sizeof(rnd), rl->nid);
+    for (int i = 0; i < RLIST_LUA_N; i++) {
+        const char *argv[] = {"SCRIPT", "LOAD", rlist_lua[i]};
+        size_t lens[] = {6, 4, strlen(rlist_lua[i])};
+        rconn_command(rl->cmd, rlist_on_script_load, rl->sha[i], 3, argv, lens);
+    }
+    rl->setup_pending = 2;
+    {
+        const char *argv[] = {"CONFIG", "GET", "notify-keyspace-events"};
+        size_t lens[] = {6, 3, 22};
+        rconn_command(rl->cmd, rlist_on_config_get, rl, 3, argv, lens);
+    }
+    rlist_node_cmd(rl, rl->nid, rl->old_nid, "reg", rlist_on_register);
+    rlist_hset_all(rl);
+}
+
+static void rlist_on_beat(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rlist *rl = priv;
+    redisReply *reply = r;
+    (void)ac;
+    if (reply == NULL || rl->closing)
+        return;
+    if (reply->type != REDIS_REPLY_INTEGER) {
+        rl->b->errors++;
+        log_warn("event=redis_heartbeat_failed err=\"%.*s\"", (int)reply->len,
+                 reply->str ? reply->str : "");
+        return;
+    }
+    if (reply->integer < 0) {
+        /* Another node reclaimed our in-flight lists: start a new incarnation. */
+        rconn_reset(rl->cmd, "node lease expired");
+        return;
+    }
+    if (reply->integer > 0)
+        log_info("event=redis_reclaimed messages=%lld", reply->integer);
+}
+
+static void rlist_on_hb_timer(uv_timer_t *t)
+{
+    struct rlist *rl = t->data;
+    if (rl->registered && rconn_is_up(rl->cmd))
+        rlist_node_cmd(rl, rl->nid, "", "beat", rlist_on_beat);
+}
+
+/* --- vtable --- */
+
+static int rlist_open(struct broker *b, uv_loop_t *loop, const struct config *cfg)
+{
+    struct rlist *rl;
+    char probe[128];
+    unsigned char rnd[6];
+    int rc;
+    rl = calloc(1, sizeof(*rl));
+    if (rl == NULL)
+        return UV_ENOMEM;
+    rl->b = b;
+    rl->cfg = cfg;
+    if ((rc = rconn_url_parse(cfg->redis_url, &rl->url)) < 0) {
+        log_error("event=redis_bad_url");
+        free(rl);
+        return rc;
+    }
+    for (int i = 0; i < RLIST_LUA_N; i++) {
+        unsigned char md[SHA_DIGEST_LENGTH];
+        SHA1((const unsigned char *)rlist_lua[i], strlen(rlist_lua[i]), md);
+        rlist_hex(md, sizeof(md), rl->sha[i]);
+    }
+    {
+        uint64_t a = 3 * cfg->redis_ping_interval_ms, c = 2 * cfg->redis_timeout_ms;
+        rl->lease_ms = (a > c ? a : c) + 1000;
+    }
+    rl->batch = cfg->redis_batch > RLIST_BATCH_MAX ? RLIST_BATCH_MAX : cfg->redis_batch;
+    if (rl->batch == 0)
+        rl->batch = 1;
+    rl->next_id = 0;
+    rl->first_valid_id = 1;
+    if (uv_random(NULL, NULL, rnd, sizeof(rnd), 0, NULL) < 0)
+        memset(rnd, 0, sizeof(rnd));
+    {
+        char hex[13];
+        rlist_hex(rnd, sizeof(rnd), hex);
+        snprintf(probe, sizeof(probe), "%s.probe.%s", cfg->prefix, hex);
+    }
+
+    struct rconn_opts o = {
+        .name = "cmd",
+        .kind = RCONN_CMD,
+        .url = &rl->url,
+        .timeout_ms = cfg->redis_timeout_ms,
+        .ping_ms = cfg->redis_ping_interval_ms,
+        .backoff_max_ms = cfg->redis_backoff_max_ms,
+        .on_state = rlist_on_cmd_state,
+        .arg = rl,
+    };
+    if ((rc = rconn_open(&rl->cmd, loop, &o)) < 0) {
+        free(rl);
+        return rc;
+    }
+    o.name = "sub";
+    o.kind = RCONN_SUB;
+    o.probe_channel = probe;
+    o.on_state = rlist_on_sub_state;
+    o.on_message = rlist_on_message;
+    o.on_sub_ready = rlist_on_sub_ready;
+    if ((rc = rconn_open(&rl->sub, loop, &o)) < 0) {
+        /* cmd is not up yet, so nothing refers to rl once its close starts */
+        rconn_close(rl->cmd, NULL, NULL);
+        free(rl);
+        return rc;
+    }
+    uv_check_init(loop, &rl->check);
+    rl->check.data = rl;
+    uv_timer_init(loop, &rl->hb);
+    rl->hb.data = rl;
+    b->priv = rl;
+    log_info("event=broker_open type=redis-list host=%s port=%d db=%d prefix=%s", rl->url.host,
+             rl->url.port, rl->url.db, cfg->prefix);
+    return 0;
+}
+
+static int rlist_ready(struct broker *b)
+{
+    struct rlist *rl = b->priv;
+    return rl != NULL && !rl->closing && rl->registered && rconn_is_up(rl->cmd) &&
+           rconn_is_up(rl->sub);
+}
+
+static int rlist_attach(struct broker *b, struct session *s)
+{
+    struct rlist *rl = b->priv;
+    struct rlist_sess *rs;
+    size_t n = 1, qlen, total;
+    char **names = NULL;
+    size_t *lens = NULL;
+    char qkey[RLIST_NAME_MAX];
+    int rc = UV_ENOMEM;
+    if (!rlist_ready(b))
+        return UV_ENOTCONN;
+    qlen = (size_t)snprintf(qkey, sizeof(qkey), "%s.recv.%s", rl->cfg->prefix, s->key);
+    /* distinct topics only: one rsub per channel per session */
+    for (uint16_t i = 0; i < s->ntopics; i++) {
+        int dup = 0;
+        for (uint16_t j = 0; j < i && !dup; j++)
+            dup = strcmp(s->topics[i], s->topics[j]) == 0;
+        n += !dup;
+    }
+    total = sizeof(*rs) + n * sizeof(struct rsub) + qlen + 1;
+    rs = calloc(1, total);
+    names = calloc(n, sizeof(*names));
+    lens = calloc(n, sizeof(*lens));
+    if (rs == NULL || names == NULL || lens == NULL)
+        goto out;
+    rs->rl = rl;
+    rs->s = s;
+    rs->sid = s->id;
+    rs->nsubs = (uint16_t)n;
+    rs->qkey = (char *)&rs->subs[n];
+    memcpy(rs->qkey, qkey, qlen + 1);
+    rs->qkey_len = (uint32_t)qlen;
+    n = 0;
+    for (uint16_t i = 0; i <= s->ntopics; i++) {
+        char buf[RLIST_NAME_MAX];
+        int l;
+        if (i == 0) {
+            l = snprintf(buf, sizeof(buf), "__keyspace@%d__:%s", rl->url.db, qkey);
+        } else {
+            int dup = 0;
+            for (uint16_t j = 0; j + 1 < i && !dup; j++)
+                dup = strcmp(s->topics[i - 1], s->topics[j]) == 0;
+            if (dup)
+                continue;
+            l = snprintf(buf, sizeof(buf), "%s.topic.%s", rl->cfg->prefix, s->topics[i - 1]);
+        }
+        if ((names[n] = strdup(buf)) == NULL)
+            goto out;
+        lens[n] = (size_t)l;
+        rs->subs[n].owner = rs;
+        rs->subs[n].tag = i == 0 ? RLIST_TAG_KEYSPACE : RLIST_TAG_TOPIC;
+        n++;
+    }
+    if ((rc = rconn_subscribe(rl->sub, rs->subs, (const char *const *)names, lens, n)) < 0)
+        goto out;
+    /* Register the in-flight list before any fetch can fill it (same link, in order). */
+    {
+        char hkey[RLIST_NAME_MAX], sid[24];
+        int hl = snprintf(hkey, sizeof(hkey), "%s.node.%s", rl->cfg->prefix, rl->nid);
+        int sl = snprintf(sid, sizeof(sid), "%llu", (unsigned long long)rs->sid);
+        const char *argv[] = {"HSET", hkey, sid, rs->qkey};
+        size_t alens[] = {4, (size_t)hl, (size_t)sl, rs->qkey_len};
+        rconn_command(rl->cmd, NULL, NULL, 4, argv, alens);
+    }
+    rs->next = rl->sessions;
+    if (rl->sessions != NULL)
+        rl->sessions->prev = rs;
+    rl->sessions = rs;
+    s->bpriv = rs;
+    rs = NULL;
+    rc = 0;
+out:
+    if (names != NULL)
+        for (size_t i = 0; i < n; i++)
+            free(names[i]);
+    free(names);
+    free(lens);
+    free(rs);
+    return rc;
+}
+
+static void rlist_on_release(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rlist_sess *rs = priv;
+    redisReply *reply = r;
+    (void)ac;
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+        rs->rl->b->errors++;
+        log_warn("event=redis_release_failed err=\"%.*s\"", (int)reply->len, reply->str);
+    } else if (reply != NULL && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
+        log_debug("event=redis_released messages=%lld", reply->integer);
+    }
+    rlist_sess_unref(rs);
+}
+
+static void rlist_sess_detach(struct rlist *rl, struct rlist_sess *rs, int release)
+{
+    rs->detached = 1;
+    if (rs->s != NULL)
+        rs->s->bpriv = NULL;
+    rs->s = NULL;
+    if (rs->prev != NULL)
+        rs->prev->next = rs->next;
+    else
+        rl->sessions = rs->next;
+    if (rs->next != NULL)
+        rs->next->prev = rs->prev;
+    rs->next = rs->prev = NULL;
+    rconn_unsubscribe(rl->sub, rs->subs, rs->nsubs);
+    /* Unacked messages back to the queue head; runs after an outstanding fetch (same
+     * link), so what that fetch moved goes back too. If the link is down, the next
+     * registration reclaims this incarnation's lists instead. */
+    if (release && rl->registered && rconn_is_up(rl->cmd)) {
+        char fkey[RLIST_NAME_MAX], hkey[RLIST_NAME_MAX], acks[16], sid[24], ttl[24];
+        size_t fl = rlist_inflight_key(rl, rs->sid, fkey, sizeof(fkey));
+        int hl = snprintf(hkey, sizeof(hkey), "%s.node.%s", rl->cfg->prefix, rl->nid);
+        int al = snprintf(acks, sizeof(acks), "%u", rs->acks);
+        int sl = snprintf(sid, sizeof(sid), "%llu", (unsigned long long)rs->sid);
+        int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)rl->cfg->ttl_ms);
+        const char *argv[] = {"EVALSHA", rl->sha[RLIST_LUA_RELEASE], "3", fkey, rs->qkey, hkey,
+                              acks, sid, ttl};
+        size_t lens[] = {7, 40, 1, fl, rs->qkey_len, (size_t)hl, (size_t)al, (size_t)sl,
+                         (size_t)tl};
+        if (rconn_command(rl->cmd, rlist_on_release, rs, 9, argv, lens) == 0)
+            rs->refs++;
+    }
+    rs->acks = 0;
+    if (rs->refs == 0)
+        free(rs);
+}
+
+static void rlist_detach(struct broker *b, struct session *s)
+{
+    struct rlist *rl = b->priv;
+    struct rlist_sess *rs = s->bpriv;
+    if (rl == NULL || rs == NULL || rs->detached)
+        return;
+    rlist_sess_detach(rl, rs, 1);
+}
+
+static int rlist_push(struct broker *b, const char *key, struct msg *m, broker_push_cb cb,
+                      void *arg)
+{
+    struct rlist *rl = b->priv;
+    char q[RLIST_NAME_MAX], max[16], ttl[24];
+    int ql = snprintf(q, sizeof(q), "%s.recv.%s", rl->cfg->prefix, key);
+    int ml = snprintf(max, sizeof(max), "%u", rl->cfg->max_queue);
+    int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)rl->cfg->ttl_ms);
+    const char *argv[] = {"EVALSHA", rl->sha[RLIST_LUA_PUSH], "1", q, m->data, max, ttl};
+    size_t lens[] = {7, 40, 1, (size_t)ql, m->len, (size_t)ml, (size_t)tl};
+    if (rl->closing)
+        return UV_ECANCELED;
+    return rconn_command_status(rl->cmd, cb, arg, 7, argv, lens);
+}
+
+static int rlist_upstream(struct broker *b, struct session *s, struct msg *m, broker_push_cb cb,
+                          void *arg)
+{
+    struct rlist *rl = b->priv;
+    char q[RLIST_NAME_MAX], max[16], ttl[24];
+    int ql = snprintf(q, sizeof(q), "%s.send.%s", rl->cfg->prefix, s->key);
+    int ml = snprintf(max, sizeof(max), "%u", rl->cfg->max_queue);
+    int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)rl->cfg->ttl_ms);
+    const char *argv[] = {"EVALSHA", rl->sha[RLIST_LUA_PUSH], "1", q, m->data, max, ttl};
+    size_t lens[] = {7, 40, 1, (size_t)ql, m->len, (size_t)ml, (size_t)tl};
+    if (rl->closing)
+        return UV_ECANCELED;
+    return rconn_command_status(rl->cmd, cb, arg, 7, argv, lens);
+}
+
+static int rlist_publish(struct broker *b, const char *topic, struct msg *m, broker_push_cb cb,
+                         void *arg)
+{
+    struct rlist *rl = b->priv;
+    char ch[RLIST_NAME_MAX];
+    int cl = snprintf(ch, sizeof(ch), "%s.topic.%s", rl->cfg->prefix, topic);
+    const char *argv[] = {"PUBLISH", ch, m->data};
+    size_t lens[] = {7, (size_t)cl, m->len};
+    if (rl->closing)
+        return UV_ECANCELED;
+    return rconn_command_status(rl->cmd, cb, arg, 3, argv, lens);
+}
+
+static void rlist_ack(struct broker *b, struct session *s, uint64_t msg_id)
+{
+    struct rlist *rl = b->priv;
+    struct rlist_sess *rs = s->bpriv;
+    if (rl == NULL || rs == NULL || rs->detached || msg_id < rl->first_valid_id)
+        return; /* an ack from before a reconnect: that message was reclaimed */
+    if (rs->unacked > 0)
+        rs->unacked--;
+    rs->acks++;
+    rlist_service_schedule(rs);
+}
+
+static void rlist_close_step(struct rlist *rl)
+{
+    if (--rl->close_pending > 0)
+        return;
+    struct broker *b = rl->b;
+    broker_close_cb cb = rl->close_cb;
+    b->priv = NULL;
+    free(rl);
+    if (cb != NULL)
+        cb(b);
+}
+
+static void rlist_on_handle_closed(uv_handle_t *h)
+{
+    rlist_close_step(h->data);
+}
+
+static void rlist_on_rconn_closed(void *arg)
+{
+    rlist_close_step(arg);
+}
+
+static void rlist_close(struct broker *b, broker_close_cb cb)
+{
+    struct rlist *rl = b->priv;
+    if (rl == NULL || rl->closing)
+        return;
+    rl->closing = 1;
+    rl->close_cb = cb;
+    /* Sessions the core did not detach: return their messages with the rest below. */
+    while (rl->sessions != NULL)
+        rlist_sess_detach(rl, rl->sessions, 1);
+    while (rl->svc_head != NULL) {
+        struct rlist_sess *rs = rl->svc_head;
+        rl->svc_head = rs->snext;
+        rs->queued = 0;
+        rlist_sess_unref(rs);
+    }
+    rl->svc_tail = NULL;
+    /* Deregister: whatever is still in flight goes back to its queue now, not after the
+     * lease. The command link then closes gracefully (owed replies first). */
+    if (rl->registered && rconn_is_up(rl->cmd))
+        rlist_node_cmd(rl, "", rl->nid, "reg", NULL);
+    rl->registered = 0;
+    rl->close_pending = 4;
+    uv_close((uv_handle_t *)&rl->check, rlist_on_handle_closed);
+    uv_close((uv_handle_t *)&rl->hb, rlist_on_handle_closed);
+    rconn_close(rl->sub, rlist_on_rconn_closed, rl);
+    rconn_close(rl->cmd, rlist_on_rconn_closed, rl);
+}
+
+const struct broker_ops broker_redis_list_ops = {
+    .name = "redis-list",
+    .open = rlist_open,
+    .attach = rlist_attach,
+    .detach = rlist_detach,
+    .push = rlist_push,
+    .publish = rlist_publish,
+    .upstream = rlist_upstream,
+    .ack = rlist_ack,
+    .ready = rlist_ready,
+    .close = rlist_close,
+};
