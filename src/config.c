@@ -183,7 +183,7 @@ static int cfg_hostport_check(const char *s, size_t len, int port_required)
     return cfg_port_parse(s + i + 1, len - i - 1, &port) < 0 || port == 0 ? -1 : 0;
 }
 
-/* scheme://[userinfo@]host[:port] + tail allowed by tail_ok; s[0..len). */
+/* scheme://[userinfo@]host[:port], then "/db" digits when db_path; s[0..len). */
 static int cfg_url_check(const char *s, size_t len, const char *scheme, int db_path)
 {
     size_t sl = strlen(scheme);
