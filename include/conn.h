@@ -58,10 +58,15 @@ struct conn {
     uint32_t upstream_inflight;  /* upstream publishes not yet called back */
     uint64_t active_ms;          /* last activity (ws: any frame; http: deadline base) */
     struct http_state *http;     /* owned: NULL after the upgrade */
-    wslay_event_context_ptr ws;  /* owned: NULL until the upgrade */
+    wslay_event_context_ptr ws;  /* owned: exists only while a client frame is half read or
+                                  * a close is under way (idle sockets hold none: ~9 KiB) */
     struct session *sess;        /* owned: from the upgrade request until conn_on_closed */
     const uint8_t *rx;           /* borrowed: unread bytes of the current read (wslay pulls) */
     size_t rx_len;
+    uint64_t rx_frame_left;      /* payload bytes of the client frame being read */
+    uint8_t rx_hdr[14];          /* partial client frame header */
+    uint8_t rx_hdr_len;          /* bytes in rx_hdr */
+    uint8_t rx_fragmented;       /* inside a fragmented client message */
     struct outq out;             /* owned: bytes to write, in order */
     struct outq early;           /* owned: frames delivered before the 101 went out */
 };

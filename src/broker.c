@@ -9,6 +9,9 @@
  * must equal table.name: it is repeated only so broker_names() is a compile-time constant. */
 #define BROKER_BACKENDS(X)                                                                         \
     X(broker_memory_ops, "memory")                                                                 \
+    X(broker_redis_list_ops, "redis-list")                                                         \
+    X(broker_redis_pubsub_ops, "redis-pubsub")                                                     \
+    X(broker_nats_ops, "nats")                                                                     \
     /* end of the backend list */
 
 #define BROKER_TABLE_ENTRY(table, name) &table,

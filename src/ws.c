@@ -118,15 +118,68 @@ static const struct wslay_event_callbacks ws_callbacks = {
 
 /* --- lifecycle --- */
 
+/* wslay's context costs ~9 KiB (frame buffers), more than everything else an idle
+ * socket holds, so it exists only while needed: created when bytes arrive, freed again
+ * once the input stands at a frame boundary outside a fragmented message (ws_scan tracks
+ * that from the frame headers alone). */
+static int ws_ctx_get(struct conn *c)
+{
+    if (c->ws != NULL)
+        return 0;
+    if (wslay_event_context_server_init(&c->ws, &ws_callbacks, c) != 0) {
+        c->ws = NULL;
+        return UV_ENOMEM;
+    }
+    wslay_event_config_set_max_recv_msg_length(c->ws, c->srv->cfg->max_message_size);
+    return 0;
+}
+
+/* Follow client frame boundaries in data (headers only, payloads skipped). Returns the
+ * offset of a close frame with a 1-byte payload (wslay would take it for "no status";
+ * RFC 6455 makes it a protocol error), or len. */
+static size_t ws_scan(struct conn *c, const uint8_t *p, size_t len)
+{
+    const uint8_t *start = p, *hdr = p;
+    while (len > 0) {
+        if (c->rx_hdr_len == 0 && c->rx_frame_left == 0)
+            hdr = p;
+        if (c->rx_frame_left > 0) {
+            size_t n = c->rx_frame_left < len ? (size_t)c->rx_frame_left : len;
+            c->rx_frame_left -= n;
+            p += n;
+            len -= n;
+            continue;
+        }
+        c->rx_hdr[c->rx_hdr_len++] = *p++;
+        len--;
+        if (c->rx_hdr_len < 2)
+            continue;
+        uint8_t b1 = c->rx_hdr[1] & 0x7f;
+        size_t need = 2 + (b1 == 126 ? 2 : b1 == 127 ? 8 : 0) + ((c->rx_hdr[1] & 0x80) ? 4 : 0);
+        if (c->rx_hdr_len < need)
+            continue;
+        uint64_t plen = b1;
+        if (b1 == 126)
+            plen = ((uint64_t)c->rx_hdr[2] << 8) | c->rx_hdr[3];
+        else if (b1 == 127)
+            for (int i = 0; i < 8; i++)
+                plen = (plen << 8) | c->rx_hdr[2 + i];
+        int fin = c->rx_hdr[0] & 0x80, op = c->rx_hdr[0] & 0x0f;
+        if (op == 0x8 && plen == 1)
+            return (size_t)(hdr - start);
+        if ((op == 1 || op == 2) && !fin)
+            c->rx_fragmented = 1;
+        else if (op == 0 && fin)
+            c->rx_fragmented = 0;
+        c->rx_frame_left = plen;
+        c->rx_hdr_len = 0;
+    }
+    return (size_t)(p - start);
+}
+
 int ws_start(struct conn *c, const uint8_t *pre, size_t pre_len)
 {
     struct server *srv = c->srv;
-    if (wslay_event_context_server_init(&c->ws, &ws_callbacks, c) != 0) {
-        c->ws = NULL;
-        conn_close(c);
-        return UV_ENOMEM;
-    }
-    wslay_event_config_set_max_recv_msg_length(c->ws, srv->cfg->max_message_size);
     conn_list_remove(c);
     c->state = CONN_WS;
     conn_list_append(c, CONN_LIST_WS);
@@ -168,13 +221,20 @@ static void ws_enter_closing(struct conn *c)
 
 void ws_feed(struct conn *c, const uint8_t *data, size_t len)
 {
+    if (ws_ctx_get(c) < 0) {
+        conn_close(c);
+        return;
+    }
+    size_t good = ws_scan(c, data, len);
     c->rx = data;
-    c->rx_len = len;
+    c->rx_len = good;
     int rc = wslay_event_recv(c->ws);
     c->rx = NULL;
     c->rx_len = 0;
     if (c->state == CONN_CLOSING)
         return;
+    if (rc == 0 && good < len)
+        rc = WSLAY_ERR_PROTO; /* the bad close frame: 1002 */
     if (rc != 0) {
         /* wslay failed without a status code (oversized or fragmented control frame,
          * non-minimal length): answer 1002 ourselves and close (DEPS.md, wslay) */
@@ -191,6 +251,9 @@ void ws_feed(struct conn *c, const uint8_t *data, size_t len)
         (!wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws))) {
         c->flags |= CONN_F_CLOSE_AFTER;
         conn_read_pause(c, 1);
+    } else if (c->state == CONN_WS && c->rx_frame_left == 0 && c->rx_hdr_len == 0 &&
+               !c->rx_fragmented && !wslay_event_want_write(c->ws)) {
+        ws_free(c); /* quiescent: nothing half read, nothing to send */
     }
     conn_dirty(c);
 }
@@ -204,6 +267,10 @@ void ws_close(struct conn *c, uint16_t code)
     if (c->state != CONN_WS)
         return;
     ws_enter_closing(c);
+    if (ws_ctx_get(c) < 0) {
+        conn_close(c);
+        return;
+    }
     wslay_event_queue_close(c->ws, code, NULL, 0);
     wslay_event_send(c->ws);
     if (!wslay_event_want_read(c->ws))
