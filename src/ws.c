@@ -95,7 +95,8 @@ static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_m
         srv->m.dropped++;
         return;
     }
-    memcpy(m->data, arg->msg, arg->msg_length);
+    if (arg->msg_length > 0) /* wslay passes msg == NULL for an empty message */
+        memcpy(m->data, arg->msg, arg->msg_length);
     m->len = (uint32_t)arg->msg_length;
     m->opcode = arg->opcode == WSLAY_TEXT_FRAME ? 0x1 : 0x2; /* what the client sent */
     int rc = broker_upstream(srv->broker, c->sess, m, ws_on_upstream, c);

@@ -1,0 +1,489 @@
+#!/usr/bin/python3
+"""test_nats_backend.py — the NATS JetStream backend (`[broker] type = nats`, DESIGN.md §3-4)
+against a real `nats-server -js` started here on a free port with its own store directory:
+stream setup (and refusal of an incompatible stream), direct publish by a service (the
+tests/tools/nats_pub client, no HTTP), upstream on ws.send.S, offline buffering and order,
+429 on a full session queue, broadcast on core subjects across two nodes, 1000 messages
+over 100 sessions, exactly-once between two sockets of one session, client drop and
+gateway kill -9 mid-stream, nats-server restart, consumer inactivity threshold, and
+session keys that must never reach a subject.
+Does NOT test HTTP/WebSocket framing (test_http.py, test_ws.py) or performance (bench/).
+Most tests share one nats-server (unique session keys keep them apart); the fault tests
+start their own."""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from wsgate_test import *  # noqa: E402,F403
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+TOOLS = os.environ.get("WSGATE_TOOLS") or os.path.join(ROOT, "build", "tools")
+NATS_PUB = os.path.join(TOOLS, "nats_pub")
+
+
+class Nats:
+    """One nats-server -js on a free loopback port (race-free: -p -1 + ports file), its
+    own store dir; restart() reuses port and store. Stopped by PID."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="nats-", dir=LOGDIR)
+        self.port = None
+        self.proc = None
+        self.log = os.path.join(self.dir, "nats.log")
+
+    def start(self, timeout=5.0):
+        for f in os.listdir(self.dir):
+            if f.endswith(".ports"):
+                os.unlink(os.path.join(self.dir, f))
+        args = ["nats-server", "-js", "-a", "127.0.0.1", "-p",
+                str(self.port) if self.port else "-1", "--ports_file_dir", self.dir,
+                "-sd", os.path.join(self.dir, "js"), "-l", self.log]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        pf = os.path.join(self.dir, "nats-server_%d.ports" % self.proc.pid)
+        while True:
+            check(self.proc.poll() is None, "nats-server exited: %s" % self._tail())
+            if os.path.exists(pf):
+                text = open(pf).read()
+                if "nats://" in text:
+                    self.port = int(text.split("nats://")[1].split('"')[0].rsplit(":", 1)[1])
+                    break
+            if time.monotonic() > deadline:
+                raise TestTimeout("nats-server not ready: %s" % self._tail())
+            time.sleep(0.01)
+        return self
+
+    def _tail(self):
+        try:
+            return open(self.log).read()[-800:]
+        except OSError:
+            return "(no log)"
+
+    @property
+    def url(self):
+        return "nats://127.0.0.1:%d" % self.port
+
+    def stop(self, sig=signal.SIGINT):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *a):
+        self.stop()
+        return False
+
+
+_SHARED = []
+
+
+def shared_nats():
+    if not _SHARED:
+        _SHARED.append(Nats().start())
+    return _SHARED[0]
+
+
+def gw(nats, **extra):
+    """A wsgate on the nats broker; extra: WSGATE_* overrides without the prefix."""
+    env = {"WSGATE_BROKER_TYPE": "nats", "WSGATE_NATS_URL": nats.url,
+           "WSGATE_NATS_TIMEOUT": "2s"}
+    for k, v in extra.items():
+        env["WSGATE_" + k.upper()] = str(v)
+    return Server(env=env, name="wsgate-nats")
+
+
+def tool(*args, nats=None, stdin=None, timeout=10):
+    check(os.access(NATS_PUB, os.X_OK), "%s missing: build it with `make %s`"
+          % (NATS_PUB, os.path.relpath(NATS_PUB, ROOT)))
+    cmd = [NATS_PUB] + (["-s", nats.url] if nats else []) + list(args)
+    r = subprocess.run(cmd, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=timeout)
+    return r
+
+
+class Spy:
+    """nats_pub -x sub SUBJECT N: a service-side subscriber; .lines() after it exits."""
+
+    def __init__(self, nats, subject, count, seconds=8):
+        self.proc = subprocess.Popen([NATS_PUB, "-s", nats.url, "-x", "sub", subject,
+                                      str(count), str(seconds)], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        line = self.proc.stderr.readline()
+        check(line.strip() == b"ready", "spy did not subscribe: %r" % line)
+
+    def lines(self, timeout=10):
+        out, err = self.proc.communicate(timeout=timeout)
+        return out.decode().split("\n")[:-1], self.proc.returncode
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def stream_state(nats, stream="WSRECV"):
+    r = tool("consumers", stream, nats=nats)
+    check(r.returncode == 0, "stream info: %s" % r.stderr.decode())
+    kv = dict(x.split("=") for x in r.stdout.decode().split())
+    return int(kv["consumers"]), int(kv["msgs"])
+
+
+def accepted(r, what="push"):
+    check(r.status == 202, "%s: status %d, want 202:\n%s" % (what, r.status, r.describe()))
+
+
+def recv_n(ws, n, timeout=5.0):
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        op, data = ws.recv_message(max(0.05, deadline - time.monotonic()))
+        out.append(data)
+    return out
+
+
+# --- setup ----------------------------------------------------------------------------
+
+@test("open creates the work-queue stream; /readyz 200; an incompatible stream stops start")
+def _():
+    with Nats() as n:
+        with gw(n) as srv:
+            check_eq(http_request(srv.port, "GET", "/readyz").status, 200, "/readyz")
+            check("event=nats_stream_created" in srv.log_text(), "no stream creation logged")
+            check_eq(stream_state(n), (0, 0), "(consumers, msgs) of a fresh stream")
+        with gw(n) as srv:  # second start: the stream exists and is compatible
+            check("event=nats_stream_ok" in srv.log_text(), "existing stream not verified")
+        r = tool("stream-add", "LIMITS", "bad.recv.>", "limits", "file", nats=n)
+        check(r.returncode == 0, r.stderr.decode())
+        s = gw(n, broker_prefix="bad", nats_stream="LIMITS")
+        s.expect_rc = None
+        try:
+            s.start(timeout=5)
+            raise AssertionError("wsgate started on a limits-retention stream:\n%s"
+                                 % s.log_tail())
+        except AssertionError as e:
+            if "started on" in str(e):
+                raise
+        rc = s.proc.wait(5)
+        check(rc != 0, "exit status %d" % rc)
+        log = s.log_text()
+        check("event=nats_stream_incompatible" in log and "workqueue" in log,
+              "no clear incompatibility error:\n%s" % s.log_tail())
+
+
+# --- delivery -------------------------------------------------------------------------
+
+@test("direct publish by a service (nats_pub, no HTTP) reaches the right socket")
+def _():
+    n = shared_nats()
+    with gw(n) as srv:
+        with srv.ws("/ws/svc1.user42") as ws, srv.ws("/ws/svc1.user43") as other:
+            r = tool("pub", "ws.recv.svc1.user42", "hello from a service", nats=n)
+            check(r.returncode == 0, r.stderr.decode())
+            check_eq(ws.recv_message(), (OP_TEXT, b"hello from a service"), "core publish")
+            blob = bytes(range(256)) * 4
+            r = tool("jspub", "ws.recv.svc1.user42", nats=n, stdin=blob)
+            check(r.returncode == 0 and b"stream=WSRECV" in r.stdout, r.stderr.decode())
+            check_eq(ws.recv_message(), (OP_BINARY, blob), "jetstream publish, binary")
+            check(other.nothing_within(0.3), "another session got the message")
+        check_eq(stream_state(n)[1], 0, "messages left in the stream (all acked)")
+
+
+@test("upstream: client frames arrive on ws.send.S byte-exact")
+def _():
+    n = shared_nats()
+    with gw(n, websocket_upstream="on") as srv:
+        spy = Spy(n, "ws.send.svc1.up1", 3)
+        try:
+            with srv.ws("/ws/svc1.up1") as ws:
+                ws.send_text("h\u00e9llo")
+                ws.send_binary(b"\x00\xff\x01")
+                ws.send_text("")
+                lines, rc = spy.lines()
+        finally:
+            spy.kill()
+        check_eq(rc, 0, "spy exit status (3 messages)")
+        check_eq(lines, ["ws.send.svc1.up1 " + "h\u00e9llo".encode().hex(),
+                         "ws.send.svc1.up1 00ff01", "ws.send.svc1.up1 "], "ws.send frames")
+
+
+@test("offline buffering and order: pushes before connect, then live, all in order")
+def _():
+    n = shared_nats()
+    with gw(n) as srv:
+        with srv.http() as h:
+            for i in range(30):
+                accepted(h.request("POST", "/push/buf.s1", b"m%03d" % i))
+        check_eq(stream_state(n)[1], 30, "stored while offline")
+        with srv.ws("/ws/buf.s1") as ws:
+            got = recv_n(ws, 30)
+            with srv.http() as h:
+                for i in range(30, 60):
+                    accepted(h.request("POST", "/push/buf.s1", b"m%03d" % i))
+            got += recv_n(ws, 30)
+            check_eq(got, [b"m%03d" % i for i in range(60)], "delivery order")
+            check(ws.nothing_within(0.3), "extra message")
+
+
+@test("max_queue: the session's queue full answers 429 with Retry-After")
+def _():
+    n = shared_nats()
+    with gw(n, broker_prefix="q", nats_stream="QSTREAM", broker_max_queue="3") as srv:
+        for i in range(3):
+            accepted(push(srv.port, "full", b"x%d" % i))
+        r = push(srv.port, "full", b"x3")
+        check_json_error(r, 429, "4th push")
+        check(r.header("retry-after") is not None, "429 without Retry-After")
+        with srv.ws("/ws/full") as ws:
+            check_eq(recv_n(ws, 3), [b"x0", b"x1", b"x2"], "the 3 that were accepted")
+            wait_for(lambda: stream_state(n, "QSTREAM")[1] == 0, 3, what="acks to land")
+        accepted(push(srv.port, "full", b"x4"), "push after the queue drained")
+
+
+@test("two nodes: client on A, push via B; broadcast via B and via a core publish")
+def _():
+    n = shared_nats()
+    with gw(n) as a, gw(n) as b:
+        with a.ws("/ws/two.s1?topics=news") as wa, b.ws("/ws/two.s2?topics=news,other") as wb:
+            accepted(push(b.port, "two.s1", b"via B"))
+            check_eq(wa.recv_message(), (OP_TEXT, b"via B"), "push on B reaches A")
+            accepted(publish(b.port, "news", b"extra"), "publish")
+            check_eq(wa.recv_message(), (OP_TEXT, b"extra"), "broadcast on A")
+            check_eq(wb.recv_message(), (OP_TEXT, b"extra"), "broadcast on B")
+            r = tool("pub", "ws.topic.other", "from a service", nats=n)
+            check(r.returncode == 0, r.stderr.decode())
+            check_eq(wb.recv_message(), (OP_TEXT, b"from a service"), "core publish to topic")
+            check(wa.nothing_within(0.3), "A got a topic it did not subscribe to")
+
+
+@test("1000 messages over 100 sessions on two nodes: none lost, none duplicated")
+def _():
+    n = shared_nats()
+    with gw(n) as a, gw(n) as b:
+        clients = []
+        try:
+            for i in range(100):
+                clients.append((a if i % 2 else b).ws("/ws/load.s%d" % i))
+            with a.http() as ha, b.http() as hb:
+                for j in range(10):
+                    for i in range(100):
+                        h = ha if (i + j) % 2 else hb
+                        accepted(h.request("POST", "/push/load.s%d" % i, b"%d:%d" % (i, j)))
+            got = recv_all([c for c in clients], 10, timeout=15)
+            for i, c in enumerate(clients):
+                want = [b"%d:%d" % (i, j) for j in range(10)]
+                check_eq([p for _, p in got[c]], want, "session %d" % i)
+            for c in clients[:5]:
+                check(c.nothing_within(0.05), "duplicate delivery")
+        finally:
+            for c in clients:
+                c.close_socket()
+        wait_for(lambda: stream_state(n)[1] == 0, 3, what="every message acked")
+
+
+@test("two sockets of one session: each message to exactly one of them")
+def _():
+    n = shared_nats()
+    with gw(n) as a, gw(n) as b:
+        with a.ws("/ws/tabs.s1") as w1, b.ws("/ws/tabs.s1") as w2:
+            with a.http() as h:
+                for i in range(40):
+                    accepted(h.request("POST", "/push/tabs.s1", b"t%02d" % i))
+            got = recv_all([w1, w2], 40, timeout=1.5)
+            p1 = [p for _, p in got[w1]]
+            p2 = [p for _, p in got[w2]]
+            check_eq(sorted(p1 + p2), [b"t%02d" % i for i in range(40)], "union, no duplicate")
+            check(p1 == sorted(p1) and p2 == sorted(p2), "per-socket order")
+            note("split %d/%d" % (len(p1), len(p2)))
+
+
+@test("session keys and topics with wildcards or empty tokens never reach a subject")
+def _():
+    n = shared_nats()
+    spy = Spy(n, "ws.>", 1, seconds=2)
+    try:
+        with gw(n) as srv:
+            for key in ["a.*.b", "a..b", ">", "a.>", ".a", "a.", "a%20b", "*"]:
+                check_json_error(push(srv.port, key, b"x"), 400, "push %r" % key)
+                check_json_error(publish(srv.port, key, b"x"), 400, "publish %r" % key)
+                try:
+                    srv.ws("/ws/" + key).close_socket()
+                    raise AssertionError("upgrade %r accepted" % key)
+                except HandshakeError as e:
+                    check_eq(e.response.status if e.response else None, 400, "upgrade %r" % key)
+            lines, rc = spy.lines()
+    finally:
+        spy.kill()
+    check_eq(rc, 2, "spy exit status (2 = saw nothing)")
+    check_eq(lines, [], "messages published anywhere")
+
+
+# --- faults ---------------------------------------------------------------------------
+
+@test("client drops mid-stream: the unacked rest arrives on reconnect, in order", timeout=40)
+def _():
+    n = shared_nats()
+    total, size = 300, 32 * 1024
+    body = lambda i: (b"%04d" % i) + b"." * (size - 4)  # noqa: E731
+    with gw(n, websocket_max_inflight="8") as srv:
+        with srv.http() as h:
+            for i in range(total):
+                accepted(h.request("POST", "/push/drop.s1", body(i)))
+        ws = srv.ws("/ws/drop.s1", rcvbuf=4096)
+        first = [d[:4] for d in recv_n(ws, 5)]
+        check_eq(first, [b"%04d" % i for i in range(5)], "first messages")
+        time.sleep(0.5)  # the socket is full now: the gateway holds the next 8, unacked
+        ws.close_socket()
+        # Every message the gateway had not written was NAKed at once and stays stored.
+        time.sleep(0.3)
+        left = stream_state(n)[1]
+        check(0 < left < total - 5, "stored after the drop: %d" % left)
+        with srv.ws("/ws/drop.s1") as ws2:
+            rest = [d[:4] for d in recv_n(ws2, left, timeout=10)]
+            check(ws2.nothing_within(0.3), "more than the stored rest arrived")
+        check_eq(rest, [b"%04d" % i for i in range(total - left, total)],
+                 "the rest, in order, ending with the last message")
+        note("written before the drop: %d, redelivered: %d" % (total - left, left))
+
+
+@test("kill -9 the gateway mid-stream: nothing lost after restart", timeout=40)
+def _():
+    n = shared_nats()
+    total = 400
+    a = gw(n, nats_ack_wait="1s").start()
+    with a.http() as h:
+        for i in range(total):
+            accepted(h.request("POST", "/push/kill.s1", b"k%04d" % i))
+    ws = a.ws("/ws/kill.s1", rcvbuf=4096)
+    got = [p for p in recv_n(ws, 20)]
+    a.proc.kill()  # SIGKILL: no drain, no NAK
+    a.proc.wait(5)
+    while True:  # whatever was written before the kill is readable until EOF
+        try:
+            got.append(ws.recv_message(2)[1])
+        except (Closed, TestTimeout, OSError):
+            break
+    ws.close_socket()
+    before = len(got)
+    with gw(n, nats_ack_wait="1s") as b:
+        with b.ws("/ws/kill.s1") as ws2:
+            deadline = time.monotonic() + 15
+            while len(set(got)) < total and time.monotonic() < deadline:
+                try:
+                    got.append(ws2.recv_message(1)[1])
+                except TestTimeout:
+                    pass
+    want = {b"k%04d" % i for i in range(total)}
+    check_eq(sorted(want - set(got))[:10], [], "lost messages (first 10)")
+    dups = len(got) - len(set(got))
+    check(dups <= 64, "%d duplicates (at most the unacked window expected)" % dups)
+    note("before kill: %d, after restart: %d, duplicates: %d" % (before, len(got) - before, dups))
+
+
+@test("SIGTERM drains: the unacked rest goes back at once (no ack_wait) to another node",
+      timeout=40)
+def _():
+    n = shared_nats()
+    total, size = 200, 32 * 1024
+    with gw(n, websocket_max_inflight="8") as b:
+        a = gw(n, websocket_max_inflight="8").start()
+        with a.http() as h:
+            for i in range(total):
+                accepted(h.request("POST", "/push/term.s1", b"%04d" % i + b"." * size))
+        ws = a.ws("/ws/term.s1", rcvbuf=4096)
+        got = [d[:4] for d in recv_n(ws, 5)]
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        a.signal(signal.SIGTERM)
+        while True:  # read what was written, up to the 1001 close
+            try:
+                got.append(ws.recv_message(3)[1][:4])
+            except (Closed, TestTimeout, OSError):
+                break
+        ws.close_socket()
+        check_eq(a.wait(5), 0, "exit status after SIGTERM")
+        with b.ws("/ws/term.s1") as ws2:
+            while len(set(got)) < total:
+                got.append(ws2.recv_message(3)[1][:4])
+            check(ws2.nothing_within(0.2), "more after the last message")
+        dt = time.monotonic() - t0
+        # At-least-once: frames being written when the socket closed were not confirmed,
+        # so they go back too and may arrive twice; never out of order, never missing.
+        uniq = [x for i, x in enumerate(got) if x not in got[:i]]
+        check_eq(uniq, [b"%04d" % i for i in range(total)], "all, in order")
+        check(len(got) - total <= 8, "%d duplicates, over the window" % (len(got) - total))
+        check(dt < 10, "took %.1fs: the rest waited for ack_wait (30s)" % dt)
+        note("stop to last message on B: %.2fs, duplicates %d" % (dt, len(got) - total))
+
+
+@test("nats-server restart: clients stay, push 503 while down, delivery resumes, "
+      "no 202 message lost", timeout=60)
+def _():
+    with Nats() as n:
+        with gw(n) as srv:
+            with srv.ws("/ws/rs.s1") as ws:
+                accepted(push(srv.port, "rs.s1", b"before"))
+                check_eq(ws.recv_message(), (OP_TEXT, b"before"), "before the restart")
+                for i in range(5):  # stored for an offline session
+                    accepted(push(srv.port, "rs.off", b"off%d" % i))
+                n.stop(signal.SIGKILL)
+                wait_for(lambda: http_request(srv.port, "GET", "/readyz").status == 503, 5,
+                         what="/readyz 503 while nats-server is down")
+                t0 = time.monotonic()
+                r = push(srv.port, "rs.s1", b"lost?")
+                check_json_error(r, 503, "push while down")
+                check(time.monotonic() - t0 < 0.5, "push took %.2fs to fail"
+                      % (time.monotonic() - t0))
+                check(r.header("retry-after") is not None, "503 without Retry-After")
+                try:
+                    srv.ws("/ws/rs.new").close_socket()
+                    raise AssertionError("upgrade accepted while nats-server is down")
+                except HandshakeError as e:
+                    check_eq(e.response.status if e.response else None, 503, "upgrade")
+                check(ws.nothing_within(0.5), "message while down")  # still connected
+                n.start()
+                wait_for(lambda: http_request(srv.port, "GET", "/readyz").status == 200, 10,
+                         what="/readyz 200 after the restart")
+                accepted(push(srv.port, "rs.s1", b"after"))
+                check_eq(ws.recv_message(5), (OP_TEXT, b"after"), "same socket, after restart")
+            with srv.ws("/ws/rs.off") as ws:
+                check_eq(recv_n(ws, 5), [b"off%d" % i for i in range(5)],
+                         "202-acknowledged messages survived the restart (file store)")
+
+
+@test("a socket held past the consumer inactivity threshold still receives; departed "
+      "sessions' consumers are deleted", timeout=40)
+def _():
+    with Nats() as n:
+        with gw(n, nats_inactive_threshold="2s") as srv:
+            with srv.ws("/ws/idle.s1") as ws:
+                check_eq(stream_state(n)[0], 1, "consumers while connected")
+                check(ws.nothing_within(5.0), "message while idle")
+                check_eq(stream_state(n)[0], 1, "consumers after 5s idle (threshold 2s)")
+                accepted(push(srv.port, "idle.s1", b"still here"))
+                check_eq(ws.recv_message(), (OP_TEXT, b"still here"), "after the threshold")
+            wait_for(lambda: stream_state(n)[0] == 0, 8, interval=0.25,
+                     what="the departed session's consumer to be deleted")
+            accepted(push(srv.port, "idle.s1", b"offline"))
+            with srv.ws("/ws/idle.s1") as ws:  # a new consumer, the stored message
+                check_eq(ws.recv_message(), (OP_TEXT, b"offline"), "after re-creation")
+
+
+try:
+    run()
+finally:
+    for _n in _SHARED:
+        _n.stop()

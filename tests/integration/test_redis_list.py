@@ -1,0 +1,484 @@
+#!/usr/bin/python3
+"""test_redis_list.py — the redis-list backend against a real redis-server started here on a
+free port (never mocked) and several real wsgate processes sharing it (DESIGN.md §3, §4;
+issue 3): delivery across nodes, exactly-one-socket per message, ordering, offline
+buffering and TTL, max_queue, the README's redis-cli recipe, upstream lists, broadcasts,
+at-least-once across client kills, gateway kill -9 and Redis restarts (AOF) / freezes,
+backpressure, and the per-node connection count and per-message Redis cost.
+Does NOT test HTTP framing or WebSocket protocol details (test_http.py, test_ws.py)."""
+
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from wsgate_test import *  # noqa: E402,F403
+from wsgate_test import recv_all  # noqa: E402
+from redis_helpers import (RedisServer, Resp, check_101_waits_for_subscribe,  # noqa: E402
+                           gateway, ready, redis_clients, wait_ready)
+
+
+def accepted(r, what="push"):
+    check(r.status == 202, "%s: status %d, want 202:\n%s" % (what, r.status, r.describe()))
+
+
+def recv_n(ws, n, timeout=5.0):
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        op, data = ws.recv_message(max(0.01, deadline - time.monotonic()))
+        out.append(data)
+    return out
+
+
+def msgs(n, size=0, tag="m"):
+    return [("%s%05d" % (tag, i)).encode().ljust(size, b".") for i in range(n)]
+
+
+def inflight_keys(redis):
+    return redis.cmd("KEYS", "ws.inflight.*") or []
+
+
+def kill_rst(ws):
+    """Drop the client's TCP connection with a reset (a crashed client)."""
+    ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    ws.close_socket()
+
+
+@test("two nodes: client on A, push via B, delivered once")
+def _():
+    with RedisServer() as redis, gateway(redis, name="A") as a, gateway(redis, name="B") as b:
+        with a.ws("/ws/svc1.user42") as ws:
+            accepted(push(b.port, "svc1.user42", b"hello via B"))
+            op, data = ws.recv_message()
+            check_eq((op, data), (OP_TEXT, b"hello via B"), "message")
+            check(ws.nothing_within(0.3), "a second copy arrived")
+            check_eq(redis.cmd("LLEN", "ws.recv.svc1.user42"), 0, "queue after delivery")
+        wait_for(lambda: not inflight_keys(redis), what="in-flight list dropped after ack")
+
+
+@test("three nodes: 1000 messages over 100 sessions, none lost, none duplicated, in order",
+      timeout=60)
+def _():
+    with RedisServer() as redis, gateway(redis, name="A") as a, \
+            gateway(redis, name="B") as b, gateway(redis, name="C") as c:
+        nodes = [a, b, c]
+        clients = [nodes[i % 3].ws("/ws/s%03d" % i) for i in range(100)]
+        try:
+            conns = [n.http() for n in nodes]
+            sent = {i: [] for i in range(100)}
+            for j in range(10):
+                for i in range(100):
+                    body = b"s%03d-%02d" % (i, j)
+                    r = conns[(i + 1 + j) % 3].request("POST", "/push/s%03d" % i, body)
+                    accepted(r)
+                    sent[i].append(body)
+            for h in conns:
+                h.close()
+            got = recv_all(clients, 10, timeout=20)
+            for i, ws in enumerate(clients):
+                check_eq([d for _, d in got[ws]], sent[i], "session s%03d" % i)
+            extra = recv_all(clients, 1, timeout=0.5)
+            dups = sum(len(v) for v in extra.values())
+            check_eq(dups, 0, "messages after the 1000")
+            note("1000 messages over 100 sessions on 3 nodes: all delivered once, in order")
+        finally:
+            for ws in clients:
+                ws.close_socket()
+
+
+@test("same session on two nodes: each message goes to exactly one socket")
+def _():
+    with RedisServer() as redis, gateway(redis, name="A") as a, gateway(redis, name="B") as b:
+        with a.ws("/ws/twice") as w1, b.ws("/ws/twice") as w2:
+            want = msgs(200)
+            with Resp(redis.port) as r:
+                r.command("RPUSH", "ws.recv.twice", *want)
+            g1, g2 = [], []
+            deadline = time.monotonic() + 5
+            while len(g1) + len(g2) < 200 and time.monotonic() < deadline:
+                got = recv_all([w1, w2], 200, timeout=0.1)
+                g1 += [d for _, d in got[w1]]
+                g2 += [d for _, d in got[w2]]
+            got = recv_all([w1, w2], 1, timeout=0.2)
+            check_eq(sum(len(v) for v in got.values()), 0, "messages beyond the 200")
+            check_eq(sorted(g1 + g2), want, "union of both sockets")
+            check(g1 == sorted(g1) and g2 == sorted(g2), "each socket in order")
+            note("split: %d on A, %d on B" % (len(g1), len(g2)))
+
+
+@test("offline buffering: queued while offline, drained in order on connect")
+def _():
+    with RedisServer() as redis, gateway(redis, name="A") as a, gateway(redis, name="B") as b:
+        want = msgs(30, tag="off")
+        for m in want:
+            accepted(push(b.port, "offline1", m))
+        ttl = redis.cmd("PTTL", "ws.recv.offline1")
+        check(3590000 < ttl <= 3600000, "PTTL %r, want the 1h default ttl" % ttl)
+        with a.ws("/ws/offline1") as ws:
+            check_eq(recv_n(ws, 30), want, "drained queue")
+            check(ws.nothing_within(0.2), "extra message")
+
+
+@test("TTL: an offline queue expires ttl after its last push")
+def _():
+    with RedisServer() as redis, gateway(redis, env={"WSGATE_BROKER_TTL": "1s"}) as a:
+        accepted(push(a.port, "ttl1", b"old"))
+        ttl = redis.cmd("PTTL", "ws.recv.ttl1")
+        check(0 < ttl <= 1000, "PTTL %r, want <= 1000" % ttl)
+        time.sleep(0.6)
+        accepted(push(a.port, "ttl1", b"newer"))  # refreshes the TTL of the whole list
+        time.sleep(0.6)
+        check_eq(redis.cmd("LLEN", "ws.recv.ttl1"), 2, "list alive 1.2s after the first push")
+        wait_for(lambda: redis.cmd("EXISTS", "ws.recv.ttl1") == 0, timeout=2,
+                 what="list expiry")
+        with a.ws("/ws/ttl1") as ws:
+            check(ws.nothing_within(0.3), "expired message delivered")
+
+
+@test("max_queue: a push over the bound answers 429 with Retry-After")
+def _():
+    with RedisServer() as redis, gateway(redis, env={"WSGATE_BROKER_MAX_QUEUE": "3"}) as a:
+        for i in range(3):
+            accepted(push(a.port, "full1", b"x%d" % i))
+        r = push(a.port, "full1", b"x3")
+        check_json_error(r, 429, "full queue")
+        check(r.header("retry-after") is not None, "429 without Retry-After")
+        check_eq(redis.cmd("LLEN", "ws.recv.full1"), 3, "queue length")
+
+
+@test("README recipe: plain redis-cli RPUSH reaches an online and an offline client")
+def _():
+    with RedisServer() as redis, gateway(redis) as a:
+        # exactly the README lines (host/port of the test server)
+        redis.cli("RPUSH", "ws.recv.svc1.user42", "hello from redis-cli")
+        redis.cli("EXPIRE", "ws.recv.svc1.user42", "3600")
+        with a.ws("/ws/svc1.user42") as ws:
+            check_eq(ws.recv_message(), (OP_TEXT, b"hello from redis-cli"), "offline message")
+            t0 = time.monotonic()
+            redis.cli("RPUSH", "ws.recv.svc1.user42", "second")
+            check_eq(ws.recv_message(), (OP_TEXT, b"second"), "online message")
+            note("redis-cli RPUSH -> frame: %.1f ms (includes redis-cli start-up)"
+                 % ((time.monotonic() - t0) * 1000))
+            # binary payloads from a producer are delivered byte-exact as binary frames
+            with Resp(redis.port) as r:
+                r.command("RPUSH", "ws.recv.svc1.user42", b"\x00\xff\xfe")
+            check_eq(ws.recv_message(), (OP_BINARY, b"\x00\xff\xfe"), "binary message")
+
+
+@test("upstream: client frames appear on the list ws.send.S byte-exact")
+def _():
+    with RedisServer() as redis, gateway(redis, env={"WSGATE_WEBSOCKET_UPSTREAM": "on"}) as a:
+        with a.ws("/ws/up1") as ws:
+            ws.send_text("h\u00e9llo")
+            ws.send_binary(b"\x00\x01\xff")
+            ws.send_text("")
+            wait_for(lambda: redis.cmd("LLEN", "ws.send.up1") == 3, what="3 upstream items")
+        check_eq(redis.cmd("LRANGE", "ws.send.up1", 0, -1),
+                 ["h\u00e9llo".encode(), b"\x00\x01\xff", b""], "ws.send.up1")
+        ttl = redis.cmd("PTTL", "ws.send.up1")
+        check(ttl > 0, "ws.send.up1 has no TTL (%r)" % ttl)
+
+
+@test("broadcast across nodes: /publish and redis-cli PUBLISH reach every subscriber once")
+def _():
+    with RedisServer() as redis, gateway(redis, name="A") as a, gateway(redis, name="B") as b:
+        with a.ws("/ws/bc1?topics=news,other") as w1, b.ws("/ws/bc2?topics=news") as w2, \
+                b.ws("/ws/bc3?topics=other") as w3:
+            accepted(publish(a.port, "news", b"n1"), "publish")
+            redis.cli("PUBLISH", "ws.topic.news", "n2")
+            for ws in (w1, w2):
+                check_eq(recv_n(ws, 2), [b"n1", b"n2"], "news on %s" % ws.path)
+                check(ws.nothing_within(0.2), "duplicate broadcast on %s" % ws.path)
+            check(w3.nothing_within(0.1), "broadcast to a non-subscriber")
+
+
+@test("client killed mid-stream: the reconnect gets exactly the unwritten rest, in order",
+      timeout=40)
+def _():
+    env = {"WSGATE_WEBSOCKET_MAX_INFLIGHT": "16"}
+    with RedisServer() as redis, gateway(redis, env=env, name="A") as a, \
+            gateway(redis, env=env, name="B") as b:
+        n = 3000
+        want = msgs(n, size=2000)
+        ws = a.ws("/ws/kill1", rcvbuf=4096)
+        with Resp(redis.port) as r:
+            r.command("RPUSH", "ws.recv.kill1", *want)
+        check_eq(recv_n(ws, 20), want[:20], "first 20 before the kill")
+        time.sleep(0.3)  # let the server fill the socket and its window
+        infl = [k for k in inflight_keys(redis)]
+        check(len(infl) == 1, "one in-flight list while the client is stalled: %r" % infl)
+        held = redis.cmd("LLEN", infl[0])
+        check(0 < held <= 16, "in-flight %d, want 1..max_inflight(16)" % held)
+        kill_rst(ws)
+        wait_for(lambda: metric(a.port, "wsgate_ws_connections_open") == 0,
+                 what="A notices the dead client")
+        wait_for(lambda: not inflight_keys(redis), what="in-flight messages released")
+        written = int(metric(a.port, "wsgate_messages_delivered_total"))
+        check(20 <= written < n, "written %d" % written)
+        with b.ws("/ws/kill1") as ws2:
+            rest = recv_n(ws2, n - written, timeout=15)
+            check(rest == want[written:], "rest differs: first %r, want %r"
+                  % (rest[0][:8], want[written][:8]))
+            check(ws2.nothing_within(0.2), "more than the rest")
+        note("%d written to the killed socket (kernel buffers), %d in flight returned, "
+             "%d delivered after reconnect" % (written, held, n - written))
+
+
+@test("kill -9 a gateway holding in-flight messages: reclaimed and delivered after restart",
+      timeout=40)
+def _():
+    env = {"WSGATE_WEBSOCKET_MAX_INFLIGHT": "32"}
+    with RedisServer() as redis:
+        a = gateway(redis, env=env, name="A").start()
+        n = 3000
+        want = msgs(n, size=4000)
+        ws = a.ws("/ws/crash1", rcvbuf=4096)
+        with Resp(redis.port) as r:
+            r.command("RPUSH", "ws.recv.crash1", *want)
+        last = [None]
+
+        def window_stable():
+            k = inflight_keys(redis)
+            cur = redis.cmd("LRANGE", k[0], 0, -1) if len(k) == 1 else None
+            same = cur is not None and len(cur) == 32 and cur == last[0]
+            last[0] = cur
+            return same
+        wait_for(window_stable, interval=0.3, what="32 messages in flight, socket full")
+        held = last[0]
+        a.signal(signal.SIGKILL)
+        a.wait(5)
+        ws.close_socket()
+        t0 = time.monotonic()
+        with gateway(redis, env=env, name="A2") as a2:
+            wait_for(lambda: not inflight_keys(redis), timeout=8,
+                     what="the dead node's in-flight list reclaimed")
+            note("reclaimed %.1fs after the restart (lease 2s)" % (time.monotonic() - t0))
+            left = redis.cmd("LLEN", "ws.recv.crash1")
+            check_eq(redis.cmd("LRANGE", "ws.recv.crash1", 0, 31), held,
+                     "in-flight messages back at the head, in order")
+            with a2.ws("/ws/crash1") as ws2:
+                rest = recv_n(ws2, left, timeout=15)
+            check_eq(rest[:32], held, "in-flight messages delivered first")
+            first = want.index(rest[0])
+            check_eq(rest, want[first:], "the rest, in order")
+
+
+@test("Redis killed (-9, AOF) during pushes: 503 + Retry-After, /readyz 503, clients stay; "
+      "restart: resumes, no 202 lost", timeout=60)
+def _():
+    redis = RedisServer(aof=True).start()
+    try:
+        with gateway(redis, name="A") as a, gateway(redis, name="B") as b:
+            ws = a.ws("/ws/dur1")
+            h = b.http()
+            accepted_bodies = []
+
+            def push_one(i):
+                body = b"d%04d" % i
+                t = time.monotonic()
+                try:
+                    r = h.request("POST", "/push/dur1", body)
+                except Exception:  # noqa: BLE001 — connection reset: reconnect, retry
+                    h.reconnect()
+                    r = h.request("POST", "/push/dur1", body)
+                dt = time.monotonic() - t
+                if r.status == 202:
+                    accepted_bodies.append(body)
+                return r, dt
+
+            for i in range(50):
+                accepted(push_one(i)[0])
+            for i in range(5):
+                accepted(push(b.port, "dur.offline", b"o%d" % i))
+            before = recv_n(ws, 50)
+            check_eq(before, accepted_bodies[:50], "before the crash")
+            redis.kill9()
+            codes = []
+            for i in range(50, 70):
+                r, dt = push_one(i)
+                codes.append(r.status)
+                if r.status == 503:
+                    check(r.header("retry-after") is not None, "503 without Retry-After")
+                    check(dt < 1.0, "503 took %.2fs" % dt)
+            check(codes.count(503) >= 18, "codes while Redis is down: %r" % codes)
+            wait_for(lambda: not ready(a) and not ready(b), what="/readyz 503 on both")
+            check(ws.nothing_within(0.3), "unexpected message while Redis is down")
+            check(not ws.wait_eof(0.1), "client was disconnected while Redis was down")
+            redis2 = RedisServer(aof=True, port=redis.port)
+            redis2.dir = redis.dir
+            redis = redis2.start()
+            wait_ready(a)
+            wait_ready(b)
+            for i in range(70, 120):
+                accepted(push_one(i)[0])
+            h.close()
+            want = set(accepted_bodies)
+            got = list(before)
+            deadline = time.monotonic() + 10
+            try:
+                while not want.issubset(got):
+                    got.append(ws.recv_message(max(0.01, deadline - time.monotonic()))[1])
+            except TestTimeout:
+                note("Redis: %r" % [(k, redis.cmd("LRANGE", k, 0, -1)) for k in
+                                    redis.cmd("KEYS", "ws.*[fv].*")])
+            check(want.issubset(got), "lost: %r (got %d: %r)" % (
+                sorted(want - set(got))[:10], len(got), got[-5:]))
+            firsts = [m for i, m in enumerate(got) if m not in got[:i]]
+            check_eq(firsts, sorted(firsts), "order of first deliveries")
+            ws.close_socket()
+            with b.ws("/ws/dur.offline") as w2:
+                check_eq(recv_n(w2, 5), [b"o%d" % i for i in range(5)], "offline queue (AOF)")
+            note("while down: %d x 503; %d accepted in total, all delivered (%d duplicates)"
+                 % (codes.count(503), len(want), len(got) - len(set(got))))
+    finally:
+        redis.stop()
+
+
+@test("Redis frozen (kill -STOP): 503 within the deadline, /readyz 503; kill -CONT: resumes",
+      timeout=40)
+def _():
+    with RedisServer() as redis, gateway(redis, name="A") as a, gateway(redis, name="B") as b:
+        ws = a.ws("/ws/frz1")
+        for i in range(3):
+            accepted(push(b.port, "frz1", b"f%d" % i))
+        check_eq(recv_n(ws, 3), [b"f0", b"f1", b"f2"], "before the freeze")
+        redis.freeze()
+        try:
+            t0 = time.monotonic()
+            r = push(b.port, "frz1", b"frozen")
+            dt = time.monotonic() - t0
+            check_json_error(r, 503, "push to a frozen Redis")
+            check(r.header("retry-after") is not None, "503 without Retry-After")
+            check(dt < 1.0, "push answered after %.2fs (deadline 500ms)" % dt)
+            t1 = time.monotonic()
+            wait_for(lambda: not ready(a), timeout=3, what="/readyz 503 on A")
+            note("push 503 after %.0f ms; /readyz 503 on the idle node after %.0f ms more"
+                 % (dt * 1000, (time.monotonic() - t1) * 1000))
+            t0 = time.monotonic()
+            r = push(a.port, "frz1", b"frozen2")
+            check_json_error(r, 503, "second push")
+            check(time.monotonic() - t0 < 1.0, "second push slow")
+            check(not ws.wait_eof(0.1), "client dropped during the freeze")
+        finally:
+            redis.thaw()
+        wait_ready(a)
+        wait_ready(b)
+        accepted(push(b.port, "frz1", b"after"))
+        got = []
+        while b"after" not in got:
+            got.append(ws.recv_message(5)[1])
+        # a push that timed out may still have been applied after the thaw (503 = unknown)
+        check(set(got) <= {b"frozen", b"frozen2", b"after"}, "unexpected %r" % got)
+        ws.close_socket()
+
+
+@test("backpressure: a stalled client holds at most max_inflight messages out of Redis")
+def _():
+    env = {"WSGATE_WEBSOCKET_MAX_INFLIGHT": "8"}
+    with RedisServer() as redis, gateway(redis, env=env) as a:
+        ws = a.ws("/ws/slow1", rcvbuf=4096)
+        n = 500
+        with Resp(redis.port) as r:
+            r.command("RPUSH", "ws.recv.slow1", *msgs(n, size=16000))
+        time.sleep(0.5)
+        k = inflight_keys(redis)
+        held = redis.cmd("LLEN", k[0]) if k else 0
+        queued = redis.cmd("LLEN", "ws.recv.slow1")
+        written = int(metric(a.port, "wsgate_messages_delivered_total"))
+        check(0 < held <= 8, "in flight %d, want 1..8" % held)
+        check_eq(written + held + queued, n, "written + in flight + queued")
+        check(queued > n // 2, "only %d left in Redis: the gateway took too much" % queued)
+        check(metric(a.port, "wsgate_ws_connections_open") == 1, "slow client was closed")
+        note("stalled client: %d written (kernel buffers), %d in flight, %d still queued"
+             % (written, held, queued))
+        ws.close_socket()
+
+
+class Monitor:
+    """Counts the commands Redis executes (MONITOR): per command name, split into those a
+    client sent (one round trip each, pipelined or not) and those run inside Lua."""
+
+    def __init__(self, redis):
+        import threading
+        self.r = Resp(redis.port)
+        self.r.send("MONITOR")
+        check_eq(self.r.reply(), b"OK", "MONITOR")
+        self.client, self.lua = {}, {}
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        try:
+            while True:
+                line = self.r._line().decode("utf-8", "replace")
+                if "] \"" not in line:
+                    continue
+                who, cmd = line.split("] \"", 1)
+                name = cmd.split("\"", 1)[0].upper()
+                d = self.lua if who.endswith("lua") else self.client
+                d[name] = d.get(name, 0) + 1
+        except (OSError, EOFError, ValueError):
+            pass
+
+    def stop(self):
+        time.sleep(0.2)
+        try:
+            self.r.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.r.close()
+        self.t.join(2)
+        return self.client, self.lua
+
+
+GATEWAY_CMDS = ("EVALSHA", "LPOP", "PUBLISH", "PING", "SUBSCRIBE", "HSET")
+
+
+@test("O(1) Redis connections per node; Redis round trips per push->deliver")
+def _():
+    with RedisServer() as redis, gateway(redis, name="A") as a, gateway(redis, name="B") as b:
+        clients = [a.ws("/ws/c%03d?topics=t1" % i) for i in range(200)]
+        try:
+            check_eq(redis_clients(redis), 4, "Redis clients for 2 nodes with 200 sessions")
+            ws = clients[0]
+            h = b.http()
+            n = 200
+            mon = Monitor(redis)
+            for i in range(n):  # one at a time: the latency path, nothing to batch
+                accepted(h.request("POST", "/push/c000", b"x%d" % i))
+                check_eq(ws.recv_message()[1], b"x%d" % i, "message %d" % i)
+            cs, ls = mon.stop()
+            mon = Monitor(redis)
+            with Resp(redis.port) as r:
+                r.command("RPUSH", "ws.recv.c001", *msgs(2000))
+            got = recv_all([clients[1]], 2000, timeout=10)[clients[1]]
+            check_eq(len(got), 2000, "burst delivered")
+            cb, lb = mon.stop()
+            h.close()
+            per_seq = sum(cs.get(c, 0) for c in GATEWAY_CMDS) / n
+            per_burst = sum(cb.get(c, 0) for c in GATEWAY_CMDS) / 2000
+            note("one at a time, 200 x POST /push on B -> frame on A: gateway commands %r, "
+                 "inside Lua %r" % (cs, ls))
+            note("=> %.2f round trips per push->deliver (push, fetch; acks batched)"
+                 % per_seq)
+            note("burst of 2000 RPUSHed by a producer: gateway commands %r, inside Lua %r"
+                 % ({k: v for k, v in cb.items() if k in GATEWAY_CMDS}, lb))
+            note("=> %.3f round trips per message when batched" % per_burst)
+            check(per_seq <= 2.5, "%.2f round trips per message, want ~2" % per_seq)
+            check(per_burst <= 0.1, "%.3f round trips per message in a burst" % per_burst)
+        finally:
+            for c in clients:
+                c.close_socket()
+
+
+@test("the 101 waits for the SUBSCRIBE confirmation (Redis frozen meanwhile)")
+def _():
+    with RedisServer() as redis:
+        check_101_waits_for_subscribe(redis, "redis-list")
+
+
+run()

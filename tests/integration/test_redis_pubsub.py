@@ -1,0 +1,171 @@
+#!/usr/bin/python3
+"""test_redis_pubsub.py — the redis-pubsub backend against a real redis-server started here
+(never mocked) and several wsgate processes (DESIGN.md §3, §4; issue 3): session messages on
+channel ws.recv.S reach every socket of S on every node, at-most-once with no offline
+buffering, the README's redis-cli PUBLISH recipe, broadcasts, upstream PUBLISH on ws.send.S,
+the 101 only after SUBSCRIBE is confirmed, and Redis restart / freeze behaviour.
+Does NOT test the queue backends (test_redis_list.py)."""
+
+import os
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from wsgate_test import *  # noqa: E402,F403
+from redis_helpers import (RedisServer, Resp, check_101_waits_for_subscribe,  # noqa: E402
+                           gateway, ready, redis_clients, wait_ready)
+
+PS = "redis-pubsub"
+
+
+def accepted(r, what="push"):
+    check(r.status == 202, "%s: status %d, want 202:\n%s" % (what, r.status, r.describe()))
+
+
+@test("push reaches every socket of the session on every node, once")
+def _():
+    with RedisServer() as redis, gateway(redis, PS, name="A") as a, \
+            gateway(redis, PS, name="B") as b:
+        with a.ws("/ws/svc1.user42") as w1, b.ws("/ws/svc1.user42") as w2, \
+                b.ws("/ws/other") as w3:
+            accepted(push(a.port, "svc1.user42", b"hello"))
+            accepted(push(b.port, "svc1.user42", b"\x00\xff"))
+            for ws in (w1, w2):
+                check_eq(ws.recv_message(), (OP_TEXT, b"hello"), "first on %s" % ws.path)
+                check_eq(ws.recv_message(), (OP_BINARY, b"\x00\xff"), "second")
+                check(ws.nothing_within(0.2), "duplicate")
+            check(w3.nothing_within(0.1), "message for another session")
+        check_eq(redis_clients(redis), 4, "Redis connections for two nodes")
+
+
+@test("README recipe: redis-cli PUBLISH ws.recv.S reaches the client")
+def _():
+    with RedisServer() as redis, gateway(redis, PS) as a:
+        with a.ws("/ws/svc1.user42") as ws:
+            out = redis.cli("PUBLISH", "ws.recv.svc1.user42", "hello from redis-cli")
+            check_eq(out.strip(), b"1", "PUBLISH receivers (one node subscribed)")
+            check_eq(ws.recv_message(), (OP_TEXT, b"hello from redis-cli"), "message")
+
+
+@test("at-most-once, no offline buffering: a push nobody listens to is accepted and dropped")
+def _():
+    with RedisServer() as redis, gateway(redis, PS) as a:
+        accepted(push(a.port, "nobody", b"lost"))
+        check_eq(redis.cmd("KEYS", "*"), [], "keys stored by redis-pubsub")
+        with a.ws("/ws/nobody") as ws:
+            check(ws.nothing_within(0.3), "an offline message was delivered")
+            accepted(push(a.port, "nobody", b"now"))
+            check_eq(ws.recv_message()[1], b"now", "online message")
+
+
+@test("101 only after SUBSCRIBE is confirmed: a push right after the handshake arrives")
+def _():
+    with RedisServer() as redis, gateway(redis, PS, name="A") as a, \
+            gateway(redis, PS, name="B") as b:
+        for i in range(30):
+            with a.ws("/ws/race%d?topics=rt%d" % (i, i)) as ws:
+                accepted(push(b.port, "race%d" % i, b"p%d" % i))
+                accepted(publish(b.port, "rt%d" % i, b"t%d" % i), "publish")
+                check_eq(sorted([ws.recv_message(2)[1], ws.recv_message(2)[1]]),
+                         [b"p%d" % i, b"t%d" % i], "attempt %d" % i)
+
+
+@test("broadcast across nodes: every subscriber once, non-subscribers nothing")
+def _():
+    with RedisServer() as redis, gateway(redis, PS, name="A") as a, \
+            gateway(redis, PS, name="B") as b:
+        with a.ws("/ws/b1?topics=news,news") as w1, b.ws("/ws/b2?topics=news") as w2, \
+                a.ws("/ws/b3?topics=other") as w3:
+            accepted(publish(b.port, "news", b"n1"), "publish")
+            redis.cli("PUBLISH", "ws.topic.news", "n2")
+            for ws in (w1, w2):
+                check_eq([ws.recv_message()[1], ws.recv_message()[1]], [b"n1", b"n2"],
+                         ws.path)
+                check(ws.nothing_within(0.2), "duplicate on %s" % ws.path)
+            check(w3.nothing_within(0.1), "broadcast to a non-subscriber")
+
+
+@test("upstream: client frames are PUBLISHed on ws.send.S byte-exact")
+def _():
+    with RedisServer() as redis, gateway(redis, PS, env={"WSGATE_WEBSOCKET_UPSTREAM": "on"}) as a:
+        sub = Resp(redis.port)
+        try:
+            sub.send("SUBSCRIBE", "ws.send.up1")
+            check_eq(sub.reply()[0], b"subscribe", "SUBSCRIBE")
+            with a.ws("/ws/up1") as ws:
+                ws.send_text("h\u00e9llo")
+                ws.send_binary(b"\x00\x01\xff")
+                got = [sub.reply() for _ in range(2)]
+            check_eq(got, [[b"message", b"ws.send.up1", "h\u00e9llo".encode()],
+                           [b"message", b"ws.send.up1", b"\x00\x01\xff"]], "upstream")
+        finally:
+            sub.close()
+
+
+@test("Redis restart: 503 and /readyz 503 while down, clients stay, resubscribed after",
+      timeout=40)
+def _():
+    redis = RedisServer().start()
+    try:
+        with gateway(redis, PS, name="A") as a, gateway(redis, PS, name="B") as b:
+            ws = a.ws("/ws/rs1?topics=rt")
+            accepted(push(b.port, "rs1", b"before"))
+            check_eq(ws.recv_message()[1], b"before", "before")
+            redis.stop()
+            t0 = time.monotonic()
+            r = push(b.port, "rs1", b"down")
+            check_json_error(r, 503, "push while Redis is down")
+            check(r.header("retry-after") is not None, "503 without Retry-After")
+            check(time.monotonic() - t0 < 1.0, "503 was slow")
+            wait_for(lambda: not ready(a) and not ready(b), what="/readyz 503")
+            try:
+                ws2 = a.ws("/ws/rs2")
+                ws2.close_socket()
+                raise AssertionError("upgrade accepted while Redis is down")
+            except HandshakeError as e:
+                check_eq(e.response.status, 503, "upgrade while down")
+            check(not ws.wait_eof(0.2), "client dropped while Redis was down")
+            redis2 = RedisServer(port=redis.port)
+            redis = redis2.start()
+            wait_ready(a)
+            wait_ready(b)
+            accepted(push(b.port, "rs1", b"after"))
+            accepted(publish(b.port, "rt", b"topic after"), "publish")
+            check_eq([ws.recv_message()[1], ws.recv_message()[1]], [b"after", b"topic after"],
+                     "after the restart, same socket")
+            ws.close_socket()
+    finally:
+        redis.stop()
+
+
+@test("Redis frozen (kill -STOP): 503 within the deadline; kill -CONT: resumes", timeout=30)
+def _():
+    with RedisServer() as redis, gateway(redis, PS, name="A") as a:
+        ws = a.ws("/ws/fz1")
+        redis.freeze()
+        try:
+            t0 = time.monotonic()
+            r = push(a.port, "fz1", b"frozen")
+            dt = time.monotonic() - t0
+            check_json_error(r, 503, "push to a frozen Redis")
+            check(dt < 1.0, "answered after %.2fs (deadline 500ms)" % dt)
+            wait_for(lambda: not ready(a), timeout=3, what="/readyz 503")
+        finally:
+            redis.thaw()
+        wait_ready(a)
+        accepted(push(a.port, "fz1", b"thawed"))
+        got = []
+        while b"thawed" not in got:
+            got.append(ws.recv_message(5)[1])
+        check(set(got) <= {b"frozen", b"thawed"}, "unexpected %r" % got)
+        ws.close_socket()
+
+
+@test("the 101 waits for the SUBSCRIBE confirmation (Redis frozen meanwhile)")
+def _():
+    with RedisServer() as redis:
+        check_101_waits_for_subscribe(redis, PS)
+
+
+run()
