@@ -1,0 +1,330 @@
+#!/usr/bin/env bash
+# bench/run.sh — `make bench`: runs bench/loadgen's scenarios against wsgate and nchan,
+# one after the other in the same run, and prints a table: scenario | wsgate | nchan | ratio.
+#
+# Every (backend, scenario, target) run gets fresh servers on free loopback ports: the
+# backend's own servers first (redis-server, nats-server, none for memory), then the target
+# (wsgate, or nginx + nchan from bench/nchan.conf.in in a private temp dir), then loadgen;
+# then everything is stopped by PID. Nothing is left running: an EXIT/INT/TERM trap stops
+# every process this script started and removes the temp dir.
+#
+# Environment knobs:
+#   BENCH_SCENARIOS   "queue latency fanout idle" (default: all four)
+#   BENCH_TARGETS     "wsgate nchan"              (default: both)
+#   BENCH_BACKENDS    "memory"                    (also redis-list, redis-pubsub, nats)
+#   BENCH_ARGS_QUEUE, BENCH_ARGS_LATENCY, BENCH_ARGS_FANOUT, BENCH_ARGS_IDLE
+#                     extra loadgen options for one scenario, e.g. "--messages 20000"
+#   BENCH_TIMEOUT     seconds one loadgen run may take (default 90)
+#   WSGATE_BIN, LOADGEN, NGINX  binaries (defaults ./wsgate, bench/loadgen, nginx)
+# Exit status: 0 if every run passed its checks, 1 otherwise, 2 on setup errors.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SCENARIOS=${BENCH_SCENARIOS:-queue latency fanout idle}
+TARGETS=${BENCH_TARGETS:-wsgate nchan}
+BACKENDS=${BENCH_BACKENDS:-memory}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-90}
+WSGATE_BIN=${WSGATE_BIN:-$ROOT/wsgate}
+LOADGEN=${LOADGEN:-$ROOT/bench/loadgen}
+NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+NCHAN_CONF_IN=$ROOT/bench/nchan.conf.in
+PY=/usr/bin/python3
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/wsgate-bench.XXXXXX") || exit 2
+STARTED="" # PIDs of every server this script started and has not stopped yet
+
+say() { printf '%s\n' "$*" >&2; }
+
+stop_pid() { # PID: TERM, up to 5 s, then KILL; reap it
+    local pid=$1 _
+    kill -TERM "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; forget_pid "$pid"; return 0; }
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    forget_pid "$pid"
+}
+
+forget_pid() { # PID: no longer ours to stop
+    # shellcheck disable=SC2086 # STARTED is a list of PIDs
+    STARTED=$(printf '%s\n' $STARTED | grep -vx "$1" | tr '\n' ' ')
+    return 0
+}
+
+# shellcheck disable=SC2317 # run by the trap
+cleanup() {
+    local pid
+    for pid in $STARTED; do stop_pid "$pid"; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'say "bench: interrupted"; exit 130' INT TERM
+
+free_port() {
+    "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# wait_http PORT PATH PID SECONDS: until GET answers 200, PID dies, or time runs out.
+wait_http() {
+    local port=$1 path=$2 pid=$3 _
+    for _ in $(seq $(($4 * 10))); do
+        kill -0 "$pid" 2>/dev/null || return 1
+        curl -sf -o /dev/null --max-time 1 "http://127.0.0.1:$port$path" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# wait_cmd SECONDS CMD...: until CMD succeeds.
+wait_cmd() {
+    local secs=$1 _
+    shift
+    for _ in $(seq $((secs * 10))); do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# --- backends: servers a wsgate backend (and nchan's store) needs -----------------------
+# backend_start BACKEND sets WSGATE_ENV (extra env for wsgate), NCHAN_STORE (memory|redis),
+# REDIS_PORT, DEP_PIDS. To add a backend: start its server(s) here, append to DEP_PIDS.
+backend_start() {
+    WSGATE_ENV="WSGATE_BROKER_TYPE=$1"
+    NCHAN_STORE=memory
+    DEP_PIDS=""
+    case $1 in
+    memory) ;;
+    redis-list | redis-pubsub)
+        redis_start || return 1
+        WSGATE_ENV="$WSGATE_ENV WSGATE_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
+        NCHAN_STORE=redis
+        ;;
+    nats)
+        nats_start || return 1
+        WSGATE_ENV="$WSGATE_ENV WSGATE_NATS_URL=nats://127.0.0.1:$NATS_PORT"
+        ;;
+    *)
+        say "bench: backend '$1' is not wired into bench/run.sh yet"
+        return 1
+        ;;
+    esac
+}
+
+backend_stop() {
+    local pid
+    for pid in $DEP_PIDS; do stop_pid "$pid"; done
+    DEP_PIDS=""
+}
+
+redis_start() {
+    REDIS_PORT=$(free_port)
+    local dir=$TMP/redis.$REDIS_PORT
+    mkdir -p "$dir"
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+        --dir "$dir" --daemonize no --maxclients 10000 >"$dir/log" 2>&1 &
+    local pid=$!
+    STARTED="$STARTED $pid"
+    DEP_PIDS="$DEP_PIDS $pid"
+    wait_cmd 10 redis-cli -p "$REDIS_PORT" ping || { say "bench: redis-server did not start"; return 1; }
+}
+
+nats_start() {
+    NATS_PORT=$(free_port)
+    local dir=$TMP/nats.$NATS_PORT
+    mkdir -p "$dir"
+    nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$dir" >"$dir/log" 2>&1 &
+    local pid=$!
+    STARTED="$STARTED $pid"
+    DEP_PIDS="$DEP_PIDS $pid"
+    wait_cmd 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$NATS_PORT" ||
+        { say "bench: nats-server did not start"; return 1; }
+}
+
+# --- targets: TARGET_PORT, TARGET_PID (to stop), TARGET_PIDS (for RSS), TARGET_LOG ------
+wsgate_start() {
+    TARGET_PORT=$(free_port)
+    TARGET_LOG=$TMP/wsgate.$TARGET_PORT.log
+    # shellcheck disable=SC2086 # WSGATE_ENV is a list of NAME=value words
+    env WSGATE_SERVER_LISTEN="127.0.0.1:$TARGET_PORT" WSGATE_SERVER_MAX_CONNECTIONS=20000 \
+        WSGATE_SERVER_BACKLOG=4096 WSGATE_SERVER_LOG_LEVEL=warn \
+        WSGATE_SERVER_DRAIN_TIMEOUT=2s $WSGATE_ENV "$WSGATE_BIN" 2>"$TARGET_LOG" &
+    TARGET_PID=$!
+    STARTED="$STARTED $TARGET_PID"
+    TARGET_PIDS=$TARGET_PID
+    TARGET_LABEL=wsgate+${WSGATE_ENV#WSGATE_BROKER_TYPE=}
+    TARGET_LABEL=${TARGET_LABEL%% *}
+    wait_http "$TARGET_PORT" /healthz "$TARGET_PID" 10
+}
+
+nchan_start() {
+    TARGET_PORT=$(free_port)
+    local dir=$TMP/nchan.$TARGET_PORT redis_http="" redis_loc="" _ w
+    mkdir -p "$dir"
+    if [ "$NCHAN_STORE" = redis ]; then
+        redis_http="nchan_redis_url \"redis://127.0.0.1:$REDIS_PORT\";"
+        redis_loc="nchan_use_redis on;"
+    fi
+    sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$TARGET_PORT|g" -e "s|@USER@|$(id -un)|g" \
+        -e "s|@REDIS_HTTP@|$redis_http|g" -e "s|@REDIS_LOC@|$redis_loc|g" \
+        "$NCHAN_CONF_IN" >"$dir/nginx.conf"
+    TARGET_LOG=$dir/error.log
+    "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$TARGET_LOG" 2>"$dir/stderr.log" &
+    TARGET_PID=$!
+    STARTED="$STARTED $TARGET_PID"
+    TARGET_LABEL=nchan+$NCHAN_STORE
+    wait_http "$TARGET_PORT" /healthz "$TARGET_PID" 10 || return 1
+    # RSS is the master plus its workers (pgrep by parent PID, never by name)
+    for _ in $(seq 50); do
+        w=$(pgrep -P "$TARGET_PID" | paste -sd, -)
+        [ "$(printf '%s' "$w" | tr ',' '\n' | grep -c .)" -ge 2 ] && break
+        sleep 0.1
+    done
+    TARGET_PIDS="$TARGET_PID,$w"
+}
+
+# --- one run ----------------------------------------------------------------------------
+FAILED=""
+RESULTS=$TMP/results
+mkdir -p "$RESULTS"
+
+run_one() { # BACKEND SCENARIO TARGET
+    local backend=$1 scen=$2 target=$3 out rc args var
+    out=$RESULTS/$backend.$scen.$target
+    var=BENCH_ARGS_$(printf '%s' "$scen" | tr '[:lower:]' '[:upper:]')
+    args=${!var:-}
+    say ""
+    say "=== $scen / $target ($backend)"
+    if ! backend_start "$backend"; then
+        printf 'result=FAIL\nerror=backend_start\n' >"$out"
+        FAILED="$FAILED $backend/$scen/$target"
+        backend_stop
+        return
+    fi
+    local started=0
+    case $target in
+    wsgate) wsgate_start && started=1 ;;
+    nchan) nchan_start && started=1 ;;
+    *) say "bench: unknown target '$target'" ;;
+    esac
+    if [ $started != 1 ]; then
+        say "bench: $target did not start; log tail:"
+        [ -n "${TARGET_LOG:-}" ] && tail -n 20 "$TARGET_LOG" >&2
+        printf 'result=FAIL\nerror=target_start\n' >"$out"
+        FAILED="$FAILED $backend/$scen/$target"
+        [ -n "${TARGET_PID:-}" ] && stop_pid "$TARGET_PID"
+        backend_stop
+        return
+    fi
+    local nchan_flag=""
+    [ "$target" = nchan ] && nchan_flag=--nchan
+    # In the background + wait, so a TERM/INT reaches the trap at once (bash runs traps
+    # only after a foreground child ends); the trap's cleanup stops loadgen too.
+    # shellcheck disable=SC2086 # args and nchan_flag are word lists
+    timeout -k 5 "$BENCH_TIMEOUT" "$LOADGEN" --scenario "$scen" --url-host 127.0.0.1 \
+        --port "$TARGET_PORT" --pid "$TARGET_PIDS" --label "$TARGET_LABEL" \
+        --timeout $((BENCH_TIMEOUT - 15)) $nchan_flag $args >"$out" 2>&1 &
+    local lg=$!
+    STARTED="$STARTED $lg"
+    wait "$lg"
+    rc=$?
+    forget_pid "$lg"
+    echo "exit=$rc" >>"$out"
+    if ! kill -0 "$TARGET_PID" 2>/dev/null; then
+        echo "error=server_died" >>"$out"
+        rc=1
+    fi
+    sed 's/^/  /' "$out" >&2
+    if [ $rc != 0 ]; then
+        FAILED="$FAILED $backend/$scen/$target"
+        say "  log tail ($TARGET_LOG):"
+        tail -n 10 "$TARGET_LOG" 2>/dev/null | sed 's/^/    /' >&2
+    fi
+    stop_pid "$TARGET_PID"
+    backend_stop
+}
+
+# --- main -------------------------------------------------------------------------------
+ulimit -n "$(ulimit -Hn)" 2>/dev/null # loadgen and the servers need >10000 fds each
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt 10300 ]; then
+    say "bench: ulimit -n is $(ulimit -n); the idle scenario needs 10300"
+fi
+[ -x "$LOADGEN" ] || { say "bench: $LOADGEN missing (make bench/loadgen)"; exit 2; }
+for t in $TARGETS; do
+    case $t in
+    wsgate) [ -x "$WSGATE_BIN" ] || { say "bench: $WSGATE_BIN missing (make)"; exit 2; } ;;
+    nchan)
+        if [ ! -x "$NGINX" ] || [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]; then
+            say "bench: nginx/nchan missing (scripts/deps.sh bench)"
+            exit 2
+        fi
+        ;;
+    esac
+done
+
+T0=$(date +%s)
+for backend in $BACKENDS; do
+    for scen in $SCENARIOS; do
+        for target in $TARGETS; do
+            run_one "$backend" "$scen" "$target"
+        done
+    done
+done
+
+# --- table ------------------------------------------------------------------------------
+get() { # KEY FILE
+    local v
+    v=$(grep -m1 "^$1=" "$2" 2>/dev/null | cut -d= -f2-)
+    printf '%s' "${v:-NA}"
+}
+
+metrics_of() {
+    case $1 in
+    queue) echo delivered_per_s server_cpu_us_per_delivery ;;
+    latency) echo p50_us p99_us max_us ;;
+    fanout) echo delivered_per_s server_cpu_us_per_delivery ;;
+    idle) echo rss_per_conn_bytes ;;
+    esac
+}
+
+PAIR=0 # ratio column when both wsgate and nchan ran
+case " $TARGETS " in *" wsgate "*) case " $TARGETS " in *" nchan "*) PAIR=1 ;; esac ;; esac
+say ""
+echo "# wsgate bench: $(nproc) cores, $(date -u +%FT%TZ), $(($(date +%s) - T0)) s"
+echo "# delivered_per_s: higher is better; *_us, server_cpu_us_per_delivery (server CPU"
+echo "# time per delivered message) and rss_per_conn_bytes: lower is better"
+echo "# ratio = wsgate / nchan; a value marked ! comes from a run that failed its checks"
+for backend in $BACKENDS; do
+    printf '%-8s %-27s' scenario "metric ($backend)"
+    for t in $TARGETS; do printf ' %14s' "$t"; done
+    [ "$PAIR" = 1 ] && printf ' %8s' ratio
+    printf '\n'
+    for scen in $SCENARIOS; do
+        for m in $(metrics_of "$scen"); do
+            printf '%-8s %-27s' "$scen" "$m"
+            a=NA b=NA
+            for t in $TARGETS; do
+                f=$RESULTS/$backend.$scen.$t
+                v=$(get "$m" "$f")
+                [ "$(get result "$f")" = ok ] || v="$v!"
+                printf ' %14s' "$v"
+                [ "$t" = wsgate ] && a=${v%!}
+                [ "$t" = nchan ] && b=${v%!}
+            done
+            if [ "$PAIR" = 1 ]; then
+                awk -v a="$a" -v b="$b" 'BEGIN {
+                    if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf " %8.2f", a / b;
+                    else printf " %8s", "NA" }'
+            fi
+            printf '\n'
+        done
+    done
+done
+if [ -n "$FAILED" ]; then
+    echo "# FAILED:$FAILED"
+    exit 1
+fi
+echo "# all runs passed (no message lost, duplicated or out of order)"
+exit 0
