@@ -16,12 +16,10 @@
 #include "conn.h"
 #include "log.h"
 #include "msg.h"
+#include "route.h"
 #include "server.h"
 #include "session.h"
 #include "util.h"
-
-enum route { ROUTE_NONE = 0, ROUTE_WS, ROUTE_PUSH, ROUTE_PUBLISH, ROUTE_HEALTHZ, ROUTE_READYZ,
-             ROUTE_METRICS, ROUTE_NOTFOUND };
 
 enum hdr_id { HDR_OTHER = 0, HDR_UPGRADE, HDR_WS_KEY, HDR_WS_VERSION, HDR_EXPECT };
 
@@ -482,56 +480,30 @@ void http_upgrade_abort(struct conn *c)
 
 /* --- routing --- */
 
-static int http_route(struct http_state *h, const char **key, size_t *key_len,
-                      const char **query)
+static void http_route(struct http_state *h, struct route *r)
 {
-    char *url = h->url ? h->url : "";
-    char *q = strchr(url, '?');
-    size_t plen = q ? (size_t)(q - url) : strlen(url);
-    *query = q ? q + 1 : NULL;
-    static const struct {
-        const char *prefix;
-        int route;
-    } pre[] = {{"/ws/", ROUTE_WS}, {"/push/", ROUTE_PUSH}, {"/publish/", ROUTE_PUBLISH}};
-    for (size_t i = 0; i < sizeof(pre) / sizeof(pre[0]); i++) {
-        size_t l = strlen(pre[i].prefix);
-        if (plen >= l && strncmp(url, pre[i].prefix, l) == 0) {
-            *key = url + l;
-            *key_len = plen - l;
-            return pre[i].route;
-        }
-    }
-    if (plen == 8 && strncmp(url, "/healthz", 8) == 0)
-        return ROUTE_HEALTHZ;
-    if (plen == 7 && strncmp(url, "/readyz", 7) == 0)
-        return ROUTE_READYZ;
-    if (plen == 8 && strncmp(url, "/metrics", 8) == 0)
-        return ROUTE_METRICS;
-    return ROUTE_NOTFOUND;
+    route_parse(h->url ? h->url : "", r);
 }
 
 /* Decide early errors once the head is known (before any body). */
 static void http_check_head(struct http_state *h)
 {
-    const char *key, *query;
-    size_t key_len;
+    struct route r;
     int method = h->parser.method;
-    h->route = (uint8_t)http_route(h, &key, &key_len, &query);
-    switch (h->route) {
+    http_route(h, &r);
+    h->route = (uint8_t)r.id;
+    switch (r.id) {
     case ROUTE_WS:
-        if (method != HTTP_GET) {
+        if (method != HTTP_GET)
             h->err_status = 405;
-            h->err_allow = "GET";
-        }
         break;
     case ROUTE_PUSH:
     case ROUTE_PUBLISH:
         if (method != HTTP_POST) {
             h->err_status = 405;
-            h->err_allow = "POST";
-        } else if (!key_valid(key, key_len)) {
+        } else if (!key_valid(r.key, r.key_len)) {
             h->err_status = 400;
-            h->err_reason = h->route == ROUTE_PUSH ? "invalid session key" : "invalid topic";
+            h->err_reason = r.id == ROUTE_PUSH ? "invalid session key" : "invalid topic";
         } else if (h->parser.content_length > h->c->srv->cfg->max_message_size &&
                    !(h->parser.flags & F_CHUNKED)) {
             h->err_status = 413;
@@ -544,17 +516,17 @@ static void http_check_head(struct http_state *h)
     case ROUTE_HEALTHZ:
     case ROUTE_READYZ:
     case ROUTE_METRICS:
-        if (method != HTTP_GET && method != HTTP_HEAD) {
+        if (method != HTTP_GET && method != HTTP_HEAD)
             h->err_status = 405;
-            h->err_allow = "GET, HEAD";
-        }
         break;
     default:
         h->err_status = 404;
         h->err_reason = "not found";
     }
-    if (h->err_status == 405)
+    if (h->err_status == 405) {
         h->err_reason = "method not allowed";
+        h->err_allow = route_allow(r.id);
+    }
 }
 
 static void http_dispatch(struct conn *c)
@@ -562,9 +534,10 @@ static void http_dispatch(struct conn *c)
     struct http_state *h = c->http;
     struct server *srv = c->srv;
     int keep = llhttp_should_keep_alive(&h->parser);
-    const char *key, *query;
-    size_t key_len;
-    http_route(h, &key, &key_len, &query);
+    struct route r;
+    http_route(h, &r);
+    const char *key = r.key, *query = r.query;
+    size_t key_len = r.key_len;
     if (h->err_status != 0) {
         struct msg *m = http_render_error(srv, h->err_status, h->err_reason, h->err_allow,
                                           !keep || h->err_status == 413);
