@@ -31,51 +31,60 @@ enum rconn_state {
 };
 
 struct rconn_ev {
-    uv_poll_t poll;         /* embedded: the struct is freed in rconn_ev_on_closed */
-    struct rconn *rc;       /* borrowed: rc waits for this handle's close before freeing */
-    redisAsyncContext *ac;  /* borrowed from hiredis: NULL once the cleanup hook ran */
-    int events;             /* UV_READABLE | UV_WRITABLE wanted by hiredis */
+    uv_poll_t poll;        /* embedded: the struct is freed in rconn_ev_on_closed */
+    struct rconn *rc;      /* borrowed: rc waits for this handle's close before freeing */
+    redisAsyncContext *ac; /* borrowed from hiredis: NULL once the cleanup hook ran */
+    int events;            /* UV_READABLE | UV_WRITABLE wanted by hiredis */
 };
 
 struct rconn {
-    uv_loop_t *loop;           /* borrowed: outlives rc */
-    enum rconn_kind kind;      /* command or subscriber */
-    enum rconn_state state;    /* see enum */
-    struct rconn_url url;      /* copy of the parsed URL */
-    char name[16];             /* for logs */
-    char ip[256];              /* resolved address of url.host */
-    uint64_t timeout_ms;       /* connect and reply-progress deadline */
-    uint64_t ping_ms;          /* probe after this long idle */
-    uint64_t backoff_max_ms;   /* reconnect delay cap */
-    rconn_state_cb on_state;   /* NULL once closing */
+    uv_loop_t *loop;         /* borrowed: outlives rc */
+    enum rconn_kind kind;    /* command or subscriber */
+    enum rconn_state state;  /* see enum */
+    struct rconn_url url;    /* copy of the parsed URL */
+    char name[16];           /* for logs */
+    char ip[256];            /* resolved address of url.host */
+    uint64_t timeout_ms;     /* connect and reply-progress deadline */
+    uint64_t ping_ms;        /* probe after this long idle */
+    uint64_t backoff_max_ms; /* reconnect delay cap */
+    rconn_state_cb on_state; /* NULL once closing */
     rconn_message_cb on_message;
     rconn_sub_ready_cb on_sub_ready;
-    void *arg;                 /* borrowed: for the callbacks */
-    redisAsyncContext *ac;     /* borrowed from hiredis: connect .. cleanup hook, else NULL */
-    struct rconn_ev *ev;       /* borrowed: the live context's poll (frees itself) */
-    uv_timer_t timer;          /* embedded: closed last, then rc is freed */
-    uv_getaddrinfo_t gai;      /* embedded request; gai_busy while in flight */
-    uint8_t gai_busy;          /* request in flight: rc must not be freed */
-    uint8_t gai_abandoned;     /* resolve timed out: ignore its result */
-    uint8_t dying;             /* redisAsyncFree requested for ac (maybe deferred) */
-    uint8_t timer_closing;     /* uv_close(timer) called */
-    int kill_err;              /* why we killed the context (UV_E*), 0 = hiredis saw an error */
-    const char *kill_why;      /* static string for logs */
-    uint64_t progress_ms;      /* last read, or when the connection started owing replies */
-    uint64_t sub_owed;         /* RCONN_SUB: (un)subscribe replies owed, all channels */
-    unsigned attempts;         /* failed connects in a row (backoff exponent) */
-    uint64_t rng;              /* xorshift state for backoff jitter */
-    unsigned open_evs;         /* poll handles not yet closed */
-    rconn_closed_cb closed_cb; /* set by rconn_close */
-    void *closed_arg;          /* borrowed: for closed_cb */
+    void *arg;                   /* borrowed: for the callbacks */
+    redisAsyncContext *ac;       /* borrowed from hiredis: connect .. cleanup hook, else NULL */
+    struct rconn_ev *ev;         /* borrowed: the live context's poll (frees itself) */
+    uv_timer_t timer;            /* embedded: closed last, then rc is freed */
+    uv_prepare_t prep;           /* embedded: flushes commands queued before the poll */
+    uv_check_t check;            /* embedded: flushes commands queued by I/O callbacks */
+    uv_idle_t idle;              /* embedded: makes the next poll non-blocking when a command
+                                  * was queued after our prepare ran (else it would wait) */
+    uint8_t want_flush;          /* commands are buffered in ac->c.obuf, not yet written */
+    uint8_t in_flush;            /* inside our own redisAsyncHandleWrite call */
+    uint8_t after_prepare;       /* our prepare ran this iteration, our check not yet */
+    unsigned open_handles;       /* timer/prepare/check/idle not yet closed */
+    uv_getaddrinfo_t gai;        /* embedded request; gai_busy while in flight */
+    uint8_t gai_busy;            /* request in flight: rc must not be freed */
+    uint8_t gai_abandoned;       /* resolve timed out: ignore its result */
+    uint8_t dying;               /* redisAsyncFree requested for ac (maybe deferred) */
+    uint8_t timer_closing;       /* uv_close(timer) called */
+    int kill_err;                /* why we killed the context (UV_E*), 0 = hiredis saw an error */
+    const char *kill_why;        /* static string for logs */
+    uint64_t progress_ms;        /* last read, or when the connection started owing replies */
+    uint64_t sub_owed;           /* RCONN_SUB: (un)subscribe replies owed, all channels */
+    unsigned attempts;           /* failed connects in a row (backoff exponent) */
+    uint64_t rng;                /* xorshift state for backoff jitter */
+    unsigned open_evs;           /* poll handles not yet closed */
+    rconn_closed_cb closed_cb;   /* set by rconn_close */
+    void *closed_arg;            /* borrowed: for closed_cb */
     struct rconn_chan **buckets; /* owned: channel hash table (RCONN_SUB) */
-    size_t nbuckets;           /* power of two */
-    size_t nchans;             /* channels in the table */
-    struct rconn_chan *probe;  /* owned via the table: liveness channel (RCONN_SUB) */
+    size_t nbuckets;             /* power of two */
+    size_t nchans;               /* channels in the table */
+    struct rconn_chan *probe;    /* owned via the table: liveness channel (RCONN_SUB) */
     struct rconn_chan *dispatching; /* channel whose replies are being handled: not freed */
 };
 
 static void rconn_on_timer(uv_timer_t *t);
+static void rconn_on_idle(uv_idle_t *h);
 static void rconn_connect_start(struct rconn *rc);
 static void rconn_close_step(struct rconn *rc);
 static void rconn_on_sub_reply(redisAsyncContext *ac, void *r, void *priv);
@@ -329,6 +338,39 @@ size_t rconn_channels(const struct rconn *rc)
     return rc->nchans;
 }
 
+/* --- output flushing --- */
+
+static void rconn_flush(struct rconn *rc)
+{
+    if (!rc->want_flush)
+        return;
+    rc->want_flush = 0;
+    if (rc->ac == NULL || !(rc->ac->c.flags & REDIS_CONNECTED))
+        return;
+    rc->in_flush = 1;
+    redisAsyncHandleWrite(rc->ac); /* may free the context (write error): cleanup hook */
+    rc->in_flush = 0;
+}
+
+static void rconn_on_prepare(uv_prepare_t *h)
+{
+    struct rconn *rc = h->data;
+    rc->after_prepare = 1;
+    rconn_flush(rc);
+}
+
+static void rconn_on_check(uv_check_t *h)
+{
+    struct rconn *rc = h->data;
+    rc->after_prepare = 0;
+    rconn_flush(rc);
+}
+
+static void rconn_on_idle(uv_idle_t *h)
+{
+    uv_idle_stop(h); /* its only job was to keep the poll from blocking */
+}
+
 /* --- hiredis event hooks --- */
 
 static void rconn_ev_on_closed(uv_handle_t *h)
@@ -347,8 +389,14 @@ static void rconn_ev_on_poll(uv_poll_t *h, int status, int events)
     if (ev->ac == NULL)
         return;
     if (status < 0) {
-        /* The stock adapter ignores this and the connection hangs; drop it instead. */
-        if (!rc->dying) {
+        /* libuv stopped the watcher (EPOLLERR). The stock adapter ignores this and the
+         * connection hangs. Let hiredis read the socket error (a refused connect, a reset)
+         * so the log says why; if the context survives that, drop it. */
+        if (rc->ac->c.flags & REDIS_CONNECTED)
+            redisAsyncHandleRead(ev->ac);
+        else
+            redisAsyncHandleWrite(ev->ac);
+        if (ev->ac != NULL && !rc->dying) {
             rc->dying = 1;
             rc->kill_err = status;
             rc->kill_why = "poll error";
@@ -392,9 +440,20 @@ static void rconn_ev_del_read(void *p)
     }
 }
 
+/* hiredis asks for a writable event after every command it buffers. Waiting for one costs
+ * two epoll_ctl calls and a loop iteration per batch, so once connected we flush from our
+ * prepare/check handles instead (everything queued in one loop phase leaves in one write);
+ * only a write that could not finish (socket full) waits for UV_WRITABLE. */
 static void rconn_ev_add_write(void *p)
 {
     struct rconn_ev *ev = p;
+    struct rconn *rc = ev->rc;
+    if ((ev->ac->c.flags & REDIS_CONNECTED) && !rc->in_flush) {
+        rc->want_flush = 1;
+        if (rc->after_prepare)
+            uv_idle_start(&rc->idle, rconn_on_idle);
+        return;
+    }
     if (!(ev->events & UV_WRITABLE)) {
         ev->events |= UV_WRITABLE;
         rconn_ev_update(ev);
@@ -408,6 +467,19 @@ static void rconn_ev_del_write(void *p)
         ev->events &= ~UV_WRITABLE;
         rconn_ev_update(ev);
     }
+}
+
+/* One line per failure streak at warn (the first), the rest at debug: a Redis that stays
+ * down for an hour must not flood the log. */
+static void rconn_log_fail(const struct rconn *rc, const char *why)
+{
+    if (rc->attempts == 0)
+        log_warn("event=redis_connect_failed conn=%s host=%s port=%d err=\"%s\" "
+                 "retry=backoff",
+                 rc->name, rc->url.host, rc->url.port, why);
+    else
+        log_debug("event=redis_connect_failed conn=%s host=%s port=%d attempt=%u err=\"%s\"",
+                  rc->name, rc->url.host, rc->url.port, rc->attempts + 1, why);
 }
 
 static void rconn_backoff(struct rconn *rc)
@@ -446,11 +518,10 @@ static void rconn_ev_cleanup(void *p)
     if (rc->state == RC_CLOSING)
         return; /* rconn_ev_on_closed drives the rest */
     if (was_up)
-        log_warn("event=redis_down conn=%s addr=%s:%d err=\"%s\"", rc->name, rc->ip,
-                 rc->url.port, why);
-    else if (rc->attempts == 0 || log_enabled(LOG_LEVEL_DEBUG))
-        log_warn("event=redis_connect_failed conn=%s addr=%s:%d attempt=%u err=\"%s\"",
-                 rc->name, rc->ip, rc->url.port, rc->attempts + 1, why);
+        log_warn("event=redis_down conn=%s addr=%s:%d err=\"%s\"", rc->name, rc->ip, rc->url.port,
+                 why);
+    else
+        rconn_log_fail(rc, why);
     rconn_backoff(rc);
     if (was_up && rc->on_state != NULL)
         rc->on_state(rc, 0, rc->arg);
@@ -538,8 +609,7 @@ static void rconn_on_timer(uv_timer_t *t)
         rconn_connect_start(rc);
         break;
     case RC_RESOLVING:
-        log_warn("event=redis_connect_failed conn=%s host=%s err=\"resolve timeout\"", rc->name,
-                 rc->url.host);
+        rconn_log_fail(rc, "resolve timeout");
         rc->gai_abandoned = 1;
         uv_cancel((uv_req_t *)&rc->gai);
         rconn_backoff(rc);
@@ -563,8 +633,7 @@ static void rconn_set_up(struct rconn *rc)
     rc->state = RC_UP;
     rc->attempts = 0;
     rc->progress_ms = uv_now(rc->loop);
-    log_info("event=redis_up conn=%s addr=%s:%d db=%d", rc->name, rc->ip, rc->url.port,
-             rc->url.db);
+    log_info("event=redis_up conn=%s addr=%s:%d db=%d", rc->name, rc->ip, rc->url.port, rc->url.db);
     rconn_check(rc);
     if (rc->on_state != NULL)
         rc->on_state(rc, 1, rc->arg);
@@ -579,8 +648,9 @@ static void rconn_on_setup_reply(redisAsyncContext *ac, void *r, void *priv)
     if (reply == NULL || rc->ac != ac)
         return;
     if (reply->type == REDIS_REPLY_ERROR) {
-        log_error("event=redis_setup_failed conn=%s err=\"%.*s\"", rc->name, (int)reply->len,
-                  reply->str);
+        if (rc->attempts == 0)
+            log_error("event=redis_setup_failed conn=%s err=\"%.*s\"", rc->name, (int)reply->len,
+                      reply->str);
         rconn_kill(rc, UV_EIO, "setup command failed");
         return;
     }
@@ -632,8 +702,7 @@ static void rconn_connect_ip(struct rconn *rc)
     redisAsyncContext *ac = redisAsyncConnect(rc->ip, rc->url.port);
     struct rconn_ev *ev;
     if (ac == NULL || ac->err) {
-        log_warn("event=redis_connect_failed conn=%s addr=%s:%d err=\"%s\"", rc->name, rc->ip,
-                 rc->url.port, ac ? ac->errstr : "out of memory");
+        rconn_log_fail(rc, ac ? ac->errstr : "out of memory");
         if (ac != NULL)
             redisAsyncFree(ac);
         rconn_backoff(rc);
@@ -700,8 +769,7 @@ static void rconn_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo
         return;
     }
     if (status < 0 || res == NULL) {
-        log_warn("event=redis_connect_failed conn=%s host=%s err=%s", rc->name, rc->url.host,
-                 uv_err_name(status));
+        rconn_log_fail(rc, uv_strerror(status));
         uv_freeaddrinfo(res);
         rconn_backoff(rc);
         return;
@@ -735,8 +803,7 @@ static void rconn_connect_start(struct rconn *rc)
     rc->gai_abandoned = 0;
     r = uv_getaddrinfo(rc->loop, &rc->gai, rconn_on_resolved, rc->url.host, NULL, &hints);
     if (r < 0) {
-        log_warn("event=redis_connect_failed conn=%s host=%s err=%s", rc->name, rc->url.host,
-                 uv_err_name(r));
+        rconn_log_fail(rc, uv_strerror(r));
         rconn_backoff(rc);
         return;
     }
@@ -752,8 +819,8 @@ int rconn_open(struct rconn **out, uv_loop_t *loop, const struct rconn_opts *o)
 {
     struct rconn *rc;
     if (o->url == NULL || o->timeout_ms == 0 || o->ping_ms == 0 ||
-        (o->kind == RCONN_SUB && (o->probe_channel == NULL || o->on_message == NULL ||
-                                  o->on_sub_ready == NULL)))
+        (o->kind == RCONN_SUB &&
+         (o->probe_channel == NULL || o->on_message == NULL || o->on_sub_ready == NULL)))
         return UV_EINVAL;
     rc = calloc(1, sizeof(*rc));
     if (rc == NULL)
@@ -764,8 +831,8 @@ int rconn_open(struct rconn **out, uv_loop_t *loop, const struct rconn_opts *o)
     snprintf(rc->name, sizeof(rc->name), "%s", o->name ? o->name : "redis");
     rc->timeout_ms = o->timeout_ms;
     rc->ping_ms = o->ping_ms;
-    rc->backoff_max_ms = o->backoff_max_ms < RCONN_BACKOFF_MIN_MS ? RCONN_BACKOFF_MIN_MS
-                                                                    : o->backoff_max_ms;
+    rc->backoff_max_ms =
+        o->backoff_max_ms < RCONN_BACKOFF_MIN_MS ? RCONN_BACKOFF_MIN_MS : o->backoff_max_ms;
     rc->on_state = o->on_state;
     rc->on_message = o->on_message;
     rc->on_sub_ready = o->on_sub_ready;
@@ -782,6 +849,17 @@ int rconn_open(struct rconn **out, uv_loop_t *loop, const struct rconn_opts *o)
     }
     uv_timer_init(loop, &rc->timer);
     rc->timer.data = rc;
+    uv_prepare_init(loop, &rc->prep);
+    rc->prep.data = rc;
+    uv_check_init(loop, &rc->check);
+    rc->check.data = rc;
+    uv_idle_init(loop, &rc->idle);
+    rc->idle.data = rc;
+    /* Always on: they run once per loop iteration (a flag test) and never keep the loop
+     * awake; being always on is what tells rconn_ev_add_write which phase we are in. */
+    uv_prepare_start(&rc->prep, rconn_on_prepare);
+    uv_check_start(&rc->check, rconn_on_check);
+    rc->open_handles = 4;
     rconn_connect_start(rc);
     *out = rc;
     return 0;
@@ -790,6 +868,8 @@ int rconn_open(struct rconn **out, uv_loop_t *loop, const struct rconn_opts *o)
 static void rconn_on_timer_closed(uv_handle_t *h)
 {
     struct rconn *rc = h->data;
+    if (--rc->open_handles > 0)
+        return;
     rconn_closed_cb cb = rc->closed_cb;
     void *arg = rc->closed_arg;
     for (size_t i = 0; i < rc->nbuckets; i++) {
@@ -817,6 +897,9 @@ static void rconn_close_step(struct rconn *rc)
         return;
     rc->timer_closing = 1;
     uv_close((uv_handle_t *)&rc->timer, rconn_on_timer_closed);
+    uv_close((uv_handle_t *)&rc->prep, rconn_on_timer_closed);
+    uv_close((uv_handle_t *)&rc->check, rconn_on_timer_closed);
+    uv_close((uv_handle_t *)&rc->idle, rconn_on_timer_closed);
 }
 
 void rconn_close(struct rconn *rc, rconn_closed_cb cb, void *arg)
@@ -832,8 +915,7 @@ void rconn_close(struct rconn *rc, rconn_closed_cb cb, void *arg)
     if (rc->gai_busy)
         uv_cancel((uv_req_t *)&rc->gai);
     if (rc->ac != NULL) {
-        if (prev == RC_UP && rc->kind == RCONN_CMD && rc->ac->replies.head != NULL &&
-            !rc->dying) {
+        if (prev == RC_UP && rc->kind == RCONN_CMD && rc->ac->replies.head != NULL && !rc->dying) {
             /* Let owed replies (e.g. the last acks) arrive; force after the deadline. */
             redisAsyncDisconnect(rc->ac);
             uv_timer_start(&rc->timer, rconn_on_timer, rc->timeout_ms, 0);
@@ -868,9 +950,11 @@ int rconn_last_error(const struct rconn *rc)
     return rc->kill_err ? rc->kill_err : UV_ECONNRESET;
 }
 
-int rconn_command(struct rconn *rc, redisCallbackFn *fn, void *priv, int argc,
-                  const char **argv, const size_t *lens)
+int rconn_command(struct rconn *rc, redisCallbackFn *fn, void *priv, int argc, const char **argv,
+                  const size_t *lens)
 {
+    if (rc->kind != RCONN_CMD)
+        return UV_EINVAL; /* a subscribed context accepts only (UN)SUBSCRIBE */
     if (!rconn_is_up(rc))
         return UV_ENOTCONN;
     return rconn_send(rc, fn, priv, argc, argv, lens);
@@ -908,6 +992,8 @@ int rconn_command_status(struct rconn *rc, rconn_status_cb cb, void *arg, int ar
 {
     struct rconn_status_req *req;
     int r;
+    if (rc->kind != RCONN_CMD)
+        return UV_EINVAL;
     if (!rconn_is_up(rc))
         return UV_ENOTCONN;
     req = malloc(sizeof(*req));

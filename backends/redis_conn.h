@@ -51,13 +51,13 @@ enum rconn_kind {
  * backend owns the memory); registered by rconn_subscribe, unregistered by
  * rconn_unsubscribe, which must happen before the memory is freed. */
 struct rsub {
-    struct rsub *next;      /* in the channel's ready or pending list */
-    struct rsub *prev;      /* idem */
-    struct rconn_chan *ch;  /* borrowed: the registry's channel while registered, else NULL */
-    uint64_t target;        /* ch->done value that proves our SUBSCRIBE ran; UINT64_MAX unsent */
-    void *owner;            /* borrowed: the backend's per-session struct */
-    uint8_t ready;          /* 1 once confirmed (messages are given to ready users only) */
-    uint8_t tag;            /* the backend's kind of channel (free for the backend) */
+    struct rsub *next;     /* in the channel's ready or pending list */
+    struct rsub *prev;     /* idem */
+    struct rconn_chan *ch; /* borrowed: the registry's channel while registered, else NULL */
+    uint64_t target;       /* ch->done value that proves our SUBSCRIBE ran; UINT64_MAX unsent */
+    void *owner;           /* borrowed: the backend's per-session struct */
+    uint8_t ready;         /* 1 once confirmed (messages are given to ready users only) */
+    uint8_t tag;           /* the backend's kind of channel (free for the backend) */
 };
 
 /* A channel of the registry; the backend reads name and walks the ready list. */
@@ -90,18 +90,18 @@ typedef void (*rconn_closed_cb)(void *arg);
 typedef void (*rconn_status_cb)(void *arg, int status);
 
 struct rconn_opts {
-    const char *name;              /* borrowed for the call (copied): "cmd", "sub" in logs */
-    enum rconn_kind kind;          /* command or subscriber connection */
-    const struct rconn_url *url;   /* borrowed for the call (copied) */
-    uint64_t timeout_ms;           /* connect deadline and reply-progress deadline */
-    uint64_t ping_ms;              /* liveness probe after this long without traffic */
-    uint64_t backoff_max_ms;       /* reconnect delay cap (starts at 100 ms, doubles) */
-    const char *probe_channel;     /* RCONN_SUB: borrowed for the call (copied); channel
-                                    * (re)subscribed as the liveness probe, e.g. "ws.probe.X" */
-    rconn_state_cb on_state;       /* may be NULL */
-    rconn_message_cb on_message;   /* RCONN_SUB */
+    const char *name;                /* borrowed for the call (copied): "cmd", "sub" in logs */
+    enum rconn_kind kind;            /* command or subscriber connection */
+    const struct rconn_url *url;     /* borrowed for the call (copied) */
+    uint64_t timeout_ms;             /* connect deadline and reply-progress deadline */
+    uint64_t ping_ms;                /* liveness probe after this long without traffic */
+    uint64_t backoff_max_ms;         /* reconnect delay cap (starts at 100 ms, doubles) */
+    const char *probe_channel;       /* RCONN_SUB: borrowed for the call (copied); channel
+                                      * (re)subscribed as the liveness probe, e.g. "ws.probe.X" */
+    rconn_state_cb on_state;         /* may be NULL */
+    rconn_message_cb on_message;     /* RCONN_SUB */
     rconn_sub_ready_cb on_sub_ready; /* RCONN_SUB */
-    void *arg;                     /* borrowed: passed to every callback */
+    void *arg;                       /* borrowed: passed to every callback */
 };
 
 /* Allocate a connection and start connecting (asynchronously; on_state(1) later).
@@ -124,8 +124,8 @@ int rconn_last_error(const struct rconn *rc);
  * when 0 is returned: reply NULL when the connection died (rconn_last_error says why); the
  * reply is freed after fn returns. fn may be NULL (reply ignored).
  * UV_ENOTCONN when the connection is not up (fn never runs). */
-int rconn_command(struct rconn *rc, redisCallbackFn *fn, void *priv, int argc,
-                  const char **argv, const size_t *lens);
+int rconn_command(struct rconn *rc, redisCallbackFn *fn, void *priv, int argc, const char **argv,
+                  const size_t *lens);
 /* Same, with a status callback (see rconn_status_cb). 0 => cb runs exactly once, later. */
 int rconn_command_status(struct rconn *rc, rconn_status_cb cb, void *arg, int argc,
                          const char **argv, const size_t *lens);

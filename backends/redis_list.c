@@ -19,9 +19,11 @@
  * messages: nothing is taken from Redis that the socket cannot take). Any RPUSH/LPUSH on
  * p.recv.S (ours or a plain redis-cli's) produces a keyspace notification that wakes the
  * holder's fetch; there is no polling. When the core reports a frame written (ack), the
- * next fetch of that socket first LPOPs the acked count off its in-flight list (acks of one
- * loop iteration are coalesced into that same EVALSHA). On detach the unacked messages go
- * back to the head of p.recv.S in order (one EVALSHA).
+ * acked count is LPOPped off the socket's in-flight list lazily: inside the socket's next
+ * fetch, or within RLIST_ACK_DELAY_MS in one pipelined batch for all sockets (a crash in
+ * that window redelivers those messages: at-least-once). On detach the acked ones are
+ * dropped and the unacked go back to the head of p.recv.S in order (one EVALSHA).
+ * Commands of one loop iteration leave in one write per link (redis_conn.c).
  *
  * Crash recovery: each connection of the command link registers a fresh incarnation N
  * with a lease (max(3 ping, 2 timeout) + 1 s). Every node's heartbeat sweeps p.nodes and
@@ -47,12 +49,14 @@
 
 #define RLIST_TAG_KEYSPACE 1
 #define RLIST_TAG_TOPIC 2
-#define RLIST_NAME_MAX 320   /* prefix(64) + ".inflight." + nid + sid + key(128) + slack */
-#define RLIST_BATCH_MAX 1000 /* Lua unpack() limit is ~8000; keep replies small */
-#define RLIST_HSET_CHUNK 256 /* sessions per HSET when re-registering */
+#define RLIST_NAME_MAX 320    /* prefix(64) + ".inflight." + nid + sid + key(128) + slack */
+#define RLIST_BATCH_MAX 1000  /* Lua unpack() limit is ~8000; keep replies small */
+#define RLIST_HSET_CHUNK 256  /* sessions per HSET when re-registering */
+#define RLIST_ACK_DELAY_MS 20 /* acks not carried by a fetch are applied within this */
 
 /* --- Lua (loaded with SCRIPT LOAD on every connect; EVALSHA by locally computed SHA1) --- */
 
+/* clang-format off */
 /* KEYS[1] queue; ARGV payload, max_queue (0 = none), ttl_ms. -1 when full. */
 static const char rlist_lua_push[] =
     "local max = tonumber(ARGV[2])\n"
@@ -124,6 +128,8 @@ static const char rlist_lua_node[] =
     "end\n"
     "return moved\n";
 
+/* clang-format on */
+
 enum { RLIST_LUA_PUSH = 0, RLIST_LUA_FLOW, RLIST_LUA_RELEASE, RLIST_LUA_NODE, RLIST_LUA_N };
 
 static const char *const rlist_lua[RLIST_LUA_N] = {rlist_lua_push, rlist_lua_flow,
@@ -134,28 +140,30 @@ struct rlist;
 /* One attached socket. Allocated by attach with its rsubs and queue name in one block;
  * freed when it is detached and no reply callback or service-queue entry refers to it. */
 struct rlist_sess {
-    struct rlist *rl;          /* borrowed: outlives rs */
-    struct session *s;         /* borrowed: from attach until detach, then NULL */
-    struct rlist_sess *next;   /* rl->sessions (attached, not detached) */
-    struct rlist_sess *prev;   /* idem */
-    struct rlist_sess *snext;  /* rl service queue, while queued */
-    char *qkey;                /* points into this allocation: "p.recv.S" */
-    uint32_t qkey_len;         /* strlen(qkey) */
-    uint64_t sid;              /* s->id: names the in-flight list */
-    uint32_t unacked;          /* delivered in this epoch, not acked yet */
-    uint32_t fetching;         /* messages asked by the outstanding fetch (0 = none) */
-    uint32_t acks;             /* acked, not yet dropped from the in-flight list */
-    uint32_t refs;             /* outstanding replies + service-queue membership */
-    uint64_t fetch_epoch;      /* rl->epoch when the outstanding fetch was sent */
-    uint8_t more;              /* the queue may hold messages: fetch when the window allows */
-    uint8_t dirty;             /* woken while a fetch was in flight */
-    uint8_t queued;            /* in the service queue */
-    uint8_t attached;          /* session_attached(s, 0) was called */
-    uint8_t detached;          /* detach ran: s is gone */
-    uint8_t dead;              /* session_deliver refused: wait for detach */
-    uint16_t nsubs;            /* subs[0] keyspace channel, then topic channels */
-    uint16_t nready;           /* subs confirmed on the current pub/sub connection */
-    struct rsub subs[];        /* embedded: registered with rl->sub from attach to detach */
+    struct rlist *rl;         /* borrowed: outlives rs */
+    struct session *s;        /* borrowed: from attach until detach, then NULL */
+    struct rlist_sess *next;  /* rl->sessions (attached, not detached) */
+    struct rlist_sess *prev;  /* idem */
+    struct rlist_sess *snext; /* rl service queue, while queued */
+    struct rlist_sess *anext; /* rl ack list, while in_acks */
+    char *qkey;               /* points into this allocation: "p.recv.S" */
+    uint32_t qkey_len;        /* strlen(qkey) */
+    uint64_t sid;             /* s->id: names the in-flight list */
+    uint32_t unacked;         /* delivered in this epoch, not acked yet */
+    uint32_t fetching;        /* messages asked by the outstanding fetch (0 = none) */
+    uint32_t acks;            /* acked, not yet dropped from the in-flight list */
+    uint32_t refs;            /* outstanding replies + service-queue membership */
+    uint64_t fetch_epoch;     /* rl->epoch when the outstanding fetch was sent */
+    uint8_t more;             /* the queue may hold messages: fetch when the window allows */
+    uint8_t dirty;            /* woken while a fetch was in flight */
+    uint8_t queued;           /* in the service queue */
+    uint8_t in_acks;          /* in the ack list (holds a ref) */
+    uint8_t attached;         /* session_attached(s, 0) was called */
+    uint8_t detached;         /* detach ran: s is gone */
+    uint8_t dead;             /* session_deliver refused: wait for detach */
+    uint16_t nsubs;           /* subs[0] keyspace channel, then topic channels */
+    uint16_t nready;          /* subs confirmed on the current pub/sub connection */
+    struct rsub subs[];       /* embedded: registered with rl->sub from attach to detach */
 };
 
 struct rlist {
@@ -165,6 +173,9 @@ struct rlist {
     struct rconn *cmd;           /* owned: command link, closed in rlist_close */
     struct rconn *sub;           /* owned: pub/sub link */
     uv_check_t check;            /* embedded: drains the service queue after each poll */
+    uv_idle_t idle;              /* embedded: keeps the next poll from blocking while queued */
+    uv_timer_t ack_timer;        /* embedded: applies lazy acks in one pipelined batch */
+    struct rlist_sess *ack_head; /* sessions with acks not yet applied (each holds a ref) */
     uv_timer_t hb;               /* embedded: lease heartbeat + sweep */
     struct rlist_sess *sessions; /* attached sessions (borrowed list heads, owned nodes) */
     struct rlist_sess *svc_head; /* service queue (each entry holds a ref) */
@@ -228,8 +239,8 @@ static void rlist_on_flow(redisAsyncContext *ac, void *r, void *priv)
     }
     if (reply->type == REDIS_REPLY_ERROR) {
         rl->b->errors++;
-        log_warn("event=redis_fetch_failed session=%s err=\"%.*s\"", rs->s->key,
-                 (int)reply->len, reply->str);
+        log_warn("event=redis_fetch_failed session=%s err=\"%.*s\"", rs->s->key, (int)reply->len,
+                 reply->str);
         if (strncmp(reply->str, "WSGATE_LEASE", 12) == 0 || strncmp(reply->str, "NOSCRIPT", 8) == 0)
             rconn_reset(rl->cmd, "lease lost or scripts flushed");
         rs->more = 0; /* e.g. WRONGTYPE: retry on the next wake-up, not in a loop */
@@ -259,12 +270,12 @@ static void rlist_on_flow(redisAsyncContext *ac, void *r, void *priv)
     }
     rs->more = n >= k || rs->dirty;
     rs->dirty = 0;
-    if (rs->more || rs->acks > 0)
+    if (rs->more)
         rlist_service_schedule(rs);
     rlist_sess_unref(rs);
 }
 
-/* One command for this socket: drop acked messages, and fetch if the window allows. */
+/* One fetch for this socket if the window allows; it also drops the acked messages. */
 static void rlist_service(struct rlist_sess *rs)
 {
     struct rlist *rl = rs->rl;
@@ -274,27 +285,20 @@ static void rlist_service(struct rlist_sess *rs)
     if (rs->detached || !rl->registered || !rconn_is_up(rl->cmd))
         return;
     uint32_t window = rl->cfg->max_inflight > 0 ? rl->cfg->max_inflight : 1;
-    if (rs->attached && rs->more && rs->fetching == 0 && !rs->dead &&
-        rs->nready == rs->nsubs && rs->unacked < window) {
+    if (rs->attached && rs->more && rs->fetching == 0 && !rs->dead && rs->nready == rs->nsubs &&
+        rs->unacked < window) {
         k = window - rs->unacked;
         if (k > rl->batch)
             k = rl->batch;
     }
-    if (k == 0 && rs->acks == 0)
-        return;
+    if (k == 0)
+        return; /* acks alone wait for the ack timer (rlist_on_ack_timer) */
     flen = rlist_inflight_key(rl, rs->sid, fkey, sizeof(fkey));
     int alen = snprintf(acks, sizeof(acks), "%u", rs->acks);
-    if (k == 0) {
-        const char *argv[] = {"LPOP", fkey, acks};
-        size_t lens[] = {4, flen, (size_t)alen};
-        if (rconn_command(rl->cmd, NULL, NULL, 3, argv, lens) == 0)
-            rs->acks = 0;
-        return;
-    }
     int llen = snprintf(lease, sizeof(lease), "%s.lease.%s", rl->cfg->prefix, rl->nid);
     int klen = snprintf(kbuf, sizeof(kbuf), "%u", k);
-    const char *argv[] = {"EVALSHA", rl->sha[RLIST_LUA_FLOW], "3", rs->qkey, fkey, lease,
-                          acks, kbuf};
+    const char *argv[] = {"EVALSHA", rl->sha[RLIST_LUA_FLOW], "3", rs->qkey, fkey, lease, acks,
+                          kbuf};
     size_t lens[] = {7, 40, 1, rs->qkey_len, flen, (size_t)llen, (size_t)alen, (size_t)klen};
     if (rconn_command(rl->cmd, rlist_on_flow, rs, 8, argv, lens) == 0) {
         rs->refs++;
@@ -305,10 +309,13 @@ static void rlist_service(struct rlist_sess *rs)
     }
 }
 
-static void rlist_on_check(uv_check_t *h)
+/* Each pass sends at most one command per socket; replies come back in a later poll.
+ * Scheduling starts both handles: the check drains in the same iteration when we were
+ * scheduled from an I/O callback; the idle handle covers scheduling from the core's own
+ * prepare/check callbacks (its uv_try_write acks there), where a check started now would
+ * only run after a blocking poll. */
+static void rlist_service_drain(struct rlist *rl)
 {
-    struct rlist *rl = h->data;
-    /* Each pass sends at most one command per socket; replies come back in a later poll. */
     while (rl->svc_head != NULL) {
         struct rlist_sess *rs = rl->svc_head;
         rl->svc_head = rs->snext;
@@ -321,6 +328,17 @@ static void rlist_on_check(uv_check_t *h)
         rlist_sess_unref(rs);
     }
     uv_check_stop(&rl->check);
+    uv_idle_stop(&rl->idle);
+}
+
+static void rlist_on_check(uv_check_t *h)
+{
+    rlist_service_drain(h->data);
+}
+
+static void rlist_on_idle(uv_idle_t *h)
+{
+    rlist_service_drain(h->data);
 }
 
 static void rlist_service_schedule(struct rlist_sess *rs)
@@ -336,6 +354,7 @@ static void rlist_service_schedule(struct rlist_sess *rs)
         rl->svc_head = rs;
     rl->svc_tail = rs;
     uv_check_start(&rl->check, rlist_on_check);
+    uv_idle_start(&rl->idle, rlist_on_idle);
 }
 
 static void rlist_wake(struct rlist_sess *rs)
@@ -358,8 +377,8 @@ static int rlist_is_push_event(const char *d, size_t n)
            (n == 7 && memcmp(d, "linsert", 7) == 0);
 }
 
-static void rlist_on_message(struct rconn *rc, struct rconn_chan *ch, const char *data,
-                             size_t len, void *arg)
+static void rlist_on_message(struct rconn *rc, struct rconn_chan *ch, const char *data, size_t len,
+                             void *arg)
 {
     struct rlist *rl = arg;
     struct msg *m = NULL;
@@ -523,10 +542,11 @@ static int rlist_node_cmd(struct rlist *rl, const char *nid, const char *old, co
     char lease[24], ttl[24];
     int ll = snprintf(lease, sizeof(lease), "%llu", (unsigned long long)rl->lease_ms);
     int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)rl->cfg->ttl_ms);
-    const char *argv[] = {"EVALSHA", rl->sha[RLIST_LUA_NODE], "0", rl->cfg->prefix, nid, old,
-                          lease, ttl, mode};
-    size_t lens[] = {7, 40, 1, strlen(rl->cfg->prefix), strlen(nid), strlen(old),
-                     (size_t)ll, (size_t)tl, strlen(mode)};
+    const char *argv[] = {
+        "EVALSHA", rl->sha[RLIST_LUA_NODE], "0", rl->cfg->prefix, nid, old, lease, ttl, mode};
+    size_t lens[] = {7,           40,          1,          strlen(rl->cfg->prefix),
+                     strlen(nid), strlen(old), (size_t)ll, (size_t)tl,
+                     strlen(mode)};
     return rconn_command(rl->cmd, fn, rl, 9, argv, lens);
 }
 
@@ -692,6 +712,10 @@ static int rlist_open(struct broker *b, uv_loop_t *loop, const struct config *cf
     }
     uv_check_init(loop, &rl->check);
     rl->check.data = rl;
+    uv_idle_init(loop, &rl->idle);
+    rl->idle.data = rl;
+    uv_timer_init(loop, &rl->ack_timer);
+    rl->ack_timer.data = rl;
     uv_timer_init(loop, &rl->hb);
     rl->hb.data = rl;
     b->priv = rl;
@@ -826,10 +850,10 @@ static void rlist_sess_detach(struct rlist *rl, struct rlist_sess *rs, int relea
         int al = snprintf(acks, sizeof(acks), "%u", rs->acks);
         int sl = snprintf(sid, sizeof(sid), "%llu", (unsigned long long)rs->sid);
         int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)rl->cfg->ttl_ms);
-        const char *argv[] = {"EVALSHA", rl->sha[RLIST_LUA_RELEASE], "3", fkey, rs->qkey, hkey,
-                              acks, sid, ttl};
-        size_t lens[] = {7, 40, 1, fl, rs->qkey_len, (size_t)hl, (size_t)al, (size_t)sl,
-                         (size_t)tl};
+        const char *argv[] = {
+            "EVALSHA", rl->sha[RLIST_LUA_RELEASE], "3", fkey, rs->qkey, hkey, acks, sid, ttl};
+        size_t lens[] = {7,          40,         1,          fl,        rs->qkey_len,
+                         (size_t)hl, (size_t)al, (size_t)sl, (size_t)tl};
         if (rconn_command(rl->cmd, rlist_on_release, rs, 9, argv, lens) == 0)
             rs->refs++;
     }
@@ -890,6 +914,30 @@ static int rlist_publish(struct broker *b, const char *topic, struct msg *m, bro
     return rconn_command_status(rl->cmd, cb, arg, 3, argv, lens);
 }
 
+/* LPOP the acked head of every in-flight list with pending acks: one pipelined write. */
+static void rlist_on_ack_timer(uv_timer_t *t)
+{
+    struct rlist *rl = t->data;
+    struct rlist_sess *rs = rl->ack_head;
+    rl->ack_head = NULL;
+    while (rs != NULL) {
+        struct rlist_sess *next = rs->anext;
+        rs->anext = NULL;
+        rs->in_acks = 0;
+        if (!rs->detached && rs->acks > 0 && rl->registered && !rl->closing) {
+            char fkey[RLIST_NAME_MAX], acks[16];
+            size_t fl = rlist_inflight_key(rl, rs->sid, fkey, sizeof(fkey));
+            int al = snprintf(acks, sizeof(acks), "%u", rs->acks);
+            const char *argv[] = {"LPOP", fkey, acks};
+            size_t lens[] = {4, fl, (size_t)al};
+            if (rconn_command(rl->cmd, NULL, NULL, 3, argv, lens) == 0)
+                rs->acks = 0;
+        }
+        rlist_sess_unref(rs);
+        rs = next;
+    }
+}
+
 static void rlist_ack(struct broker *b, struct session *s, uint64_t msg_id)
 {
     struct rlist *rl = b->priv;
@@ -899,7 +947,19 @@ static void rlist_ack(struct broker *b, struct session *s, uint64_t msg_id)
     if (rs->unacked > 0)
         rs->unacked--;
     rs->acks++;
-    rlist_service_schedule(rs);
+    /* Applied lazily: with the socket's next fetch if there is one (the window just
+     * opened), else within RLIST_ACK_DELAY_MS together with every other socket's acks.
+     * Until then a crash redelivers it (at-least-once); a detach drops it correctly. */
+    if (rs->more)
+        rlist_service_schedule(rs);
+    if (!rs->in_acks) {
+        rs->in_acks = 1;
+        rs->refs++;
+        rs->anext = rl->ack_head;
+        rl->ack_head = rs;
+        if (!uv_is_active((uv_handle_t *)&rl->ack_timer))
+            uv_timer_start(&rl->ack_timer, rlist_on_ack_timer, RLIST_ACK_DELAY_MS, 0);
+    }
 }
 
 static void rlist_close_step(struct rlist *rl)
@@ -946,8 +1006,16 @@ static void rlist_close(struct broker *b, broker_close_cb cb)
     if (rl->registered && rconn_is_up(rl->cmd))
         rlist_node_cmd(rl, "", rl->nid, "reg", NULL);
     rl->registered = 0;
-    rl->close_pending = 4;
+    while (rl->ack_head != NULL) {
+        struct rlist_sess *rs = rl->ack_head;
+        rl->ack_head = rs->anext;
+        rs->in_acks = 0;
+        rlist_sess_unref(rs);
+    }
+    rl->close_pending = 6;
+    uv_close((uv_handle_t *)&rl->ack_timer, rlist_on_handle_closed);
     uv_close((uv_handle_t *)&rl->check, rlist_on_handle_closed);
+    uv_close((uv_handle_t *)&rl->idle, rlist_on_handle_closed);
     uv_close((uv_handle_t *)&rl->hb, rlist_on_handle_closed);
     rconn_close(rl->sub, rlist_on_rconn_closed, rl);
     rconn_close(rl->cmd, rlist_on_rconn_closed, rl);

@@ -438,6 +438,32 @@ class Monitor:
 GATEWAY_CMDS = ("EVALSHA", "LPOP", "PUBLISH", "PING", "SUBSCRIBE", "HSET")
 
 
+@test("SIGTERM: in-flight messages go back to the queue at once, the node deregisters")
+def _():
+    env = {"WSGATE_WEBSOCKET_MAX_INFLIGHT": "16"}
+    with RedisServer() as redis:
+        a = gateway(redis, env=env, name="A").start()
+        n = 3000
+        with Resp(redis.port) as r:
+            r.command("RPUSH", "ws.recv.term1", *msgs(n, size=4000))
+        ws = a.ws("/ws/term1", rcvbuf=4096)
+        wait_for(lambda: len(inflight_keys(redis)) == 1 and
+                 redis.cmd("LLEN", inflight_keys(redis)[0]) == 16, what="window full")
+        check_eq(len(redis.cmd("SMEMBERS", "ws.nodes")), 1, "registered nodes")
+        a.signal(signal.SIGTERM)
+        time.sleep(0.2)
+        kill_rst(ws)  # the stalled client cannot answer the 1001 close
+        check_eq(a.wait(5), 0, "exit status")
+        written = n - redis.cmd("LLEN", "ws.recv.term1")
+        check_eq(inflight_keys(redis), [], "in-flight lists after SIGTERM")
+        check_eq(redis.cmd("SMEMBERS", "ws.nodes"), [], "registered nodes after SIGTERM")
+        check_eq(redis.cmd("KEYS", "ws.lease.*") + redis.cmd("KEYS", "ws.node.*"), [],
+                 "lease and node keys")
+        check_eq(redis.cmd("LINDEX", "ws.recv.term1", 0), msgs(n, size=4000)[written],
+                 "queue head = first unwritten message")
+        note("%d written before SIGTERM, %d back in the queue" % (written, n - written))
+
+
 @test("O(1) Redis connections per node; Redis round trips per push->deliver")
 def _():
     with RedisServer() as redis, gateway(redis, name="A") as a, gateway(redis, name="B") as b:

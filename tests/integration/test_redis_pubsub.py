@@ -53,6 +53,7 @@ def _():
     with RedisServer() as redis, gateway(redis, PS) as a:
         accepted(push(a.port, "nobody", b"lost"))
         check_eq(redis.cmd("KEYS", "*"), [], "keys stored by redis-pubsub")
+        check_eq(metric(a.port, "wsgate_messages_dropped_total"), 1.0, "dropped counter")
         with a.ws("/ws/nobody") as ws:
             check(ws.nothing_within(0.3), "an offline message was delivered")
             accepted(push(a.port, "nobody", b"now"))
