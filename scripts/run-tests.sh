@@ -11,6 +11,10 @@ cd "$(dirname "$0")/.."
 export WSGATE_BIN BUILD
 export WSGATE_TOOLS="$PWD/$BUILD/tools"
 export CMOCKA_MESSAGE_OUTPUT=TAP
+# Sanitizer builds: any report is fatal, and the scan below turns a report in a server
+# log into a failed case even when the process was already being stopped.
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+export ASAN_OPTIONS="detect_leaks=1"
 PY=/usr/bin/python3   # Debian's python: it sees python3-websockets (pyenv's does not)
 LOGDIR=$(mktemp -d /tmp/wsgate-tests.XXXXXX)
 passed=0
@@ -19,9 +23,16 @@ failed=0
 run_one() { # name, command...
     name=$1; shift
     out="$LOGDIR/$(echo "$name" | tr '/' '_').log"
+    srvlogs="$LOGDIR/$(echo "$name" | tr '/' '_').d"
+    mkdir -p "$srvlogs"
     echo "# --- $name"
-    "$@" >"$out" 2>&1
+    WSGATE_TEST_LOGDIR="$srvlogs" "$@" >"$out" 2>&1
     rc=$?
+    if grep -rlE 'runtime error:|ERROR: (Address|Leak)Sanitizer' "$out" "$srvlogs" >/dev/null 2>&1; then
+        echo "not ok - sanitizer report in $name (server logs: $srvlogs)" >>"$out"
+        grep -rhE -A6 'runtime error:|ERROR: (Address|Leak)Sanitizer' "$out" "$srvlogs" |
+            head -n 20 | sed 's/^/# /' >>"$out"
+    fi
     grep -E '^(not ok|ok) ' "$out" | sed 's/^/  /'
     p=$(grep -cE '^ok ' "$out")
     f=$(grep -cE '^not ok ' "$out")

@@ -413,7 +413,7 @@ static const char *const cfg_sections[] = {"server", "websocket", "broker",
 
 /* WSGATE_* variables that are not config keys: scripts/run-tests.sh exports them to every
  * test, and integration tests start wsgate with that environment. */
-static const char *const cfg_env_ignored[] = {"WSGATE_BIN", "WSGATE_TOOLS"};
+static const char *const cfg_env_ignored[] = {"WSGATE_BIN", "WSGATE_TOOLS", "WSGATE_TEST_LOGDIR"};
 
 /* --- values --- */
 

@@ -19,7 +19,7 @@ function startWsgate(env = {}, timeoutMs = 5000) {
         if (!k.startsWith('WSGATE_')) childEnv[k] = v; // WSGATE_BIN etc. are not config keys
     }
     Object.assign(childEnv, { WSGATE_SERVER_LISTEN: '127.0.0.1:0' }, env);
-    const logPath = path.join(os.tmpdir(), `wsgate-interop-${process.pid}-${Date.now()}.log`);
+    const logPath = path.join(process.env.WSGATE_TEST_LOGDIR || os.tmpdir(), `wsgate-interop-${process.pid}-${Date.now()}.log`);
     const logFile = fs.createWriteStream(logPath);
     const proc = spawn(BIN, [], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
     const lines = [];
