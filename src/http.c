@@ -180,6 +180,19 @@ static void http_answer(struct conn *c, struct msg *m, int close)
     }
 }
 
+/* Answer m (consumed: its reference moves to the answer); for HEAD, without the body but
+ * with the Content-Length a GET would get. */
+static void http_answer_head(struct conn *c, struct msg *m, int head, int close)
+{
+    if (m != NULL && head) {
+        char *end = memmem(m->data, m->len, "\r\n\r\n", 4);
+        if (end != NULL)
+            m->len = (uint32_t)(end + 4 - m->data);
+    }
+    http_answer(c, m, close);
+    msg_unref(m);
+}
+
 void http_error(struct conn *c, int status, const char *reason, int close)
 {
     struct msg *m = http_render_error(c->srv, status, reason, NULL, close);
@@ -576,21 +589,17 @@ static void http_dispatch(struct conn *c)
     case ROUTE_HEALTHZ:
     case ROUTE_READYZ: {
         int ok = h->route == ROUTE_HEALTHZ || (broker_ready(srv->broker) && !srv->draining);
-        const char *body = ok ? "{\"ok\":true}" : "{\"error\":\"broker unavailable\"}";
-        struct msg *m = ok ? http_render(200, "application/json", "", body, head ? 0 : 11, !keep)
+        struct msg *m = ok ? http_render(200, "application/json", "", "{\"ok\":true}", 11, !keep)
                            : http_render_error(srv, 503, "broker unavailable", NULL, !keep);
-        http_answer(c, m, !keep);
-        msg_unref(m);
+        http_answer_head(c, m, head, !keep);
         return;
     }
     case ROUTE_METRICS: {
         struct msg *b = server_metrics_render(srv);
-        struct msg *m = b ? http_render(200, "text/plain; version=0.0.4", "", b->data,
-                                        head ? 0 : b->len, !keep)
-                          : NULL;
+        struct msg *m =
+            b ? http_render(200, "text/plain; version=0.0.4", "", b->data, b->len, !keep) : NULL;
         msg_unref(b);
-        http_answer(c, m, !keep);
-        msg_unref(m);
+        http_answer_head(c, m, head, !keep);
         return;
     }
     default:
