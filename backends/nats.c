@@ -16,27 +16,37 @@
  * subjects `<prefix>.topic.T` (one core subscription per topic with local subscribers);
  * client frames go to core subject `<prefix>.send.S`.
  *
- * How it stays cheap with thousands of sessions: all pull replies, publish acks and API
- * replies arrive on this node's own inbox subjects (`_INBOX.<nuid>.p.<sid>` per socket,
- * `_INBOX.<nuid>.r.*` for every request), there is no blocking request per session, and
- * no thread per session (nats.c global message delivery: one delivery thread). An idle
- * session costs one pull request per pull period (inactive_threshold/2, at most 60 s),
- * which also keeps its consumer from expiring; a departed session's consumer is deleted
- * by the server after inactive_threshold. The server holds one consumer per online key.
+ * Cost with thousands of sessions: an attach is one cheap CONSUMER.INFO (the consumer
+ * survives inactive_threshold after its last socket left) and, when the consumer is
+ * missing, one CREATE, at most NATS_API_MAX in flight (the server runs API requests inline
+ * in our connection's read loop). Consumers keep their state in the server's memory
+ * (mem_storage): messages and their removal on ack are in the file-backed stream, so a
+ * server restart loses only the consumers, which are re-created on the next pull (503)
+ * and redeliver every unacked message; file-backed consumer state would cost a directory
+ * per consumer and a state write per ack batch. Pull replies, publish acks and API replies
+ * come to this node's inbox (`_INBOX.<nuid>.p.<sid>`: one core subscription per socket,
+ * so the server drops a socket's waiting pull when it unsubscribes; `_INBOX.<nuid>.r.*`
+ * for requests); pulled messages keep their own subject, so the subscription id says
+ * which socket they are for. An idle session costs one pull request per pull period
+ * (inactive_threshold/2, at most 60 s), which also keeps its consumer alive; a departed
+ * session's consumer is deleted by the server after inactive_threshold.
  *
- * Threads: nats.c runs its own (timers, async callbacks, GC, one message-delivery thread,
- * the socket reader and flusher: constant, not per session). This file does NOT use the
- * libuv adapter: with it the loop would also parse the NATS socket, and every blocking
- * nats.c call on the loop would deadlock until its timeout (DEPS.md); without it blocking
- * calls (stream setup in open, close) are plain round trips. nats-thread callbacks only
- * append to one mutex-protected event queue (struct nats_xq) and uv_async_send; every
- * session_*, broker callback and map access happens on the loop thread. Blocking calls
- * after open run on the libuv thread pool (uv_queue_work).
+ * Threads: nats.c runs its own (timers, async callbacks, GC, one message-delivery thread
+ * shared by all subscriptions, the socket reader: constant, not per session; SendAsap, so
+ * no flusher). This file does NOT use the libuv adapter: with it the loop would also parse
+ * the NATS socket, and every blocking nats.c call on the loop would deadlock until its
+ * timeout (DEPS.md); without it blocking calls (stream setup in open, close) are plain
+ * round trips. nats-thread callbacks only append to one mutex-protected event queue
+ * (struct nats_xq) and uv_async_send; every session_*, broker callback and map access
+ * happens on the loop thread. Blocking calls after open run on the libuv thread pool
+ * (uv_queue_work). Publishes write from the loop with a write deadline of [nats] timeout,
+ * so a server that stops reading stalls the loop at most that long, then counts as lost.
  *
  * Does NOT: parse or rewrap payloads, store broadcasts or client frames, ack anything
  * before its frame is written, or use natsMsg_Ack (its messages come from plain core
- * subscriptions, which nats.c's JetStream ack calls reject): acks are "+ACK"/"-NAK"/"+WPI"
- * published to the message's reply subject, which is what natsMsg_Ack sends. */
+ * subscriptions, which have no JetStream context for nats.c's ack calls): acks are
+ * "+ACK"/"-NAK"/"+WPI" published to the message's reply subject, which is what
+ * natsMsg_Ack sends. */
 #include <inttypes.h>
 #include <nats/nats.h>
 #include <openssl/sha.h>
@@ -63,7 +73,8 @@
 #define NATS_PING_MS 5000           /* dead-server detection: ping every, ... */
 #define NATS_PINGS_OUT 3            /* ... give up after this many unanswered */
 #define NATS_NAME_MAX 200           /* escaped consumer names longer than this are hashed */
-#define NATS_SUBJ_MAX 400           /* longest subject we build (prefix 63 + key 128 + ...) */
+#define NATS_NAME_SUBJ 208          /* "<prefix>.<kind>.<key>": 63 + 7 + 128 + NUL fits */
+#define NATS_SUBJ_MAX 400           /* API subjects: "$JS.API....<stream>.<consumer>" */
 #define NATS_STATUS_HDR "Status"    /* nats.c's header for a status line (msg.h STATUS_HDR) */
 #define NATS_DESC_HDR "Description" /* ... and for its text */
 #define NATS_ACK_PREFIX "$JS.ACK."  /* reply subjects of JetStream-delivered messages */
@@ -95,7 +106,7 @@ struct nats_xq {
     size_t cap;          /* slots in evs */
     int live_subs;       /* our subscriptions whose completion callback has not run */
     int closed;          /* the connection's closed callback ran */
-    uint64_t lost;       /* events dropped for lack of memory (message NAKed) */
+    uint64_t lost;       /* events dropped for lack of memory (redelivered after ack_wait) */
 };
 
 /* --- loop-side state --- */
@@ -103,7 +114,7 @@ struct nats_xq {
 enum nats_req_kind { NATS_REQ_PUSH, NATS_REQ_INFO, NATS_REQ_CREATE };
 
 /* One request whose reply comes to <inbox>.r.<id>: a publish waiting for its ack, or a
- * consumer create. Lives in nats_broker.reqs and in the timeout FIFO (same timeout for
+ * consumer INFO/CREATE. Lives in nats_broker.reqs and in the timeout FIFO (same timeout for
  * all, so FIFO order is deadline order). */
 struct nats_req {
     struct map_node node;         /* in reqs; key = the 8 bytes of id */
@@ -111,7 +122,7 @@ struct nats_req {
     enum nats_req_kind kind;      /* what the reply completes */
     broker_push_cb cb;            /* PUSH: the caller's callback */
     void *arg;                    /* borrowed: PUSH: the caller's argument */
-    uint64_t sid;                 /* CREATE: the nats_sess it is for (may be gone) */
+    uint64_t sid;                 /* INFO/CREATE: the nats_sess it is for (may be gone) */
     uint64_t deadline;            /* uv_now() ms after which it fails with UV_ETIMEDOUT */
     struct nats_req *prev, *next; /* borrowed: timeout FIFO neighbours */
 };
@@ -165,30 +176,30 @@ enum nats_sess_state {
 
 /* The backend's state for one socket (s->bpriv). Freed in its timer's close callback. */
 struct nats_sess {
-    struct map_node node;            /* in sessions; key = the 8 bytes of sid */
-    uint64_t sid;                    /* unique per broker: inbox subject suffix */
-    struct nats_broker *p;           /* borrowed: the broker (outlives every session) */
-    struct session *s;               /* borrowed: NULL once detached */
-    natsSubscription *sub;           /* owned: core sub on <inbox>.p.<sid> (pull replies) */
-    struct nats_subref ref;          /* in subs while sub is open */
-    uv_timer_t timer;                /* embedded: pull deadline, keepalive, retries */
-    enum nats_sess_state state;      /* see above */
-    int queued;                      /* in the API FIFO */
-    int need_create;                 /* next API request: CREATE (else INFO first) */
-    int attached;                    /* session_attached(s, 0) has run */
-    int refused;                     /* session_deliver refused: s is closing, pull no more */
-    struct nats_sess *wprev, *wnext; /* borrowed: API FIFO neighbours */
-    struct nats_infl *infl;          /* owned: ring of unacked messages, oldest first */
-    uint32_t infl_cap;               /* slots in infl (power of two) */
-    uint32_t infl_head;              /* index of the oldest slot */
-    uint32_t infl_len;               /* slots in use, acked holes included */
-    uint32_t infl_live;              /* slots not yet acked: the window in use */
-    uint64_t next_id;                /* last msg_id given out */
-    uint32_t requested;              /* messages the outstanding pull may still bring */
-    uint64_t pull_deadline;          /* uv_now() ms when the outstanding pull counts as lost */
-    uint16_t ntsubs;                 /* entries in tsubs (= s->ntopics) */
-    struct nats_tsub *tsubs;         /* owned: one per topic of s */
-    char subject[NATS_SUBJ_MAX];     /* <prefix>.recv.<key> */
+    struct map_node node;             /* in sessions; key = the 8 bytes of sid */
+    uint64_t sid;                     /* unique per broker: inbox subject suffix */
+    struct nats_broker *p;            /* borrowed: the broker (outlives every session) */
+    struct session *s;                /* borrowed: NULL once detached */
+    natsSubscription *sub;            /* owned: core sub on <inbox>.p.<sid> (pull replies) */
+    struct nats_subref ref;           /* in subs while sub is open */
+    uv_timer_t timer;                 /* embedded: pull deadline, keepalive, retries */
+    enum nats_sess_state state;       /* see above */
+    int queued;                       /* in the API FIFO */
+    int need_create;                  /* next API request: CREATE (else INFO first) */
+    int attached;                     /* session_attached(s, 0) has run */
+    int refused;                      /* session_deliver refused: s is closing, pull no more */
+    struct nats_sess *wprev, *wnext;  /* borrowed: API FIFO neighbours */
+    struct nats_infl *infl;           /* owned: ring of unacked messages, oldest first */
+    uint32_t infl_cap;                /* slots in infl (power of two) */
+    uint32_t infl_head;               /* index of the oldest slot */
+    uint32_t infl_len;                /* slots in use, acked holes included */
+    uint32_t infl_live;               /* slots not yet acked: the window in use */
+    uint64_t next_id;                 /* last msg_id given out */
+    uint32_t requested;               /* messages the outstanding pull may still bring */
+    uint64_t pull_deadline;           /* uv_now() ms when the outstanding pull counts as lost */
+    uint16_t ntsubs;                  /* entries in tsubs (= s->ntopics) */
+    struct nats_tsub *tsubs;          /* owned: one per topic of s */
+    char subject[NATS_NAME_SUBJ];     /* <prefix>.recv.<key> */
     char consumer[NATS_NAME_MAX + 3]; /* durable consumer name for the key */
 };
 
@@ -217,6 +228,9 @@ struct nats_broker {
     uint32_t api_inflight;       /* INFO/CREATE requests in flight */
     struct nats_done *done;      /* owned: callbacks to run from the async handler */
     struct nats_done *done_tail; /* borrowed: last of done */
+    natsSubscription **grave;    /* owned: subscriptions to drop once connected (or closed) */
+    size_t ngrave;               /* entries in grave */
+    size_t grave_cap;            /* slots in grave */
     struct nats_ev *batch;       /* owned: the loop's half of the double buffer */
     size_t batch_cap;            /* slots in batch */
     uint64_t next_sid;           /* last sid given out */
@@ -234,6 +248,8 @@ struct nats_broker {
     int open_handles;            /* async + 2 timers not yet closed */
     int handles_closing;         /* uv_close was called on them */
     int check_failed;            /* the last stream check failed (log the first only) */
+    int lost_locally;            /* a write failed: disconnected before nats.c said so */
+    int cleanup_pending;         /* ... and nats_on_disconnected has yet to run for it */
     broker_close_cb close_cb;    /* the owner's close callback */
     char work_why[256];          /* why the stream check failed */
 };
@@ -300,17 +316,16 @@ static void nats_consumer_name(const char *key, size_t len, char *out)
     out[66] = '\0';
 }
 
-/* "<prefix>.<kind>.<name>" into out[NATS_SUBJ_MAX]. Names are checked again here with the
+/* "<prefix>.<kind>.<name>" into out[NATS_NAME_SUBJ]. Names are checked again here with the
  * core's rule (key_valid: no wildcard, space or empty token can reach a subject). */
-static int nats_subject(const struct nats_broker *p, const char *kind, const char *name,
-                        char *out)
+static int nats_subject(const struct nats_broker *p, const char *kind, const char *name, char *out)
 {
     size_t len = strnlen(name, KEY_MAX_LEN + 1);
     int n;
     if (!key_valid(name, len))
         return UV_EINVAL;
-    n = snprintf(out, NATS_SUBJ_MAX, "%s.%s.%s", p->cfg->prefix, kind, name);
-    return n > 0 && n < NATS_SUBJ_MAX ? 0 : UV_EINVAL;
+    n = snprintf(out, NATS_NAME_SUBJ, "%s.%s.%s", p->cfg->prefix, kind, name);
+    return n > 0 && n < NATS_NAME_SUBJ ? 0 : UV_EINVAL;
 }
 
 /* The value of header name of m into out (NUL-terminated, cut to len), or "". */
@@ -331,7 +346,8 @@ static int64_t nats_json_num(const char *data, size_t len, const char *key)
     size_t i = 0;
     if (k == NULL)
         return -1;
-    for (k += klen; k < data + len && i + 1 < sizeof(buf) && (*k == '-' || (*k >= '0' && *k <= '9'));)
+    for (k += klen;
+         k < data + len && i + 1 < sizeof(buf) && (*k == '-' || (*k >= '0' && *k <= '9'));)
         buf[i++] = *k++;
     buf[i] = '\0';
     return i > 0 ? strtoll(buf, NULL, 10) : -1;
@@ -365,16 +381,21 @@ static int nats_api_error(const char *data, size_t len, char *desc, size_t descl
 
 /* Append one event and wake the loop, both under the lock: the loop frees the broker only
  * after it has seen the last event under the same lock, so nothing here runs after that. */
-static void nats_xq_push(struct nats_xq *xq, enum nats_ev_kind kind, int64_t subid,
-                         natsMsg *msg, natsStatus err)
+static void nats_xq_push(struct nats_xq *xq, enum nats_ev_kind kind, int64_t subid, natsMsg *msg,
+                         natsStatus err)
 {
     uv_mutex_lock(&xq->lock);
+    if (kind == NATS_EV_CLOSED) { /* a flag too: the close must not hang on a lost event */
+        xq->closed = 1;
+        uv_cond_broadcast(&xq->cond);
+    }
     if (xq->n == xq->cap) {
         size_t cap = xq->cap ? xq->cap * 2 : 256;
         struct nats_ev *evs = realloc(xq->evs, cap * sizeof(*evs));
         if (evs == NULL) {
             /* A stored message comes back after ack_wait; a broadcast is lost (counted). */
             xq->lost++;
+            uv_async_send(xq->async);
             uv_mutex_unlock(&xq->lock);
             if (msg != NULL)
                 natsMsg_Destroy(msg);
@@ -388,10 +409,6 @@ static void nats_xq_push(struct nats_xq *xq, enum nats_ev_kind kind, int64_t sub
     xq->evs[xq->n].subid = subid;
     xq->evs[xq->n].err = err;
     xq->n++;
-    if (kind == NATS_EV_CLOSED) {
-        xq->closed = 1;
-        uv_cond_broadcast(&xq->cond);
-    }
     uv_async_send(xq->async);
     uv_mutex_unlock(&xq->lock);
 }
@@ -478,17 +495,45 @@ static int nats_subscribe(struct nats_broker *p, const char *subject, natsSubscr
 
 /* Unsubscribe (the server forgets the interest, so pull requests waiting on it die with
  * it) and drop our reference; the completion callback follows on a nats thread. Messages
- * of it still queued for the loop find no ref and are NAKed. */
-static void nats_unsubscribe(struct nats_broker *p, natsSubscription **sub,
-                             struct nats_subref *ref)
+ * of it still queued for the loop find no ref and are NAKed. While disconnected (or
+ * closing) the subscription waits in p->grave instead: nats.c's reconnect thread holds the
+ * connection lock for a whole connect attempt, and the loop must never wait for it. */
+static void nats_unsubscribe(struct nats_broker *p, natsSubscription **sub, struct nats_subref *ref)
 {
     if (*sub == NULL)
         return;
     if (ref != NULL)
         map_remove(&p->subs, &ref->node);
+    if (!p->connected || p->closing) {
+        if (p->ngrave == p->grave_cap) {
+            size_t cap = p->grave_cap ? p->grave_cap * 2 : 64;
+            natsSubscription **g = realloc(p->grave, cap * sizeof(*g));
+            if (g != NULL) {
+                p->grave = g;
+                p->grave_cap = cap;
+            }
+        }
+        if (p->ngrave < p->grave_cap) {
+            p->grave[p->ngrave++] = *sub;
+            *sub = NULL;
+            return;
+        }
+    }
     (void)natsSubscription_Unsubscribe(*sub); /* fails only when already closed */
     natsSubscription_Destroy(*sub);
     *sub = NULL;
+}
+
+/* Drop the subscriptions that waited for a connection (unsubscribe) or for the close
+ * (already closed by natsConnection_Close: only our reference goes). */
+static void nats_grave_flush(struct nats_broker *p, int unsubscribe)
+{
+    for (size_t i = 0; i < p->ngrave; i++) {
+        if (unsubscribe)
+            (void)natsSubscription_Unsubscribe(p->grave[i]);
+        natsSubscription_Destroy(p->grave[i]);
+    }
+    p->ngrave = 0;
 }
 
 /* --- stream setup (blocking: open() or the thread pool) --- */
@@ -597,6 +642,27 @@ static void nats_kick(struct nats_broker *p)
     uv_async_send(&p->async); /* safe from the loop thread too; runs the handler later */
 }
 
+static void nats_on_retry_timer(uv_timer_t *h);
+
+/* After a publish from the loop failed with s: a write deadline or socket error means the
+ * connection is gone (nats.c shuts the socket down and reconnects), so stop calling into
+ * nats.c from the loop at once, before its disconnected callback arrives: its reconnect
+ * thread holds the connection lock through each connect attempt. The clean-up runs from
+ * the async handler (callers may be iterating); the retry timer re-checks the connection
+ * in case nats.c never reports a disconnect. */
+static void nats_conn_check(struct nats_broker *p, natsStatus s)
+{
+    if ((s != NATS_TIMEOUT && s != NATS_IO_ERROR) || !p->connected || p->closing)
+        return;
+    log_warn("event=nats_write_failed err=\"%s\"", natsStatus_GetText(s));
+    p->connected = 0;
+    p->stream_ok = 0;
+    p->lost_locally = 1;
+    p->cleanup_pending = 1;
+    nats_kick(p);
+    uv_timer_start(&p->retry_timer, nats_on_retry_timer, 2 * p->cfg->nats_timeout_ms, 0);
+}
+
 /* Run cb(arg, status) from the async handler (never inside the caller's call). */
 static int nats_done_add(struct nats_broker *p, broker_push_cb cb, void *arg, int status)
 {
@@ -656,6 +722,7 @@ static int nats_req_send(struct nats_broker *p, struct nats_req *r, const char *
     s = natsConnection_PublishRequest(p->nc, subject, reply, data, (int)len);
     if (s != NATS_OK) {
         map_remove(&p->reqs, &r->node);
+        nats_conn_check(p, s);
         return nats_err(s);
     }
     r->deadline = uv_now(p->b->loop) + p->cfg->nats_timeout_ms;
@@ -697,15 +764,20 @@ static struct nats_sess *nats_sess_find(struct nats_broker *p, uint64_t sid)
     return n != NULL ? map_entry(n, struct nats_sess, node) : NULL;
 }
 
-/* Publish an ack verb ("+ACK", "-NAK", "+WPI") to m's reply subject. Buffered by nats.c
- * while reconnecting; if it is lost, ack_wait redelivers (at-least-once). */
+/* Publish an ack verb ("+ACK", "-NAK", "+WPI") to m's reply subject. Skipped while
+ * disconnected; a lost ack or NAK means redelivery after ack_wait (at-least-once). */
 static void nats_msg_reply(struct nats_broker *p, natsMsg *m, const char *verb)
 {
     const char *reply = natsMsg_GetReply(m);
     if (reply == NULL || strncmp(reply, NATS_ACK_PREFIX, sizeof(NATS_ACK_PREFIX) - 1) != 0)
         return;
-    if (natsConnection_PublishString(p->nc, reply, verb) != NATS_OK)
+    if (!p->connected)
+        return; /* no waiting on nats.c's reconnect (see nats_unsubscribe): ack_wait decides */
+    natsStatus s = natsConnection_PublishString(p->nc, reply, verb);
+    if (s != NATS_OK) {
         p->b->errors++;
+        nats_conn_check(p, s);
+    }
 }
 
 static int nats_infl_add(struct nats_sess *ns, uint64_t id, natsMsg *m)
@@ -811,6 +883,7 @@ static void nats_sess_pull(struct nats_broker *p, struct nats_sess *ns, int forc
     s = natsConnection_PublishRequest(p->nc, subject, reply, body, n);
     if (s != NATS_OK) {
         p->b->errors++;
+        nats_conn_check(p, s);
         log_warn("event=nats_pull_failed session=%s err=%s", ns->s->key, natsStatus_GetText(s));
         nats_sess_arm(p, ns, NATS_RETRY_MS);
         return;
@@ -947,8 +1020,8 @@ static void nats_create_pump(struct nats_broker *p)
                          p->cfg->nats_stream, ns->consumer, p->cfg->nats_ack_wait_ms * 1000000,
                          ns->subject, p->window * 4, p->cfg->nats_inactive_ms * 1000000);
         } else {
-            snprintf(subject, sizeof(subject), "$JS.API.CONSUMER.INFO.%s.%s",
-                     p->cfg->nats_stream, ns->consumer);
+            snprintf(subject, sizeof(subject), "$JS.API.CONSUMER.INFO.%s.%s", p->cfg->nats_stream,
+                     ns->consumer);
         }
         r = nats_req_new(p, ns->need_create ? NATS_REQ_CREATE : NATS_REQ_INFO);
         rc = r == NULL ? UV_ENOMEM : n >= 0 && (size_t)n < sizeof(body) ? 0 : UV_EINVAL;
@@ -979,12 +1052,13 @@ static int nats_consumer_current(struct nats_broker *p, const char *data, size_t
                (int64_t)(p->cfg->nats_ack_wait_ms * 1000000) &&
            nats_json_num(data, len, "\"inactive_threshold\":") ==
                (int64_t)(p->cfg->nats_inactive_ms * 1000000) &&
-           nats_json_num(data, len, "\"max_ack_pending\":") == (int64_t)p->window * 4;
+           nats_json_num(data, len, "\"max_ack_pending\":") == (int64_t)p->window * 4 &&
+           memmem(data, len, "\"mem_storage\":true", 18) != NULL;
 }
 
 /* The reply (or failure: data NULL, status < 0) of ns's consumer INFO or CREATE. */
-static void nats_sess_api_done(struct nats_broker *p, struct nats_sess *ns, int create,
-                               int status, const char *data, size_t len)
+static void nats_sess_api_done(struct nats_broker *p, struct nats_sess *ns, int create, int status,
+                               const char *data, size_t len)
 {
     char desc[160];
     int code = 0;
@@ -1038,8 +1112,11 @@ static void nats_sess_on_timer(uv_timer_t *h)
     if (ns->infl_live > 0) /* still unwritten: keep the server from redelivering them */
         nats_infl_all(p, ns, "+WPI", 0);
     if (ns->requested > 0 && now >= ns->pull_deadline) {
-        log_debug("event=nats_pull_lost session=%s", ns->s->key);
-        ns->requested = 0;
+        /* No 408 came: the request or the consumer is gone (a pull to a missing consumer
+         * gets no answer at all: the server's $JS.API.> subscription swallows it). */
+        log_info("event=nats_pull_lost session=%s consumer=%s", ns->s->key, ns->consumer);
+        nats_sess_queue(p, ns, 0, 0);
+        return;
     }
     if (ns->requested == 0) {
         if (ns->infl_live >= p->window && p->connected && p->stream_ok) {
@@ -1076,8 +1153,8 @@ static void nats_on_pull_msg(struct nats_broker *p, struct nats_sess *ns, natsMs
             nats_sess_pull(p, ns, 1);
             nats_sess_arm(p, ns, 0);
         } else if (strcmp(status, "503") == 0 || strstr(desc, "Deleted") != NULL) {
-            log_info("event=nats_consumer_missing session=%s consumer=%s status=%s",
-                     ns->s->key, ns->consumer, status);
+            log_info("event=nats_consumer_missing session=%s consumer=%s status=%s", ns->s->key,
+                     ns->consumer, status);
             nats_sess_queue(p, ns, 1, 0);
         } else {
             log_warn("event=nats_pull_refused session=%s status=%s reason=\"%s\"", ns->s->key,
@@ -1089,13 +1166,13 @@ static void nats_on_pull_msg(struct nats_broker *p, struct nats_sess *ns, natsMs
     }
     if (ns->requested > 0)
         ns->requested--;
-    if (ns->refused || ns->state != NATS_SESS_ACTIVE) {
+    if (ns->refused || !ns->attached) { /* (while re-checking its consumer it still takes
+                                         * what an older pull brings: order is kept) */
         nats_msg_reply(p, nm, "-NAK");
         natsMsg_Destroy(nm);
         return;
     }
-    m = msg_new_copy(natsMsg_GetData(nm), (size_t)natsMsg_GetDataLength(nm),
-                     p->cfg->frame_type);
+    m = msg_new_copy(natsMsg_GetData(nm), (size_t)natsMsg_GetDataLength(nm), p->cfg->frame_type);
     id = ++ns->next_id;
     if (m == NULL || nats_infl_add(ns, id, nm) < 0) {
         msg_unref(m);
@@ -1124,7 +1201,8 @@ static void nats_on_pull_msg(struct nats_broker *p, struct nats_sess *ns, natsMs
 /* A message on <prefix>.topic.<name>: fan it out to this node's subscribers. */
 static void nats_on_topic_msg(struct nats_broker *p, struct nats_topic *t, natsMsg *nm)
 {
-    struct msg *m = msg_new_copy(natsMsg_GetData(nm), (size_t)natsMsg_GetDataLength(nm), p->cfg->frame_type);
+    struct msg *m =
+        msg_new_copy(natsMsg_GetData(nm), (size_t)natsMsg_GetDataLength(nm), p->cfg->frame_type);
     if (m == NULL) {
         p->b->errors++;
         return;
@@ -1137,8 +1215,7 @@ static void nats_on_topic_msg(struct nats_broker *p, struct nats_topic *t, natsM
 }
 
 /* The reply to request r: a publish ack (or error), or a consumer create result. */
-static void nats_req_complete(struct nats_broker *p, struct nats_req *r, int status,
-                              natsMsg *nm)
+static void nats_req_complete(struct nats_broker *p, struct nats_req *r, int status, natsMsg *nm)
 {
     const char *data = nm != NULL ? natsMsg_GetData(nm) : NULL;
     size_t len = nm != NULL ? (size_t)natsMsg_GetDataLength(nm) : 0;
@@ -1220,8 +1297,9 @@ static void nats_reqs_fail(struct nats_broker *p, int status)
 
 static void nats_stream_check_start(struct nats_broker *p);
 
-/* The stream is there: pull again for every session (pull requests do not survive a
- * server restart or a lost connection) and send the creates that waited. */
+/* The stream is there: check every session's consumer again and pull (pull requests do
+ * not survive a server restart or a lost connection, and consumers, whose state lives in
+ * the server's memory, do not survive a restart), then send what waited. */
 static void nats_resume(struct nats_broker *p)
 {
     struct map_iter it;
@@ -1229,23 +1307,24 @@ static void nats_resume(struct nats_broker *p)
     map_iter_init(&it, &p->sessions);
     while ((n = map_iter_next(&it)) != NULL) {
         struct nats_sess *ns = map_entry(n, struct nats_sess, node);
-        if (ns->state == NATS_SESS_ACTIVE) {
-            ns->requested = 0;
-            nats_sess_pull(p, ns, 1);
-        }
+        if (ns->state == NATS_SESS_ACTIVE)
+            nats_sess_queue(p, ns, 0, 0);
     }
     nats_create_pump(p);
 }
 
-static void nats_on_disconnected(struct nats_broker *p)
+/* Connection lost (from_event: nats.c said so; else a write failed, nats_conn_check). */
+static void nats_on_disconnected(struct nats_broker *p, int from_event)
 {
     struct nats_sess *ns;
-    if (!p->connected)
-        return;
+    if (from_event)
+        p->lost_locally = 0; /* confirmed: the connected event will follow */
+    if (p->connected || !from_event) {
+        p->b->errors++;
+        log_warn("event=nats_disconnected source=%s", from_event ? "client" : "write");
+    }
     p->connected = 0;
     p->stream_ok = 0;
-    p->b->errors++;
-    log_warn("event=nats_disconnected");
     nats_reqs_fail(p, UV_ECONNRESET);
     /* Attaches that were waiting to create: answer 503 now rather than hold the client. */
     while ((ns = p->whead) != NULL && !p->closing) {
@@ -1264,6 +1343,8 @@ static void nats_on_connected(struct nats_broker *p)
     if (!p->connected)
         log_info("event=nats_connected");
     p->connected = 1;
+    p->lost_locally = 0;
+    nats_grave_flush(p, 1);
     nats_stream_check_start(p);
 }
 
@@ -1274,12 +1355,11 @@ static void nats_on_stream_work(uv_work_t *w)
         natsConnection_Close(p->nc); /* flushes (acks, NAKs) for up to 500 ms, joins threads */
         return;
     }
-    p->work_rc = nats_stream_ensure(p->nc, p->cfg, p->stream_subject, p->work_why,
-                                    sizeof(p->work_why));
+    p->work_rc =
+        nats_stream_ensure(p->nc, p->cfg, p->stream_subject, p->work_why, sizeof(p->work_why));
 }
 
 static void nats_close_step(struct nats_broker *p);
-static void nats_on_retry_timer(uv_timer_t *h);
 
 static void nats_on_stream_done(uv_work_t *w, int status)
 {
@@ -1304,6 +1384,12 @@ static void nats_on_stream_done(uv_work_t *w, int status)
         return;
     }
     p->check_failed = 0;
+    if (!p->connected && p->lost_locally) { /* the write failure did not break it after all */
+        p->lost_locally = 0;
+        p->connected = 1;
+        nats_grave_flush(p, 1);
+        log_info("event=nats_connected source=check");
+    }
     if (p->connected) {
         p->stream_ok = 1;
         log_info("event=nats_ready");
@@ -1323,8 +1409,7 @@ static void nats_stream_check_start(struct nats_broker *p)
     p->work_again = 0;
     p->work_close = 0;
     p->work.data = p;
-    if ((rc = uv_queue_work(p->b->loop, &p->work, nats_on_stream_work, nats_on_stream_done)) <
-        0) {
+    if ((rc = uv_queue_work(p->b->loop, &p->work, nats_on_stream_work, nats_on_stream_done)) < 0) {
         log_error("event=nats_stream_check_failed err=%s", uv_err_name(rc));
         uv_timer_start(&p->retry_timer, nats_on_retry_timer, NATS_RETRY_MS, 0);
         return;
@@ -1335,7 +1420,7 @@ static void nats_stream_check_start(struct nats_broker *p)
 static void nats_on_retry_timer(uv_timer_t *h)
 {
     struct nats_broker *p = h->data;
-    if (p->connected && !p->stream_ok)
+    if ((p->connected && !p->stream_ok) || (!p->connected && p->lost_locally))
         nats_stream_check_start(p);
 }
 
@@ -1396,8 +1481,8 @@ static void nats_on_async(uv_async_t *h)
                 nats_on_connected(p);
             break;
         case NATS_EV_DISCONNECTED:
-            if (!p->closing)
-                nats_on_disconnected(p);
+            if (!p->closing && (p->connected || p->lost_locally || p->cleanup_pending))
+                nats_on_disconnected(p, 1);
             break;
         case NATS_EV_CLOSED:
             p->connected = 0;
@@ -1407,6 +1492,10 @@ static void nats_on_async(uv_async_t *h)
             log_warn("event=nats_async_error err=\"%s\"", natsStatus_GetText(evs[i].err));
             break;
         }
+    }
+    if (p->cleanup_pending && !p->closing) {
+        p->cleanup_pending = 0;
+        nats_on_disconnected(p, 0);
     }
     /* Deferred push/publish callbacks queued before this pass (one queued by a callback
      * waits for the next pass, so this never spins). */
@@ -1463,6 +1552,10 @@ static void nats_opts_set(struct nats_broker *p, const struct config *cfg, natsS
         s = natsOptions_SetMaxPingsOut(o, NATS_PINGS_OUT);
     if (s == NATS_OK)
         s = natsOptions_UseGlobalMessageDelivery(o, true); /* no thread per subscription */
+    if (s == NATS_OK) /* write from the publishing thread: no 1 ms flusher batching delay */
+        s = natsOptions_SetSendAsap(o, true);
+    if (s == NATS_OK) /* a stalled server never blocks the loop in write() for longer */
+        s = natsOptions_SetWriteDeadline(o, (int64_t)cfg->nats_timeout_ms);
     if (s == NATS_OK)
         s = natsOptions_SetRetryOnFailedConnect(o, true, nats_on_connected_thread_cb, &p->xq);
     if (s == NATS_OK)
@@ -1489,8 +1582,8 @@ static void nats_url_redact(const char *url, char *out, size_t len)
         at = memchr(url, '@', (size_t)(end - url));
         if (sep != NULL && sep < end && at != NULL) {
             size_t k = (size_t)(sep + 3 - url);
-            o += (size_t)snprintf(out + o, len - o, "%.*s***%.*s", (int)k, url,
-                                  (int)(end - at), at);
+            o +=
+                (size_t)snprintf(out + o, len - o, "%.*s***%.*s", (int)k, url, (int)(end - at), at);
         } else {
             o += (size_t)snprintf(out + o, len - o, "%.*s", (int)(end - url), url);
         }
@@ -1510,6 +1603,7 @@ static void nats_free(struct nats_broker *p)
             natsMsg_Destroy(p->xq.evs[i].msg);
     free(p->xq.evs);
     free(p->batch);
+    free(p->grave);
     uv_mutex_destroy(&p->xq.lock);
     uv_cond_destroy(&p->xq.cond);
     map_free(&p->sessions);
@@ -1548,6 +1642,17 @@ static int nats_open(struct broker *b, uv_loop_t *loop, const struct config *cfg
         p->pull_ms = NATS_PULL_MIN_MS;
     p->wpi_ms = cfg->nats_ack_wait_ms / 2 > 100 ? cfg->nats_ack_wait_ms / 2 : 100;
     snprintf(p->stream_subject, sizeof(p->stream_subject), "%s.recv.>", cfg->prefix);
+    /* The stream name goes into API subjects and JSON: the server's own rule, stricter. */
+    rc = cfg->nats_stream[0] == '\0' ? UV_EINVAL : 0;
+    for (const char *c = cfg->nats_stream; *c != '\0' && rc == 0; c++)
+        if (!((*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') ||
+              *c == '_' || *c == '-'))
+            rc = UV_EINVAL;
+    if (rc < 0) {
+        log_error("event=nats_config_failed key=nats.stream reason=\"use [A-Za-z0-9_-]+\"");
+        free(p);
+        return rc;
+    }
     if ((rc = uv_mutex_init(&p->xq.lock)) < 0) {
         free(p);
         return rc;
@@ -1588,6 +1693,10 @@ static int nats_open(struct broker *b, uv_loop_t *loop, const struct config *cfg
         /* The loop does not serve yet, so this one blocking check is fine here: an
          * incompatible stream stops the gateway at start with a clear message. */
         rc = nats_stream_ensure(p->nc, cfg, p->stream_subject, p->work_why, sizeof(p->work_why));
+        if (rc == UV_EINVAL && strstr(p->work_why, "JetStream") != NULL) {
+            log_error("event=nats_jetstream_disabled url=%s reason=\"%s\"", url, p->work_why);
+            goto fail;
+        }
         if (rc == UV_EINVAL) {
             log_error("event=nats_stream_incompatible stream=%s url=%s reason=\"%s\" "
                       "hint=\"delete or fix that stream, or set [nats] stream to another name\"",
@@ -1637,6 +1746,7 @@ fail:
             if (uv_cond_timedwait(&p->xq.cond, &p->xq.lock, 5000000000ULL) != 0)
                 break;
         uv_mutex_unlock(&p->xq.lock);
+        nats_grave_flush(p, 0);
         natsConnection_Destroy(p->nc);
         p->nc = NULL;
     }
@@ -1697,7 +1807,7 @@ static int nats_attach(struct broker *b, struct session *s)
         goto fail;
     for (uint16_t i = 0; i < s->ntopics; i++) {
         const char *name = s->topics[i];
-        char tsubject[NATS_SUBJ_MAX];
+        char tsubject[NATS_NAME_SUBJ];
         struct map_node *n;
         struct nats_topic *t;
         int dup = 0;
@@ -1746,15 +1856,14 @@ static void nats_detach(struct broker *b, struct session *s)
     struct nats_broker *p = b->priv;
     struct nats_sess *ns = s->bpriv;
     if (p == NULL || ns == NULL)
-        return; /* never attached, attach failed, or the broker already let it go */
+        return;            /* never attached, attach failed, or the broker already let it go */
     nats_sess_free(p, ns); /* a create in flight finds no session and is ignored */
 }
 
-static int nats_push(struct broker *b, const char *key, struct msg *m, broker_push_cb cb,
-                     void *arg)
+static int nats_push(struct broker *b, const char *key, struct msg *m, broker_push_cb cb, void *arg)
 {
     struct nats_broker *p = b->priv;
-    char subject[NATS_SUBJ_MAX];
+    char subject[NATS_NAME_SUBJ];
     struct nats_req *r;
     int rc;
     if (p == NULL || p->closing)
@@ -1782,7 +1891,7 @@ static int nats_push(struct broker *b, const char *key, struct msg *m, broker_pu
 static int nats_core_publish(struct nats_broker *p, const char *kind, const char *name,
                              struct msg *m, broker_push_cb cb, void *arg)
 {
-    char subject[NATS_SUBJ_MAX];
+    char subject[NATS_NAME_SUBJ];
     natsStatus s;
     int rc;
     if (p == NULL || p->closing)
@@ -1797,6 +1906,7 @@ static int nats_core_publish(struct nats_broker *p, const char *kind, const char
     if (s != NATS_OK) {
         if (s != NATS_MAX_PAYLOAD)
             p->b->errors++;
+        nats_conn_check(p, s);
         return nats_err(s);
     }
     return nats_done_add(p, cb, arg, 0);
@@ -1860,8 +1970,8 @@ static void nats_close_step(struct nats_broker *p)
     if (p->nc != NULL && !p->work_close) {
         p->work_close = 1;
         p->work.data = p;
-        if ((rc = uv_queue_work(p->b->loop, &p->work, nats_on_stream_work,
-                                nats_on_stream_done)) == 0) {
+        if ((rc = uv_queue_work(p->b->loop, &p->work, nats_on_stream_work, nats_on_stream_done)) ==
+            0) {
             p->work_busy = 1;
             return;
         }
@@ -1873,6 +1983,7 @@ static void nats_close_step(struct nats_broker *p)
     uv_mutex_unlock(&p->xq.lock);
     if (!closed || subs_left > 0)
         return; /* nats_on_async calls again when the last callback has run */
+    nats_grave_flush(p, 0);
     natsConnection_Destroy(p->nc);
     p->nc = NULL;
     p->handles_closing = 1;

@@ -184,9 +184,8 @@ int main(int argc, char **argv)
             sc.Retention = i + 3 < argc && strcmp(argv[i + 3], "workqueue") == 0
                                ? js_WorkQueuePolicy
                                : js_LimitsPolicy;
-            sc.Storage =
-                i + 4 < argc && strcmp(argv[i + 4], "memory") == 0 ? js_MemoryStorage
-                                                                   : js_FileStorage;
+            sc.Storage = i + 4 < argc && strcmp(argv[i + 4], "memory") == 0 ? js_MemoryStorage
+                                                                            : js_FileStorage;
             s = js_AddStream(NULL, js, &sc, NULL, &jerr);
         }
         if (s != NATS_OK)
