@@ -26,6 +26,7 @@ enum conn_flag {
     CONN_F_READ_PAUSED = 1 << 4,  /* reads stopped for backpressure */
     CONN_F_PINGED = 1 << 5,       /* a ping went out since the last activity */
     CONN_F_CLOSED_H = 1 << 6,     /* the uv handle is closed: free when refs reach 0 */
+    CONN_F_ATTACHED = 1 << 7,     /* the broker holds c->sess (101 sent, detach not yet) */
 };
 
 /* One queued item: a message ref, and the broker id to ack once written (0 = none). */
@@ -89,6 +90,8 @@ void conn_close_soon(struct conn *c);
 void conn_list_remove(struct conn *c);
 void conn_list_append(struct conn *c, int which);
 enum { CONN_LIST_HTTP, CONN_LIST_WS, CONN_LIST_CLOSING };
+/* The broker forgets c->sess (unacked go back); no ack after this. Idempotent. */
+void conn_detach(struct conn *c);
 void conn_ref(struct conn *c);
 void conn_unref(struct conn *c);
 void conn_read_pause(struct conn *c, int pause);

@@ -271,7 +271,7 @@ static void conn_written(struct conn *c, uint32_t n)
 {
     struct server *srv = c->srv;
     /* ack only while the broker still knows the session (not after detach) */
-    int can_ack = c->sess != NULL && c->state == CONN_WS;
+    int can_ack = (c->flags & CONN_F_ATTACHED) != 0;
     while (n-- > 0) {
         struct outq_item *it = outq_at(&c->out, 0);
         size_t b = item_bytes(it->m) - c->out.off;
@@ -301,6 +301,8 @@ static void conn_on_write(uv_write_t *req, int status)
         return;
     }
     conn_written(c, n);
+    if (c->state == CONN_WS_CLOSING && (c->flags & CONN_F_ATTACHED))
+        conn_detach(c); /* closing waited for this write so its frames could be acked */
     if (c->state != CONN_CLOSING) {
         if (c->state == CONN_HTTP)
             http_on_written(c);
@@ -450,13 +452,21 @@ void conn_close(struct conn *c)
         srv->m.ws_open--;
     else
         srv->m.http_open--;
-    if (c->sess != NULL && c->state == CONN_WS)
-        broker_detach(srv->broker, c->sess); /* unacked messages go back */
+    if (c->flags & CONN_F_ATTACHED)
+        conn_detach(c); /* unacked messages go back */
     else if (c->sess != NULL && c->state == CONN_HTTP)
         http_upgrade_abort(c); /* attach pending or done, 101 not sent yet */
     conn_list_remove(c);
     c->state = CONN_CLOSING;
     uv_close((uv_handle_t *)&c->tcp, conn_on_closed); /* writes end with UV_ECANCELED first */
+}
+
+void conn_detach(struct conn *c)
+{
+    if (!(c->flags & CONN_F_ATTACHED))
+        return;
+    c->flags &= ~CONN_F_ATTACHED;
+    broker_detach(c->srv->broker, c->sess);
 }
 
 void conn_ref(struct conn *c)

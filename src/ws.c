@@ -183,6 +183,7 @@ int ws_start(struct conn *c, const uint8_t *pre, size_t pre_len)
     struct server *srv = c->srv;
     conn_list_remove(c);
     c->state = CONN_WS;
+    c->flags |= CONN_F_ATTACHED;
     conn_list_append(c, CONN_LIST_WS);
     srv->m.http_open--;
     srv->m.ws_open++;
@@ -204,15 +205,17 @@ int ws_start(struct conn *c, const uint8_t *pre, size_t pre_len)
     return 0;
 }
 
-/* Leave CONN_WS: the broker forgets the session (unacked go back), unsent frames are
- * dropped, the connection moves to the closing list with a close_timeout deadline. */
+/* Leave CONN_WS: unsent frames are dropped, the broker forgets the session (unacked go
+ * back) - after the write in flight, if any, so frames it carries are acked rather than
+ * redelivered - and the connection moves to the closing list (close_timeout). */
 static void ws_enter_closing(struct conn *c)
 {
     struct server *srv = c->srv;
     if (c->state != CONN_WS)
         return;
-    broker_detach(srv->broker, c->sess);
     srv->m.dropped += outq_drop_unsent(&c->out);
+    if (!(c->flags & CONN_F_WRITING))
+        conn_detach(c);
     conn_list_remove(c);
     c->state = CONN_WS_CLOSING;
     conn_list_append(c, CONN_LIST_CLOSING);
