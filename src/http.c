@@ -897,14 +897,16 @@ void http_check_timeout(struct conn *c, uint64_t now)
     struct http_state *h = c->http;
     if (h == NULL || h->deadline == 0 || now < h->deadline || h->stopped)
         return;
-    if (h->in_message || h->nreq == 0) {
-        /* a head (or body) trickling in, or a client that never sent a request */
+    if (h->in_message) {
+        /* a head (or body) trickling in: the slowloris case */
         c->srv->m.handshake_timeouts++;
         http_error(c, 408, "request timeout", 1);
         return;
     }
+    /* idle: a keep-alive connection after its keepalive_timeout, or one that never sent a
+     * byte within handshake_timeout. Closed without an answer nobody asked for. */
     if (h->npending == 0 && c->out.count == 0)
-        conn_close(c); /* idle keep-alive connection */
+        conn_close(c);
 }
 
 void http_free(struct http_state *h)
