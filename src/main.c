@@ -78,6 +78,12 @@ int main(int argc, char **argv)
     static struct config cfg; /* large; read-only once loaded */
     if (config_load(&cfg, path, environ, stderr) < 0)
         return 1;
+    const struct broker_ops *ops = broker_find(cfg.broker_type);
+    if (ops == NULL) {
+        fprintf(stderr, "%s: key 'broker.type': '%s' is not built into this binary (have: %s)\n",
+                path ? path : "(built-in defaults)", cfg.broker_type, broker_names());
+        return 1;
+    }
     if (check) {
         printf("%s: configuration ok\n", path ? path : "(built-in defaults)");
         return 0;
@@ -86,12 +92,6 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     raise_nofile();
 
-    const struct broker_ops *ops = broker_find(cfg.broker_type);
-    if (ops == NULL) {
-        log_error("event=config_error key=broker.type value=%s known=\"%s\"", cfg.broker_type,
-                  broker_names());
-        return 1;
-    }
     uv_loop_t loop;
     uv_loop_init(&loop);
     struct broker broker;
