@@ -578,9 +578,11 @@ static void http_dispatch(struct conn *c)
         k[key_len] = '\0';
         http_do_push(c, h->route == ROUTE_PUBLISH, k);
         if (!keep) {
-            /* mark the slot just added (or the answer) to close after */
+            /* the answer is the last slot, or (answered at once) already queued */
             if (h->pend_tail)
                 h->pend_tail->close_after = 1;
+            else
+                c->flags |= CONN_F_CLOSE_AFTER;
             h->stopped = 1;
             conn_read_pause(c, 1);
         }
