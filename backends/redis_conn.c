@@ -422,22 +422,24 @@ static void rconn_ev_update(struct rconn_ev *ev)
         uv_poll_stop(&ev->poll);
 }
 
-static void rconn_ev_add_read(void *p)
+/* Turn one of UV_READABLE / UV_WRITABLE on or off; the poll is touched only on a change. */
+static void rconn_ev_want(struct rconn_ev *ev, int flag, int on)
 {
-    struct rconn_ev *ev = p;
-    if (!(ev->events & UV_READABLE)) {
-        ev->events |= UV_READABLE;
+    int events = on ? ev->events | flag : ev->events & ~flag;
+    if (events != ev->events) {
+        ev->events = events;
         rconn_ev_update(ev);
     }
 }
 
+static void rconn_ev_add_read(void *p)
+{
+    rconn_ev_want(p, UV_READABLE, 1);
+}
+
 static void rconn_ev_del_read(void *p)
 {
-    struct rconn_ev *ev = p;
-    if (ev->events & UV_READABLE) {
-        ev->events &= ~UV_READABLE;
-        rconn_ev_update(ev);
-    }
+    rconn_ev_want(p, UV_READABLE, 0);
 }
 
 /* hiredis asks for a writable event after every command it buffers. Waiting for one costs
@@ -454,19 +456,12 @@ static void rconn_ev_add_write(void *p)
             uv_idle_start(&rc->idle, rconn_on_idle);
         return;
     }
-    if (!(ev->events & UV_WRITABLE)) {
-        ev->events |= UV_WRITABLE;
-        rconn_ev_update(ev);
-    }
+    rconn_ev_want(ev, UV_WRITABLE, 1);
 }
 
 static void rconn_ev_del_write(void *p)
 {
-    struct rconn_ev *ev = p;
-    if (ev->events & UV_WRITABLE) {
-        ev->events &= ~UV_WRITABLE;
-        rconn_ev_update(ev);
-    }
+    rconn_ev_want(p, UV_WRITABLE, 0);
 }
 
 /* One line per failure streak at warn (the first), the rest at debug: a Redis that stays

@@ -6,7 +6,8 @@
  * that is resubscribed after every reconnect and tells each user when its own SUBSCRIBE was
  * confirmed by the server.
  *
- * Does NOT know sessions, messages or key naming: backends build names and argv. Does NOT
+ * Does NOT know sessions, messages or key naming: the backends and redis_common.c (which
+ * opens a node's two links and names the probe channel) build names and argv. Does NOT
  * retry commands: a command whose connection dies gets a NULL reply and the caller decides.
  * Loop thread only; no locks, no threads (host names are resolved with uv_getaddrinfo).
  *

@@ -34,7 +34,9 @@
  *
  * Does NOT: buffer messages in gateway memory beyond the window, poll Redis, use blocking
  * commands, or open more than two Redis connections (one command link, one pub/sub link)
- * however many sessions are attached. */
+ * however many sessions are attached. Opening and closing those links, p.kind.name names,
+ * the session and topic subscriptions with their confirmation count, and PUBLISH for
+ * broadcasts are shared with redis-pubsub in redis_common.c. */
 #include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,12 +46,9 @@
 #include "config.h"
 #include "log.h"
 #include "msg.h"
-#include "redis_conn.h"
+#include "redis_common.h"
 #include "session.h"
 
-#define RLIST_TAG_KEYSPACE 1
-#define RLIST_TAG_TOPIC 2
-#define RLIST_NAME_MAX 320    /* prefix(64) + ".inflight." + nid + sid + key(128) + slack */
 #define RLIST_BATCH_MAX 1000  /* Lua unpack() limit is ~8000; keep replies small */
 #define RLIST_HSET_CHUNK 256  /* sessions per HSET when re-registering */
 #define RLIST_ACK_DELAY_MS 20 /* acks not carried by a fetch are applied within this */
@@ -140,10 +139,8 @@ struct rlist;
 /* One attached socket. Allocated by attach with its rsubs and queue name in one block;
  * freed when it is detached and no reply callback or service-queue entry refers to it. */
 struct rlist_sess {
+    struct rcommon_sess base; /* first: s, list links, attach state (redis_common.h) */
     struct rlist *rl;         /* borrowed: outlives rs */
-    struct session *s;        /* borrowed: from attach until detach, then NULL */
-    struct rlist_sess *next;  /* rl->sessions (attached, not detached) */
-    struct rlist_sess *prev;  /* idem */
     struct rlist_sess *snext; /* rl service queue, while queued */
     struct rlist_sess *anext; /* rl ack list, while in_acks */
     char *qkey;               /* points into this allocation: "p.recv.S" */
@@ -158,26 +155,18 @@ struct rlist_sess {
     uint8_t dirty;            /* woken while a fetch was in flight */
     uint8_t queued;           /* in the service queue */
     uint8_t in_acks;          /* in the ack list (holds a ref) */
-    uint8_t attached;         /* session_attached(s, 0) was called */
-    uint8_t detached;         /* detach ran: s is gone */
     uint8_t dead;             /* session_deliver refused: wait for detach */
-    uint16_t nsubs;           /* subs[0] keyspace channel, then topic channels */
-    uint16_t nready;          /* subs confirmed on the current pub/sub connection */
-    struct rsub subs[];       /* embedded: registered with rl->sub from attach to detach */
+    struct rsub subs[];       /* embedded: subs[0] keyspace channel, then topic channels;
+                               * registered with rl->base.sub from attach to detach */
 };
 
 struct rlist {
-    struct broker *b;            /* borrowed: owns rl through b->priv */
-    const struct config *cfg;    /* borrowed: outlives the broker */
-    struct rconn_url url;        /* parsed [redis] url */
-    struct rconn *cmd;           /* owned: command link, closed in rlist_close */
-    struct rconn *sub;           /* owned: pub/sub link */
+    struct rcommon base;         /* first: links, url, sessions, close (redis_common.h) */
     uv_check_t check;            /* embedded: drains the service queue after each poll */
     uv_idle_t idle;              /* embedded: keeps the next poll from blocking while queued */
     uv_timer_t ack_timer;        /* embedded: applies lazy acks in one pipelined batch */
     struct rlist_sess *ack_head; /* sessions with acks not yet applied (each holds a ref) */
     uv_timer_t hb;               /* embedded: lease heartbeat + sweep */
-    struct rlist_sess *sessions; /* attached sessions (borrowed list heads, owned nodes) */
     struct rlist_sess *svc_head; /* service queue (each entry holds a ref) */
     struct rlist_sess *svc_tail; /* idem */
     char sha[RLIST_LUA_N][41];   /* SHA1 hex of each script */
@@ -190,9 +179,6 @@ struct rlist {
     uint32_t batch;              /* messages per fetch at most */
     int setup_pending;           /* setup replies still awaited after the link came up */
     uint8_t registered;          /* setup done on the current command link */
-    uint8_t closing;             /* rlist_close called */
-    int close_pending;           /* handles and links still closing */
-    broker_close_cb close_cb;    /* set by rlist_close */
 };
 
 static void rlist_service_schedule(struct rlist_sess *rs);
@@ -211,14 +197,14 @@ static void rlist_hex(const unsigned char *in, size_t n, char *out)
 
 static size_t rlist_inflight_key(const struct rlist *rl, uint64_t sid, char *out, size_t cap)
 {
-    int n = snprintf(out, cap, "%s.inflight.%s.%llu", rl->cfg->prefix, rl->nid,
+    int n = snprintf(out, cap, "%s.inflight.%s.%llu", rl->base.cfg->prefix, rl->nid,
                      (unsigned long long)sid);
     return n < 0 ? 0 : (size_t)n;
 }
 
 static void rlist_sess_unref(struct rlist_sess *rs)
 {
-    if (--rs->refs == 0 && rs->detached)
+    if (--rs->refs == 0 && rs->base.detached)
         free(rs);
 }
 
@@ -232,17 +218,17 @@ static void rlist_on_flow(redisAsyncContext *ac, void *r, void *priv)
     uint32_t k = rs->fetching;
     (void)ac;
     rs->fetching = 0;
-    if (rs->detached || reply == NULL || rs->fetch_epoch != rl->epoch) {
+    if (rs->base.detached || reply == NULL || rs->fetch_epoch != rl->epoch) {
         rs->more = 1; /* the next registration kicks every session */
         rlist_sess_unref(rs);
         return;
     }
     if (reply->type == REDIS_REPLY_ERROR) {
-        rl->b->errors++;
-        log_warn("event=redis_fetch_failed session=%s err=\"%.*s\"", rs->s->key, (int)reply->len,
-                 reply->str);
+        rl->base.b->errors++;
+        log_warn("event=redis_fetch_failed session=%s err=\"%.*s\"", rs->base.s->key,
+                 (int)reply->len, reply->str);
         if (strncmp(reply->str, "WSGATE_LEASE", 12) == 0 || strncmp(reply->str, "NOSCRIPT", 8) == 0)
-            rconn_reset(rl->cmd, "lease lost or scripts flushed");
+            rconn_reset(rl->base.cmd, "lease lost or scripts flushed");
         rs->more = 0; /* e.g. WRONGTYPE: retry on the next wake-up, not in a loop */
         rlist_sess_unref(rs);
         return;
@@ -254,13 +240,13 @@ static void rlist_on_flow(redisAsyncContext *ac, void *r, void *priv)
         int rc;
         if (e->type != REDIS_REPLY_STRING)
             continue;
-        m = msg_new_copy(e->str, e->len, rl->cfg->frame_type);
+        m = msg_new_copy(e->str, e->len, rl->base.cfg->frame_type);
         if (m == NULL) {
-            session_close(rs->s, 1011);
+            session_close(rs->base.s, 1011);
             rs->dead = 1;
             break;
         }
-        rc = session_deliver(rs->s, ++rl->next_id, m);
+        rc = session_deliver(rs->base.s, ++rl->next_id, m);
         msg_unref(m);
         if (rc < 0) {
             rs->dead = 1; /* the core closes it; detach returns what is left */
@@ -279,14 +265,14 @@ static void rlist_on_flow(redisAsyncContext *ac, void *r, void *priv)
 static void rlist_service(struct rlist_sess *rs)
 {
     struct rlist *rl = rs->rl;
-    char fkey[RLIST_NAME_MAX], lease[RLIST_NAME_MAX], acks[16], kbuf[16];
+    char fkey[RCOMMON_NAME_MAX], lease[RCOMMON_NAME_MAX], acks[16], kbuf[16];
     size_t flen;
     uint32_t k = 0;
-    if (rs->detached || !rl->registered || !rconn_is_up(rl->cmd))
+    if (rs->base.detached || !rl->registered || !rconn_is_up(rl->base.cmd))
         return;
-    uint32_t window = rl->cfg->max_inflight > 0 ? rl->cfg->max_inflight : 1;
-    if (rs->attached && rs->more && rs->fetching == 0 && !rs->dead && rs->nready == rs->nsubs &&
-        rs->unacked < window) {
+    uint32_t window = rl->base.cfg->max_inflight > 0 ? rl->base.cfg->max_inflight : 1;
+    if (rs->base.attached && rs->more && rs->fetching == 0 && !rs->dead &&
+        rs->base.nready == rs->base.nsubs && rs->unacked < window) {
         k = window - rs->unacked;
         if (k > rl->batch)
             k = rl->batch;
@@ -295,12 +281,12 @@ static void rlist_service(struct rlist_sess *rs)
         return; /* acks alone wait for the ack timer (rlist_on_ack_timer) */
     flen = rlist_inflight_key(rl, rs->sid, fkey, sizeof(fkey));
     int alen = snprintf(acks, sizeof(acks), "%u", rs->acks);
-    int llen = snprintf(lease, sizeof(lease), "%s.lease.%s", rl->cfg->prefix, rl->nid);
+    size_t llen = rcommon_name(&rl->base, "lease", rl->nid, lease, sizeof(lease));
     int klen = snprintf(kbuf, sizeof(kbuf), "%u", k);
     const char *argv[] = {"EVALSHA", rl->sha[RLIST_LUA_FLOW], "3", rs->qkey, fkey, lease, acks,
                           kbuf};
-    size_t lens[] = {7, 40, 1, rs->qkey_len, flen, (size_t)llen, (size_t)alen, (size_t)klen};
-    if (rconn_command(rl->cmd, rlist_on_flow, rs, 8, argv, lens) == 0) {
+    size_t lens[] = {7, 40, 1, rs->qkey_len, flen, llen, (size_t)alen, (size_t)klen};
+    if (rconn_command(rl->base.cmd, rlist_on_flow, rs, 8, argv, lens) == 0) {
         rs->refs++;
         rs->acks = 0;
         rs->fetching = k;
@@ -323,7 +309,7 @@ static void rlist_service_drain(struct rlist *rl)
             rl->svc_tail = NULL;
         rs->snext = NULL;
         rs->queued = 0;
-        if (!rl->closing)
+        if (!rl->base.closing)
             rlist_service(rs);
         rlist_sess_unref(rs);
     }
@@ -344,7 +330,7 @@ static void rlist_on_idle(uv_idle_t *h)
 static void rlist_service_schedule(struct rlist_sess *rs)
 {
     struct rlist *rl = rs->rl;
-    if (rs->queued || rs->detached || rl->closing)
+    if (rs->queued || rs->base.detached || rl->base.closing)
         return;
     rs->queued = 1;
     rs->refs++;
@@ -359,7 +345,7 @@ static void rlist_service_schedule(struct rlist_sess *rs)
 
 static void rlist_wake(struct rlist_sess *rs)
 {
-    if (rs->detached || !rs->attached)
+    if (rs->base.detached || !rs->base.attached)
         return;
     if (rs->fetching > 0) {
         rs->dirty = 1;
@@ -385,8 +371,9 @@ static void rlist_on_message(struct rconn *rc, struct rconn_chan *ch, const char
     (void)rc;
     if (ch->ready == NULL)
         return;
-    if (ch->ready->tag == RLIST_TAG_KEYSPACE) {
-        /* The payload is the event name; our own LPOPs also notify and are ignored. */
+    if (ch->ready->tag == RCOMMON_TAG_SESS) {
+        /* A session's own channel is its queue's keyspace channel. The payload is the event
+         * name; our own LPOPs also notify and are ignored. */
         if (!rlist_is_push_event(data, len))
             return;
         for (struct rsub *u = ch->ready; u; u = u->next)
@@ -395,50 +382,38 @@ static void rlist_on_message(struct rconn *rc, struct rconn_chan *ch, const char
     }
     for (struct rsub *u = ch->ready; u; u = u->next) {
         struct rlist_sess *rs = u->owner;
-        if (rs->detached || !rs->attached || rs->dead)
+        if (rs->base.detached || !rs->base.attached || rs->dead)
             continue;
-        if (m == NULL && (m = msg_new_copy(data, len, rl->cfg->frame_type)) == NULL)
+        if (m == NULL && (m = msg_new_copy(data, len, rl->base.cfg->frame_type)) == NULL)
             return;
-        session_deliver(rs->s, 0, m); /* a broadcast is not stored: no ack */
+        session_deliver(rs->base.s, 0, m); /* a broadcast is not stored: no ack */
     }
     msg_unref(m);
 }
 
-static void rlist_on_sub_ready(struct rconn *rc, struct rsub *sub, void *arg)
+static void rlist_on_sess_ready(struct rcommon *r, struct rcommon_sess *cs)
 {
-    struct rlist_sess *rs = sub->owner;
-    (void)rc;
-    (void)arg;
-    if (rs->detached || ++rs->nready < rs->nsubs)
-        return;
+    struct rlist_sess *rs = (struct rlist_sess *)cs;
+    (void)r;
     rs->refs++; /* session_attached may detach rs (allowed outside attach) */
-    if (!rs->attached) {
-        rs->attached = 1;
-        session_attached(rs->s, 0);
+    if (!rs->base.attached) {
+        rs->base.attached = 1;
+        session_attached(rs->base.s, 0);
     }
     /* (Re)subscribed: anything pushed while we were not listening is fetched now. */
-    if (!rs->detached) {
+    if (!rs->base.detached) {
         rs->more = 1;
         rlist_service_schedule(rs);
     }
     rlist_sess_unref(rs);
 }
 
-static void rlist_on_sub_state(struct rconn *rc, int up, void *arg)
-{
-    struct rlist *rl = arg;
-    (void)rc;
-    if (up)
-        return; /* rsubs become ready one by one (rlist_on_sub_ready) */
-    for (struct rlist_sess *rs = rl->sessions; rs; rs = rs->next)
-        rs->nready = 0;
-}
-
 /* --- command link setup --- */
 
 static void rlist_kick_all(struct rlist *rl)
 {
-    for (struct rlist_sess *rs = rl->sessions; rs; rs = rs->next) {
+    for (struct rcommon_sess *cs = rl->base.sessions; cs; cs = cs->next) {
+        struct rlist_sess *rs = (struct rlist_sess *)cs;
         rs->more = 1;
         rlist_service_schedule(rs);
     }
@@ -500,7 +475,7 @@ static void rlist_on_config_get(redisAsyncContext *ac, void *r, void *priv)
     int n = snprintf(flags, sizeof(flags), "%s%s%s", cur, has_k ? "" : "K", has_l ? "" : "l");
     const char *argv[] = {"CONFIG", "SET", "notify-keyspace-events", flags};
     size_t lens[] = {6, 3, 22, (size_t)n};
-    if (rconn_command(rl->cmd, rlist_on_config_set, rl, 4, argv, lens) < 0)
+    if (rconn_command(rl->base.cmd, rlist_on_config_set, rl, 4, argv, lens) < 0)
         return; /* link going down: setup restarts on the next up */
 }
 
@@ -512,10 +487,10 @@ static void rlist_on_register(redisAsyncContext *ac, void *r, void *priv)
     if (reply == NULL)
         return;
     if (reply->type != REDIS_REPLY_INTEGER) {
-        rl->b->errors++;
+        rl->base.b->errors++;
         log_error("event=redis_register_failed err=\"%.*s\"", (int)reply->len,
                   reply->str ? reply->str : "");
-        rconn_reset(rl->cmd, "register failed");
+        rconn_reset(rl->base.cmd, "register failed");
         return;
     }
     if (reply->integer > 0)
@@ -541,36 +516,37 @@ static int rlist_node_cmd(struct rlist *rl, const char *nid, const char *old, co
 {
     char lease[24], ttl[24];
     int ll = snprintf(lease, sizeof(lease), "%llu", (unsigned long long)rl->lease_ms);
-    int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)rl->cfg->ttl_ms);
+    int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)rl->base.cfg->ttl_ms);
     const char *argv[] = {
-        "EVALSHA", rl->sha[RLIST_LUA_NODE], "0", rl->cfg->prefix, nid, old, lease, ttl, mode};
-    size_t lens[] = {7,           40,          1,          strlen(rl->cfg->prefix),
+        "EVALSHA", rl->sha[RLIST_LUA_NODE], "0", rl->base.cfg->prefix, nid, old, lease, ttl, mode};
+    size_t lens[] = {7,           40,          1,          strlen(rl->base.cfg->prefix),
                      strlen(nid), strlen(old), (size_t)ll, (size_t)tl,
                      strlen(mode)};
-    return rconn_command(rl->cmd, fn, rl, 9, argv, lens);
+    return rconn_command(rl->base.cmd, fn, rl, 9, argv, lens);
 }
 
 /* HSET p.node.N I "p.recv.S" for every attached session, in chunks. */
 static void rlist_hset_all(struct rlist *rl)
 {
-    char hkey[RLIST_NAME_MAX];
+    char hkey[RCOMMON_NAME_MAX];
     char sids[RLIST_HSET_CHUNK][24];
     const char *argv[2 + 2 * RLIST_HSET_CHUNK];
     size_t lens[2 + 2 * RLIST_HSET_CHUNK];
-    int hl = snprintf(hkey, sizeof(hkey), "%s.node.%s", rl->cfg->prefix, rl->nid);
+    size_t hl = rcommon_name(&rl->base, "node", rl->nid, hkey, sizeof(hkey));
     int n = 0;
     argv[0] = "HSET";
     lens[0] = 4;
     argv[1] = hkey;
-    lens[1] = (size_t)hl;
-    for (struct rlist_sess *rs = rl->sessions; rs; rs = rs->next) {
+    lens[1] = hl;
+    for (struct rcommon_sess *cs = rl->base.sessions; cs; cs = cs->next) {
+        struct rlist_sess *rs = (struct rlist_sess *)cs;
         int sl = snprintf(sids[n], sizeof(sids[n]), "%llu", (unsigned long long)rs->sid);
         argv[2 + 2 * n] = sids[n];
         lens[2 + 2 * n] = (size_t)sl;
         argv[3 + 2 * n] = rs->qkey;
         lens[3 + 2 * n] = rs->qkey_len;
-        if (++n == RLIST_HSET_CHUNK || rs->next == NULL) {
-            rconn_command(rl->cmd, NULL, NULL, 2 + 2 * n, argv, lens);
+        if (++n == RLIST_HSET_CHUNK || cs->next == NULL) {
+            rconn_command(rl->base.cmd, NULL, NULL, 2 + 2 * n, argv, lens);
             n = 0;
         }
     }
@@ -588,7 +564,8 @@ static void rlist_on_cmd_state(struct rconn *rc, int up, void *arg)
             memcpy(rl->old_nid, rl->nid, sizeof(rl->nid));
         rl->registered = 0;
         uv_timer_stop(&rl->hb);
-        for (struct rlist_sess *rs = rl->sessions; rs; rs = rs->next) {
+        for (struct rcommon_sess *cs = rl->base.sessions; cs; cs = cs->next) {
+            struct rlist_sess *rs = (struct rlist_sess *)cs;
             rs->unacked = 0;
             rs->acks = 0;
             rs->more = 1;
@@ -603,13 +580,13 @@ static void rlist_on_cmd_state(struct rconn *rc, int up, void *arg)
     for (int i = 0; i < RLIST_LUA_N; i++) {
         const char *argv[] = {"SCRIPT", "LOAD", rlist_lua[i]};
         size_t lens[] = {6, 4, strlen(rlist_lua[i])};
-        rconn_command(rl->cmd, rlist_on_script_load, rl->sha[i], 3, argv, lens);
+        rconn_command(rl->base.cmd, rlist_on_script_load, rl->sha[i], 3, argv, lens);
     }
     rl->setup_pending = 2;
     {
         const char *argv[] = {"CONFIG", "GET", "notify-keyspace-events"};
         size_t lens[] = {6, 3, 22};
-        rconn_command(rl->cmd, rlist_on_config_get, rl, 3, argv, lens);
+        rconn_command(rl->base.cmd, rlist_on_config_get, rl, 3, argv, lens);
     }
     rlist_node_cmd(rl, rl->nid, rl->old_nid, "reg", rlist_on_register);
     rlist_hset_all(rl);
@@ -620,17 +597,17 @@ static void rlist_on_beat(redisAsyncContext *ac, void *r, void *priv)
     struct rlist *rl = priv;
     redisReply *reply = r;
     (void)ac;
-    if (reply == NULL || rl->closing)
+    if (reply == NULL || rl->base.closing)
         return;
     if (reply->type != REDIS_REPLY_INTEGER) {
-        rl->b->errors++;
+        rl->base.b->errors++;
         log_warn("event=redis_heartbeat_failed err=\"%.*s\"", (int)reply->len,
                  reply->str ? reply->str : "");
         return;
     }
     if (reply->integer < 0) {
         /* Another node reclaimed our in-flight lists: start a new incarnation. */
-        rconn_reset(rl->cmd, "node lease expired");
+        rconn_reset(rl->base.cmd, "node lease expired");
         return;
     }
     if (reply->integer > 0)
@@ -640,7 +617,7 @@ static void rlist_on_beat(redisAsyncContext *ac, void *r, void *priv)
 static void rlist_on_hb_timer(uv_timer_t *t)
 {
     struct rlist *rl = t->data;
-    if (rl->registered && rconn_is_up(rl->cmd))
+    if (rl->registered && rconn_is_up(rl->base.cmd))
         rlist_node_cmd(rl, rl->nid, "", "beat", rlist_on_beat);
 }
 
@@ -649,19 +626,10 @@ static void rlist_on_hb_timer(uv_timer_t *t)
 static int rlist_open(struct broker *b, uv_loop_t *loop, const struct config *cfg)
 {
     struct rlist *rl;
-    char probe[128];
-    unsigned char rnd[6];
     int rc;
     rl = calloc(1, sizeof(*rl));
     if (rl == NULL)
         return UV_ENOMEM;
-    rl->b = b;
-    rl->cfg = cfg;
-    if ((rc = rconn_url_parse(cfg->redis_url, &rl->url)) < 0) {
-        log_error("event=redis_bad_url");
-        free(rl);
-        return rc;
-    }
     for (int i = 0; i < RLIST_LUA_N; i++) {
         unsigned char md[SHA_DIGEST_LENGTH];
         SHA1((const unsigned char *)rlist_lua[i], strlen(rlist_lua[i]), md);
@@ -676,37 +644,8 @@ static int rlist_open(struct broker *b, uv_loop_t *loop, const struct config *cf
         rl->batch = 1;
     rl->next_id = 0;
     rl->first_valid_id = 1;
-    if (uv_random(NULL, NULL, rnd, sizeof(rnd), 0, NULL) < 0)
-        memset(rnd, 0, sizeof(rnd));
-    {
-        char hex[13];
-        rlist_hex(rnd, sizeof(rnd), hex);
-        snprintf(probe, sizeof(probe), "%s.probe.%s", cfg->prefix, hex);
-    }
-
-    struct rconn_opts o = {
-        .name = "cmd",
-        .kind = RCONN_CMD,
-        .url = &rl->url,
-        .timeout_ms = cfg->redis_timeout_ms,
-        .ping_ms = cfg->redis_ping_interval_ms,
-        .backoff_max_ms = cfg->redis_backoff_max_ms,
-        .on_state = rlist_on_cmd_state,
-        .arg = rl,
-    };
-    if ((rc = rconn_open(&rl->cmd, loop, &o)) < 0) {
-        free(rl);
-        return rc;
-    }
-    o.name = "sub";
-    o.kind = RCONN_SUB;
-    o.probe_channel = probe;
-    o.on_state = rlist_on_sub_state;
-    o.on_message = rlist_on_message;
-    o.on_sub_ready = rlist_on_sub_ready;
-    if ((rc = rconn_open(&rl->sub, loop, &o)) < 0) {
-        /* cmd is not up yet, so nothing refers to rl once its close starts */
-        rconn_close(rl->cmd, NULL, NULL);
+    if ((rc = rcommon_open(&rl->base, b, loop, cfg, rlist_on_cmd_state, rlist_on_message,
+                           rlist_on_sess_ready)) < 0) {
         free(rl);
         return rc;
     }
@@ -719,97 +658,52 @@ static int rlist_open(struct broker *b, uv_loop_t *loop, const struct config *cf
     uv_timer_init(loop, &rl->hb);
     rl->hb.data = rl;
     b->priv = rl;
-    log_info("event=broker_open type=redis-list host=%s port=%d db=%d prefix=%s", rl->url.host,
-             rl->url.port, rl->url.db, cfg->prefix);
+    log_info("event=broker_open type=redis-list host=%s port=%d db=%d prefix=%s", rl->base.url.host,
+             rl->base.url.port, rl->base.url.db, cfg->prefix);
     return 0;
 }
 
 static int rlist_ready(struct broker *b)
 {
     struct rlist *rl = b->priv;
-    return rl != NULL && !rl->closing && rl->registered && rconn_is_up(rl->cmd) &&
-           rconn_is_up(rl->sub);
+    return rl != NULL && rl->registered && rcommon_ready(&rl->base);
 }
 
 static int rlist_attach(struct broker *b, struct session *s)
 {
     struct rlist *rl = b->priv;
     struct rlist_sess *rs;
-    size_t n = 1, qlen, total;
-    char **names = NULL;
-    size_t *lens = NULL;
-    char qkey[RLIST_NAME_MAX];
-    int rc = UV_ENOMEM;
+    size_t n, qlen, klen;
+    char qkey[RCOMMON_NAME_MAX], kch[RCOMMON_NAME_MAX];
+    int rc;
     if (!rlist_ready(b))
         return UV_ENOTCONN;
-    qlen = (size_t)snprintf(qkey, sizeof(qkey), "%s.recv.%s", rl->cfg->prefix, s->key);
-    /* distinct topics only: one rsub per channel per session */
-    for (uint16_t i = 0; i < s->ntopics; i++) {
-        int dup = 0;
-        for (uint16_t j = 0; j < i && !dup; j++)
-            dup = strcmp(s->topics[i], s->topics[j]) == 0;
-        n += !dup;
-    }
-    total = sizeof(*rs) + n * sizeof(struct rsub) + qlen + 1;
-    rs = calloc(1, total);
-    names = calloc(n, sizeof(*names));
-    lens = calloc(n, sizeof(*lens));
-    if (rs == NULL || names == NULL || lens == NULL)
-        goto out;
+    qlen = rcommon_name(&rl->base, "recv", s->key, qkey, sizeof(qkey));
+    n = rcommon_sess_nchans(s);
+    rs = calloc(1, sizeof(*rs) + n * sizeof(struct rsub) + qlen + 1);
+    if (rs == NULL)
+        return UV_ENOMEM;
     rs->rl = rl;
-    rs->s = s;
     rs->sid = s->id;
-    rs->nsubs = (uint16_t)n;
     rs->qkey = (char *)&rs->subs[n];
     memcpy(rs->qkey, qkey, qlen + 1);
     rs->qkey_len = (uint32_t)qlen;
-    n = 0;
-    for (uint16_t i = 0; i <= s->ntopics; i++) {
-        char buf[RLIST_NAME_MAX];
-        int l;
-        if (i == 0) {
-            l = snprintf(buf, sizeof(buf), "__keyspace@%d__:%s", rl->url.db, qkey);
-        } else {
-            int dup = 0;
-            for (uint16_t j = 0; j + 1 < i && !dup; j++)
-                dup = strcmp(s->topics[i - 1], s->topics[j]) == 0;
-            if (dup)
-                continue;
-            l = snprintf(buf, sizeof(buf), "%s.topic.%s", rl->cfg->prefix, s->topics[i - 1]);
-        }
-        if ((names[n] = strdup(buf)) == NULL)
-            goto out;
-        lens[n] = (size_t)l;
-        rs->subs[n].owner = rs;
-        rs->subs[n].tag = i == 0 ? RLIST_TAG_KEYSPACE : RLIST_TAG_TOPIC;
-        n++;
+    /* The session's channel is the keyspace channel of its queue: any push wakes us. */
+    klen = (size_t)snprintf(kch, sizeof(kch), "__keyspace@%d__:%s", rl->base.url.db, qkey);
+    if ((rc = rcommon_sess_attach(&rl->base, &rs->base, rs->subs, s, kch, klen)) < 0) {
+        free(rs);
+        return rc;
     }
-    if ((rc = rconn_subscribe(rl->sub, rs->subs, (const char *const *)names, lens, n)) < 0)
-        goto out;
     /* Register the in-flight list before any fetch can fill it (same link, in order). */
     {
-        char hkey[RLIST_NAME_MAX], sid[24];
-        int hl = snprintf(hkey, sizeof(hkey), "%s.node.%s", rl->cfg->prefix, rl->nid);
+        char hkey[RCOMMON_NAME_MAX], sid[24];
+        size_t hl = rcommon_name(&rl->base, "node", rl->nid, hkey, sizeof(hkey));
         int sl = snprintf(sid, sizeof(sid), "%llu", (unsigned long long)rs->sid);
         const char *argv[] = {"HSET", hkey, sid, rs->qkey};
-        size_t alens[] = {4, (size_t)hl, (size_t)sl, rs->qkey_len};
-        rconn_command(rl->cmd, NULL, NULL, 4, argv, alens);
+        size_t alens[] = {4, hl, (size_t)sl, rs->qkey_len};
+        rconn_command(rl->base.cmd, NULL, NULL, 4, argv, alens);
     }
-    rs->next = rl->sessions;
-    if (rl->sessions != NULL)
-        rl->sessions->prev = rs;
-    rl->sessions = rs;
-    s->bpriv = rs;
-    rs = NULL;
-    rc = 0;
-out:
-    if (names != NULL)
-        for (size_t i = 0; i < n; i++)
-            free(names[i]);
-    free(names);
-    free(lens);
-    free(rs);
-    return rc;
+    return 0;
 }
 
 static void rlist_on_release(redisAsyncContext *ac, void *r, void *priv)
@@ -818,7 +712,7 @@ static void rlist_on_release(redisAsyncContext *ac, void *r, void *priv)
     redisReply *reply = r;
     (void)ac;
     if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
-        rs->rl->b->errors++;
+        rs->rl->base.b->errors++;
         log_warn("event=redis_release_failed err=\"%.*s\"", (int)reply->len, reply->str);
     } else if (reply != NULL && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
         log_debug("event=redis_released messages=%lld", reply->integer);
@@ -828,33 +722,22 @@ static void rlist_on_release(redisAsyncContext *ac, void *r, void *priv)
 
 static void rlist_sess_detach(struct rlist *rl, struct rlist_sess *rs, int release)
 {
-    rs->detached = 1;
-    if (rs->s != NULL)
-        rs->s->bpriv = NULL;
-    rs->s = NULL;
-    if (rs->prev != NULL)
-        rs->prev->next = rs->next;
-    else
-        rl->sessions = rs->next;
-    if (rs->next != NULL)
-        rs->next->prev = rs->prev;
-    rs->next = rs->prev = NULL;
-    rconn_unsubscribe(rl->sub, rs->subs, rs->nsubs);
+    rcommon_sess_detach(&rl->base, &rs->base);
     /* Unacked messages back to the queue head; runs after an outstanding fetch (same
      * link), so what that fetch moved goes back too. If the link is down, the next
      * registration reclaims this incarnation's lists instead. */
-    if (release && rl->registered && rconn_is_up(rl->cmd)) {
-        char fkey[RLIST_NAME_MAX], hkey[RLIST_NAME_MAX], acks[16], sid[24], ttl[24];
+    if (release && rl->registered && rconn_is_up(rl->base.cmd)) {
+        char fkey[RCOMMON_NAME_MAX], hkey[RCOMMON_NAME_MAX], acks[16], sid[24], ttl[24];
         size_t fl = rlist_inflight_key(rl, rs->sid, fkey, sizeof(fkey));
-        int hl = snprintf(hkey, sizeof(hkey), "%s.node.%s", rl->cfg->prefix, rl->nid);
+        size_t hl = rcommon_name(&rl->base, "node", rl->nid, hkey, sizeof(hkey));
         int al = snprintf(acks, sizeof(acks), "%u", rs->acks);
         int sl = snprintf(sid, sizeof(sid), "%llu", (unsigned long long)rs->sid);
-        int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)rl->cfg->ttl_ms);
+        int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)rl->base.cfg->ttl_ms);
         const char *argv[] = {
             "EVALSHA", rl->sha[RLIST_LUA_RELEASE], "3", fkey, rs->qkey, hkey, acks, sid, ttl};
         size_t lens[] = {7,          40,         1,          fl,        rs->qkey_len,
                          (size_t)hl, (size_t)al, (size_t)sl, (size_t)tl};
-        if (rconn_command(rl->cmd, rlist_on_release, rs, 9, argv, lens) == 0)
+        if (rconn_command(rl->base.cmd, rlist_on_release, rs, 9, argv, lens) == 0)
             rs->refs++;
     }
     rs->acks = 0;
@@ -866,52 +749,36 @@ static void rlist_detach(struct broker *b, struct session *s)
 {
     struct rlist *rl = b->priv;
     struct rlist_sess *rs = s->bpriv;
-    if (rl == NULL || rs == NULL || rs->detached)
+    if (rl == NULL || rs == NULL || rs->base.detached)
         return;
     rlist_sess_detach(rl, rs, 1);
+}
+
+/* RPUSH m onto the list p.kind.name (push script: max_queue, PEXPIRE ttl). */
+static int rlist_push_to(struct rlist *rl, const char *kind, const char *name, struct msg *m,
+                         broker_push_cb cb, void *arg)
+{
+    char q[RCOMMON_NAME_MAX], max[16], ttl[24];
+    size_t ql = rcommon_name(&rl->base, kind, name, q, sizeof(q));
+    int ml = snprintf(max, sizeof(max), "%u", rl->base.cfg->max_queue);
+    int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)rl->base.cfg->ttl_ms);
+    const char *argv[] = {"EVALSHA", rl->sha[RLIST_LUA_PUSH], "1", q, m->data, max, ttl};
+    size_t lens[] = {7, 40, 1, ql, m->len, (size_t)ml, (size_t)tl};
+    if (rl->base.closing)
+        return UV_ECANCELED;
+    return rconn_command_status(rl->base.cmd, cb, arg, 7, argv, lens);
 }
 
 static int rlist_push(struct broker *b, const char *key, struct msg *m, broker_push_cb cb,
                       void *arg)
 {
-    struct rlist *rl = b->priv;
-    char q[RLIST_NAME_MAX], max[16], ttl[24];
-    int ql = snprintf(q, sizeof(q), "%s.recv.%s", rl->cfg->prefix, key);
-    int ml = snprintf(max, sizeof(max), "%u", rl->cfg->max_queue);
-    int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)rl->cfg->ttl_ms);
-    const char *argv[] = {"EVALSHA", rl->sha[RLIST_LUA_PUSH], "1", q, m->data, max, ttl};
-    size_t lens[] = {7, 40, 1, (size_t)ql, m->len, (size_t)ml, (size_t)tl};
-    if (rl->closing)
-        return UV_ECANCELED;
-    return rconn_command_status(rl->cmd, cb, arg, 7, argv, lens);
+    return rlist_push_to(b->priv, "recv", key, m, cb, arg);
 }
 
 static int rlist_upstream(struct broker *b, struct session *s, struct msg *m, broker_push_cb cb,
                           void *arg)
 {
-    struct rlist *rl = b->priv;
-    char q[RLIST_NAME_MAX], max[16], ttl[24];
-    int ql = snprintf(q, sizeof(q), "%s.send.%s", rl->cfg->prefix, s->key);
-    int ml = snprintf(max, sizeof(max), "%u", rl->cfg->max_queue);
-    int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)rl->cfg->ttl_ms);
-    const char *argv[] = {"EVALSHA", rl->sha[RLIST_LUA_PUSH], "1", q, m->data, max, ttl};
-    size_t lens[] = {7, 40, 1, (size_t)ql, m->len, (size_t)ml, (size_t)tl};
-    if (rl->closing)
-        return UV_ECANCELED;
-    return rconn_command_status(rl->cmd, cb, arg, 7, argv, lens);
-}
-
-static int rlist_publish(struct broker *b, const char *topic, struct msg *m, broker_push_cb cb,
-                         void *arg)
-{
-    struct rlist *rl = b->priv;
-    char ch[RLIST_NAME_MAX];
-    int cl = snprintf(ch, sizeof(ch), "%s.topic.%s", rl->cfg->prefix, topic);
-    const char *argv[] = {"PUBLISH", ch, m->data};
-    size_t lens[] = {7, (size_t)cl, m->len};
-    if (rl->closing)
-        return UV_ECANCELED;
-    return rconn_command_status(rl->cmd, cb, arg, 3, argv, lens);
+    return rlist_push_to(b->priv, "send", s->key, m, cb, arg);
 }
 
 /* LPOP the acked head of every in-flight list with pending acks: one pipelined write. */
@@ -924,13 +791,13 @@ static void rlist_on_ack_timer(uv_timer_t *t)
         struct rlist_sess *next = rs->anext;
         rs->anext = NULL;
         rs->in_acks = 0;
-        if (!rs->detached && rs->acks > 0 && rl->registered && !rl->closing) {
-            char fkey[RLIST_NAME_MAX], acks[16];
+        if (!rs->base.detached && rs->acks > 0 && rl->registered && !rl->base.closing) {
+            char fkey[RCOMMON_NAME_MAX], acks[16];
             size_t fl = rlist_inflight_key(rl, rs->sid, fkey, sizeof(fkey));
             int al = snprintf(acks, sizeof(acks), "%u", rs->acks);
             const char *argv[] = {"LPOP", fkey, acks};
             size_t lens[] = {4, fl, (size_t)al};
-            if (rconn_command(rl->cmd, NULL, NULL, 3, argv, lens) == 0)
+            if (rconn_command(rl->base.cmd, NULL, NULL, 3, argv, lens) == 0)
                 rs->acks = 0;
         }
         rlist_sess_unref(rs);
@@ -942,7 +809,7 @@ static void rlist_ack(struct broker *b, struct session *s, uint64_t msg_id)
 {
     struct rlist *rl = b->priv;
     struct rlist_sess *rs = s->bpriv;
-    if (rl == NULL || rs == NULL || rs->detached || msg_id < rl->first_valid_id)
+    if (rl == NULL || rs == NULL || rs->base.detached || msg_id < rl->first_valid_id)
         return; /* an ack from before a reconnect: that message was reclaimed */
     if (rs->unacked > 0)
         rs->unacked--;
@@ -962,38 +829,16 @@ static void rlist_ack(struct broker *b, struct session *s, uint64_t msg_id)
     }
 }
 
-static void rlist_close_step(struct rlist *rl)
-{
-    if (--rl->close_pending > 0)
-        return;
-    struct broker *b = rl->b;
-    broker_close_cb cb = rl->close_cb;
-    b->priv = NULL;
-    free(rl);
-    if (cb != NULL)
-        cb(b);
-}
-
-static void rlist_on_handle_closed(uv_handle_t *h)
-{
-    rlist_close_step(h->data);
-}
-
-static void rlist_on_rconn_closed(void *arg)
-{
-    rlist_close_step(arg);
-}
-
 static void rlist_close(struct broker *b, broker_close_cb cb)
 {
     struct rlist *rl = b->priv;
-    if (rl == NULL || rl->closing)
+    if (rl == NULL || rl->base.closing)
         return;
-    rl->closing = 1;
-    rl->close_cb = cb;
+    rl->base.closing = 1;
+    rl->base.close_cb = cb;
     /* Sessions the core did not detach: return their messages with the rest below. */
-    while (rl->sessions != NULL)
-        rlist_sess_detach(rl, rl->sessions, 1);
+    while (rl->base.sessions != NULL)
+        rlist_sess_detach(rl, (struct rlist_sess *)rl->base.sessions, 1);
     while (rl->svc_head != NULL) {
         struct rlist_sess *rs = rl->svc_head;
         rl->svc_head = rs->snext;
@@ -1003,7 +848,7 @@ static void rlist_close(struct broker *b, broker_close_cb cb)
     rl->svc_tail = NULL;
     /* Deregister: whatever is still in flight goes back to its queue now, not after the
      * lease. The command link then closes gracefully (owed replies first). */
-    if (rl->registered && rconn_is_up(rl->cmd))
+    if (rl->registered && rconn_is_up(rl->base.cmd))
         rlist_node_cmd(rl, "", rl->nid, "reg", NULL);
     rl->registered = 0;
     while (rl->ack_head != NULL) {
@@ -1012,13 +857,11 @@ static void rlist_close(struct broker *b, broker_close_cb cb)
         rs->in_acks = 0;
         rlist_sess_unref(rs);
     }
-    rl->close_pending = 6;
-    uv_close((uv_handle_t *)&rl->ack_timer, rlist_on_handle_closed);
-    uv_close((uv_handle_t *)&rl->check, rlist_on_handle_closed);
-    uv_close((uv_handle_t *)&rl->idle, rlist_on_handle_closed);
-    uv_close((uv_handle_t *)&rl->hb, rlist_on_handle_closed);
-    rconn_close(rl->sub, rlist_on_rconn_closed, rl);
-    rconn_close(rl->cmd, rlist_on_rconn_closed, rl);
+    rcommon_close_handle(&rl->base, (uv_handle_t *)&rl->ack_timer);
+    rcommon_close_handle(&rl->base, (uv_handle_t *)&rl->check);
+    rcommon_close_handle(&rl->base, (uv_handle_t *)&rl->idle);
+    rcommon_close_handle(&rl->base, (uv_handle_t *)&rl->hb);
+    rcommon_close_links(&rl->base); /* frees rl once everything is closed */
 }
 
 const struct broker_ops broker_redis_list_ops = {
@@ -1027,7 +870,7 @@ const struct broker_ops broker_redis_list_ops = {
     .attach = rlist_attach,
     .detach = rlist_detach,
     .push = rlist_push,
-    .publish = rlist_publish,
+    .publish = rcommon_publish,
     .upstream = rlist_upstream,
     .ack = rlist_ack,
     .ready = rlist_ready,
