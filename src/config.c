@@ -360,7 +360,7 @@ static const struct cfg_key cfg_keys[] = {
      0, 3600, NULL, NULL, 0},
     /* [redis] */
     {"redis", "url", CFG_STR, CFG_FIELD(redis_url), "redis://127.0.0.1:6379/0",
-     "Redis server: redis://[:password@]host:port/db.",
+     "Redis server: redis://[:password@]host:port/db. redis-list enables keyspace events Kl at connect (or set them in redis.conf).",
      0, 0, NULL, cfg_check_redis_url, CFG_SECRET},
     {"redis", "timeout", CFG_MS, CFG_FIELD(redis_timeout_ms), "2s",
      "Connect timeout and deadline of each command.",
@@ -372,8 +372,8 @@ static const struct cfg_key cfg_keys[] = {
      "Longest wait between reconnect attempts.",
      1, 1 * HOUR_MS, NULL, NULL, 0},
     {"redis", "batch", CFG_U32, CFG_FIELD(redis_batch), "64",
-     "Messages moved per LMOVE batch.",
-     1, 10000, NULL, NULL, 0},
+     "redis-list: most messages moved from a queue by one fetch.",
+     1, 1000, NULL, NULL, 0},
     /* [nats] */
     {"nats", "url", CFG_STR, CFG_FIELD(nats_url), "nats://127.0.0.1:4222",
      "NATS servers: nats://host:port[,nats://host2:port2].",
@@ -398,10 +398,10 @@ static const struct cfg_key cfg_keys[] = {
      1, 1 * HOUR_MS, NULL, NULL, 0},
     /* [kafka] */
     {"kafka", "brokers", CFG_STR, CFG_FIELD(kafka_brokers), "127.0.0.1:9092",
-     "Bootstrap brokers: host:port[,host:port].",
+     "Kafka bootstrap brokers: host:port[,host:port] (reserved: no kafka backend is built yet).",
      0, 0, NULL, cfg_check_kafka_brokers, 0},
     {"kafka", "group", CFG_STR, CFG_FIELD(kafka_group), "wsgate",
-     "Consumer group id prefix ([A-Za-z0-9._-]).",
+     "Kafka consumer group id prefix ([A-Za-z0-9._-]) (reserved).",
      0, 0, NULL, cfg_check_group, 0},
 };
 /* clang-format on */
