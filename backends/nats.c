@@ -1553,7 +1553,7 @@ static void nats_opts_set(struct nats_broker *p, const struct config *cfg, natsS
     if (s == NATS_OK)
         s = natsOptions_UseGlobalMessageDelivery(o, true); /* no thread per subscription */
     if (s == NATS_OK) /* write from the publishing thread: no 1 ms flusher batching delay */
-        s = natsOptions_SetSendAsap(o, true);
+        s = natsOptions_SetSendAsap(o, false);
     if (s == NATS_OK) /* a stalled server never blocks the loop in write() for longer */
         s = natsOptions_SetWriteDeadline(o, (int64_t)cfg->nats_timeout_ms);
     if (s == NATS_OK)
