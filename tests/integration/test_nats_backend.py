@@ -544,7 +544,11 @@ def _():
                         t.join(10)
                     n.proc.send_signal(signal.SIGCONT)
                 note("worst /healthz latency while stopped: %.2fs" % worst)
-                check(worst < 1.8, "/healthz took %.2fs (loop stalled past the timeout)" % worst)
+                # Known gap (README, NATS faults): nats.c may hold the loop in one write for
+                # up to [nats] timeout (1 s here). The bound adds room for the loop serving
+                # the flood meanwhile and for the ASan build (2-3x slower): a stall that is
+                # not cut at the timeout (5 s: the whole SIGSTOP) still fails.
+                check(worst < 2.5, "/healthz took %.2fs (loop stalled past the timeout)" % worst)
                 wait_for(lambda: http_request(srv.port, "GET", "/readyz").status == 200, 10,
                          what="/readyz 200 after SIGCONT")
                 accepted(push(srv.port, "stall.s1", b"resumed"))
