@@ -59,7 +59,6 @@ struct server {
     int exit_code;             /* what main returns */
     char *rbuf;                /* owned: shared read buffer (reads are handled synchronously) */
     size_t rbuf_size;          /* its size */
-    int rbuf_busy;             /* 1 while a read callback owns rbuf */
     struct msg *resp_202;      /* owned: shared pre-rendered 202 {"ok":true} (keep-alive) */
     struct msg *ping_frame;    /* owned: shared empty ping frame */
     struct metrics m;          /* counters for /metrics */
