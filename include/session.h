@@ -33,8 +33,6 @@ struct session {
  * this call returns, and detach follows later), or UV_ECANCELED when s is closing.
  * On failure the message was not taken: a queue backend keeps it. */
 int session_deliver(struct session *s, uint64_t msg_id, struct msg *m);
-/* Messages queued on s's socket and not yet written. */
-size_t session_pending(const struct session *s);
 /* Completion of broker attach: status 0 answers the client 101; < 0 answers 503 and
  * closes, and the core does not call detach for s (the backend already forgot it). */
 void session_attached(struct session *s, int status);

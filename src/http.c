@@ -40,10 +40,8 @@ struct http_state {
     uint8_t route;              /* enum route of the current request */
     uint8_t hdr;                /* enum hdr_id of the header being read */
     uint8_t in_message;         /* between message_begin and message_complete */
-    uint8_t head_done;          /* headers of the current request complete */
     uint8_t upgrade_ws;         /* Upgrade: websocket seen */
     uint8_t ws_version_ok;      /* Sec-WebSocket-Version: 13 */
-    uint8_t ws_version_seen;    /* the header was present */
     uint8_t expect_continue;    /* Expect: 100-continue */
     uint8_t expect_other;       /* some other Expect value (417) */
     uint8_t hname_len;          /* bytes in hname, 0xff = too long to matter */
@@ -626,10 +624,9 @@ static int on_message_begin(llhttp_t *p)
     struct http_state *h = p->data;
     struct conn *c = h->c;
     h->in_message = 1;
-    h->head_done = 0;
     h->route = ROUTE_NONE;
     h->hdr = HDR_OTHER;
-    h->upgrade_ws = h->ws_version_ok = h->ws_version_seen = 0;
+    h->upgrade_ws = h->ws_version_ok = 0;
     h->expect_continue = h->expect_other = 0;
     h->hname_len = h->hval_len = h->ws_key_len = 0;
     h->err_status = 0;
@@ -729,7 +726,6 @@ static int on_header_value_complete(llhttp_t *p)
             h->upgrade_ws = 1;
         break;
     case HDR_WS_VERSION:
-        h->ws_version_seen = 1;
         h->ws_version_ok = strcmp(h->hval, "13") == 0;
         break;
     case HDR_EXPECT:
@@ -749,7 +745,6 @@ static int on_headers_complete(llhttp_t *p)
 {
     struct http_state *h = p->data;
     struct conn *c = h->c;
-    h->head_done = 1;
     h->deadline = c->srv->now_ms + c->srv->cfg->handshake_timeout_ms; /* for the body */
     http_check_head(h);
     if (h->route == ROUTE_PUSH || h->route == ROUTE_PUBLISH) {

@@ -331,11 +331,6 @@ int session_deliver(struct session *s, uint64_t msg_id, struct msg *m)
     return conn_queue(c, m, msg_id);
 }
 
-size_t session_pending(const struct session *s)
-{
-    return s->conn->out.count + s->conn->early.count;
-}
-
 void session_close(struct session *s, uint16_t code)
 {
     struct conn *c = s->conn;
