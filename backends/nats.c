@@ -1780,7 +1780,7 @@ static int nats_open(struct broker *b, uv_loop_t *loop, const struct config *cfg
     map_init(&p->topics);
     map_init(&p->subs);
     p->window = cfg->max_inflight > 0 ? cfg->max_inflight : 1;
-    p->acks_ahead = -1;
+    p->acks_ahead = cfg->nats_pull ? 0 : -1; /* always: as if the server needed it */
     snprintf(p->stream_subject, sizeof(p->stream_subject), "%s.recv.>", cfg->prefix);
     snprintf(p->deliver_subject, sizeof(p->deliver_subject), "%s.deliver.>", cfg->prefix);
     snprintf(p->get_subject, sizeof(p->get_subject), "$JS.API.DIRECT.GET.%s", cfg->nats_stream);

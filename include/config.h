@@ -53,8 +53,8 @@ struct config {
     char nats_stream[64];           /* JetStream stream name */
     char nats_token[CFG_STR_MAX];   /* auth token, or "" */
     char nats_creds[CFG_STR_MAX];   /* credentials file path, or "" */
-    uint64_t nats_ack_wait_ms;      /* redelivery after this without an ack */
-    uint64_t nats_inactive_ms;      /* consumer inactivity threshold */
+    uint64_t nats_ack_wait_ms;      /* ack wait of the wsgate consumer (pull mode) */
+    int nats_pull;                  /* 0 auto (probe the server), 1 always pull */
     uint64_t nats_timeout_ms;       /* request/ack deadline */
     /* [kafka] */
     char kafka_brokers[CFG_STR_MAX];/* host:port[,host:port] */

@@ -275,6 +275,7 @@ static const char *const cfg_frame_types[] = {"auto", "text", "binary", NULL};
 static const char *const cfg_broker_types[] = {"memory", "redis-list", "redis-pubsub",
                                                "nats",   "kafka",      NULL};
 static const char *const cfg_bools[] = {"off", "on", NULL}; /* canonical spellings */
+static const char *const cfg_nats_pulls[] = {"auto", "always", NULL};
 
 _Static_assert(LOG_LEVEL_ERROR == 0 && LOG_LEVEL_DEBUG == 3, "cfg_log_levels order");
 _Static_assert(MSG_FRAME_AUTO == 0 && MSG_FRAME_BINARY == 2, "cfg_frame_types order");
@@ -387,12 +388,12 @@ static const struct cfg_key cfg_keys[] = {
     {"nats", "creds", CFG_STR, CFG_FIELD(nats_creds), "",
      "Credentials (.creds) file path; empty = none.",
      0, 0, NULL, NULL, 0},
-    {"nats", "ack_wait", CFG_MS, CFG_FIELD(nats_ack_wait_ms), "30s",
-     "JetStream redelivers a message not acked within this.",
-     1, 24 * HOUR_MS, NULL, NULL, 0},
-    {"nats", "inactive_threshold", CFG_MS, CFG_FIELD(nats_inactive_ms), "5m",
-     "A consumer unused this long is removed by the server.",
+    {"nats", "ack_wait", CFG_MS, CFG_FIELD(nats_ack_wait_ms), "1h",
+     "Ack wait of the consumer wsgate; when pulled, a message still stored this long is handed out again.",
      1, 8760 * HOUR_MS, NULL, NULL, 0},
+    {"nats", "consumer_pull", CFG_ENUM, CFG_FIELD(nats_pull), "auto",
+     "Pull consumer wsgate: auto = only if the server ignores acks ahead of it (probed; 2.11+).",
+     0, 0, cfg_nats_pulls, NULL, 0},
     {"nats", "timeout", CFG_MS, CFG_FIELD(nats_timeout_ms), "2s",
      "Deadline of requests and acks.",
      1, 1 * HOUR_MS, NULL, NULL, 0},

@@ -5,8 +5,9 @@ stream setup (and refusal of an incompatible stream), direct publish by a servic
 tests/tools/nats_pub client, no HTTP), upstream on ws.send.S, offline buffering and order,
 429 on a full session queue, broadcast on core subjects across two nodes, 1000 messages
 over 100 sessions, exactly-once between two sockets of one session, client drop and
-gateway kill -9 mid-stream, nats-server restart, consumer inactivity threshold, and
-session keys that must never reach a subject.
+gateway kill -9 mid-stream, nats-server restart, one consumer whatever the number of
+sessions (both with and without pulling it), and session keys that must never reach a
+subject.
 Does NOT test HTTP/WebSocket framing (test_http.py, test_ws.py) or performance (bench/).
 Most tests share one nats-server (unique session keys keep them apart); the fault tests
 start their own."""
@@ -158,13 +159,20 @@ def recv_n(ws, n, timeout=5.0):
 
 # --- setup ----------------------------------------------------------------------------
 
-@test("open creates the work-queue stream; /readyz 200; an incompatible stream stops start")
+@test("open creates the work-queue stream and its one consumer; /readyz 200; an "
+      "incompatible stream stops start")
 def _():
     with Nats() as n:
         with gw(n) as srv:
             check_eq(http_request(srv.port, "GET", "/readyz").status, 200, "/readyz")
-            check("event=nats_stream_created" in srv.log_text(), "no stream creation logged")
-            check_eq(stream_state(n), (0, 0), "(consumers, msgs) of a fresh stream")
+            log = srv.log_text()
+            check("event=nats_stream_created" in log, "no stream creation logged")
+            # nats-server 2.9 removes a message on an ack ahead of the consumer: no pulling
+            check("event=nats_acks_ahead remove=yes pull=no" in log, "probe result:\n" + log)
+            check_eq(stream_state(n), (1, 0), "(consumers, msgs) of a fresh stream")
+            r = tool("streams", "", nats=n)
+            check_eq(r.stdout.decode().split(), ["WSRECV"], "streams on the server (the "
+                     "probe's own must be gone)")
         with gw(n) as srv:  # second start: the stream exists and is compatible
             check("event=nats_stream_ok" in srv.log_text(), "existing stream not verified")
         r = tool("stream-add", "LIMITS", "bad.recv.>", "limits", "file", nats=n)
@@ -183,6 +191,20 @@ def _():
         log = s.log_text()
         check("event=nats_stream_incompatible" in log and "workqueue" in log,
               "no clear incompatibility error:\n%s" % s.log_tail())
+        # a work-queue stream of our subjects that does not republish: refused too
+        r = tool("stream-add", "NOREPUB", "bad2.recv.>", "workqueue", "file", nats=n)
+        check(r.returncode == 0, r.stderr.decode())
+        s = gw(n, broker_prefix="bad2", nats_stream="NOREPUB")
+        s.expect_rc = None
+        try:
+            s.start(timeout=5)
+            raise AssertionError("wsgate started on a stream without republish:\n%s"
+                                 % s.log_tail())
+        except AssertionError as e:
+            if "started on" in str(e):
+                raise
+        check(s.proc.wait(5) != 0, "exit status 0")
+        check("republish" in s.log_text(), "no clear reason:\n%s" % s.log_tail())
 
 
 # --- delivery -------------------------------------------------------------------------
@@ -555,22 +577,65 @@ def _():
                 check_eq(ws.recv_message(5), (OP_TEXT, b"resumed"), "same socket after SIGCONT")
 
 
-@test("a socket held past the consumer inactivity threshold still receives; departed "
-      "sessions' consumers are deleted", timeout=40)
+@test("one consumer whatever the number of sessions; an idle socket keeps receiving; "
+      "sessions that left leave nothing in the server", timeout=40)
 def _():
     with Nats() as n:
-        with gw(n, nats_inactive_threshold="2s") as srv:
-            with srv.ws("/ws/idle.s1") as ws:
-                check_eq(stream_state(n)[0], 1, "consumers while connected")
-                check(ws.nothing_within(5.0), "message while idle")
-                check_eq(stream_state(n)[0], 1, "consumers after 5s idle (threshold 2s)")
-                accepted(push(srv.port, "idle.s1", b"still here"))
-                check_eq(ws.recv_message(), (OP_TEXT, b"still here"), "after the threshold")
-            wait_for(lambda: stream_state(n)[0] == 0, 8, interval=0.25,
-                     what="the departed session's consumer to be deleted")
+        with gw(n) as srv:
+            socks = [srv.ws("/ws/idle.s%d" % i) for i in range(50)]
+            try:
+                check_eq(stream_state(n), (1, 0), "(consumers, msgs) with 50 sessions online")
+                check(socks[0].nothing_within(3.0), "message while idle")
+                with srv.http() as h:
+                    for i in range(50):
+                        accepted(h.request("POST", "/push/idle.s%d" % i, b"m%d" % i))
+                for i, ws in enumerate(socks):
+                    check_eq(ws.recv_message(), (OP_TEXT, b"m%d" % i), "socket %d" % i)
+                wait_for(lambda: stream_state(n) == (1, 0), 5, interval=0.1,
+                         what="written messages to leave the stream")
+            finally:
+                for ws in socks:
+                    ws.close()
             accepted(push(srv.port, "idle.s1", b"offline"))
-            with srv.ws("/ws/idle.s1") as ws:  # a new consumer, the stored message
-                check_eq(ws.recv_message(), (OP_TEXT, b"offline"), "after re-creation")
+            check_eq(stream_state(n), (1, 1), "(consumers, msgs) with one stored message")
+            with srv.ws("/ws/idle.s1") as ws:
+                check_eq(ws.recv_message(), (OP_TEXT, b"offline"), "stored while offline")
+                wait_for(lambda: stream_state(n) == (1, 0), 5, interval=0.1,
+                         what="the stored message to leave once written")
+
+
+@test("consumer_pull = always (what 2.11+ servers need): written messages still leave the "
+      "stream; a drop mid-stream still redelivers the rest", timeout=40)
+def _():
+    with Nats() as n:
+        with gw(n, nats_consumer_pull="always", websocket_max_inflight="8") as srv:
+            check("event=nats_acks_ahead" not in srv.log_text(), "probed although told to pull")
+            with srv.http() as h:
+                for i in range(200):
+                    accepted(h.request("POST", "/push/pull.s%d" % (i % 10), b"%04d" % i))
+            for k in range(10):
+                with srv.ws("/ws/pull.s%d" % k) as ws:
+                    got = recv_n(ws, 20)
+                    check_eq(got, [b"%04d" % i for i in range(k, 200, 10)], "session %d" % k)
+            wait_for(lambda: stream_state(n) == (1, 0), 5, interval=0.1,
+                     what="written messages to leave the stream")
+            with srv.http() as h:
+                for i in range(100):
+                    accepted(h.request("POST", "/push/pull.drop", b"%04d" % i + b"." * 8192))
+            ws = srv.ws("/ws/pull.drop", rcvbuf=4096)
+            got = recv_n(ws, 5)
+            ws.close_socket()
+            with srv.ws("/ws/pull.drop") as ws2:
+                while len(set(g[:4] for g in got)) < 100:
+                    got.append(ws2.recv_message(5)[1])
+            uniq = []
+            for g in got:
+                if g[:4] not in uniq:
+                    uniq.append(g[:4])
+            check_eq(uniq, [b"%04d" % i for i in range(100)], "all, in order")
+            wait_for(lambda: stream_state(n) == (1, 0), 5, interval=0.1,
+                     what="the stream to be empty")
+            check("event=nats_acker_pull_refused" not in srv.log_text(), srv.log_tail())
 
 
 try:

@@ -13,6 +13,7 @@
  *   nats_pub [-s URL] stream-rm NAME          delete a stream (tests: incompatible streams)
  *   nats_pub [-s URL] stream-add NAME SUBJECT [limits|workqueue] [file|memory]
  *   nats_pub [-s URL] consumers NAME          print the stream's consumer count and message count
+ *   nats_pub [-s URL] streams PREFIX          print the names of streams starting with PREFIX
  *
  * URL defaults to $NATS_URL or nats://127.0.0.1:4222. Does NOT use the gateway's config.
  * Threads: nats.c's own; main only blocks in synchronous calls. */
@@ -25,7 +26,7 @@ static int usage(void)
 {
     fprintf(stderr, "usage: nats_pub [-s URL] [-x] pub|jspub SUBJECT [DATA]\n"
                     "       nats_pub [-s URL] [-x] sub SUBJECT [N [SECONDS]]\n"
-                    "       nats_pub [-s URL] stream-rm NAME | consumers NAME\n"
+                    "       nats_pub [-s URL] stream-rm NAME | consumers NAME | streams PREFIX\n"
                     "       nats_pub [-s URL] stream-add NAME SUBJECT [limits|workqueue] "
                     "[file|memory]\n");
     return 64;
@@ -157,6 +158,21 @@ int main(int argc, char **argv)
             got++;
         }
         natsSubscription_Destroy(sub);
+    } else if (strcmp(cmd, "streams") == 0) {
+        jsCtx *js = NULL;
+        jsStreamNamesList *l = NULL;
+        s = natsConnection_JetStream(&js, nc, NULL);
+        if (s == NATS_OK)
+            s = js_StreamNames(&l, js, NULL, NULL);
+        if (s == NATS_NOT_FOUND) /* no stream at all */
+            s = NATS_OK;
+        for (int k = 0; s == NATS_OK && l != NULL && k < l->Count; k++)
+            if (strncmp(l->List[k], arg, strlen(arg)) == 0)
+                printf("%s\n", l->List[k]);
+        jsStreamNamesList_Destroy(l);
+        jsCtx_Destroy(js);
+        if (s != NATS_OK)
+            rc = fail("streams", s);
     } else if (strcmp(cmd, "stream-rm") == 0 || strcmp(cmd, "consumers") == 0 ||
                strcmp(cmd, "stream-add") == 0) {
         jsCtx *js = NULL;

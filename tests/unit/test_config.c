@@ -152,8 +152,8 @@ static const struct row rows[] = {
     {"nats", "stream", "WSRECV", "STREAM_2", F(nats_stream), 1, 0},
     {"nats", "token", "", "s3cret", F(nats_token), 1, 0},
     {"nats", "creds", "", "/etc/wsgate/nats.creds", F(nats_creds), 1, 0},
-    {"nats", "ack_wait", "30s", "1m", F(nats_ack_wait_ms), 0, 60000},
-    {"nats", "inactive_threshold", "5m", "1h", F(nats_inactive_ms), 0, 3600000},
+    {"nats", "ack_wait", "1h", "1m", F(nats_ack_wait_ms), 0, 60000},
+    {"nats", "consumer_pull", "auto", "always", F(nats_pull), 0, 1},
     {"nats", "timeout", "2s", "5s", F(nats_timeout_ms), 0, 5000},
     {"kafka", "brokers", "127.0.0.1:9092", "k1:9092,k2.example:9093", F(kafka_brokers), 1, 0},
     {"kafka", "group", "wsgate", "gw-group.1", F(kafka_group), 1, 0},
@@ -234,8 +234,8 @@ static void test_defaults_match_key_table(void **state)
     assert_string_equal(c.nats_stream, "WSRECV");
     assert_string_equal(c.nats_token, "");
     assert_string_equal(c.nats_creds, "");
-    assert_int_equal(c.nats_ack_wait_ms, 30000);
-    assert_int_equal(c.nats_inactive_ms, 300000);
+    assert_int_equal(c.nats_ack_wait_ms, 3600000);
+    assert_int_equal(c.nats_pull, 0);
     assert_int_equal(c.nats_timeout_ms, 2000);
     assert_string_equal(c.kafka_brokers, "127.0.0.1:9092");
     assert_string_equal(c.kafka_group, "wsgate");
