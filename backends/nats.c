@@ -1,12 +1,13 @@
 /* nats.c — the NATS JetStream backend (`[broker] type = nats`, DESIGN.md §3-4).
  *
- * What it does: one NATS connection per gateway node and no JetStream consumer at all.
+ * What it does: one NATS connection per gateway node, no JetStream consumer per session.
  * At open it creates or verifies the stream ([nats] stream, default WSRECV) capturing
- * `<prefix>.recv.>`: limits retention, file storage, max age = [broker] ttl, at most
+ * `<prefix>.recv.>`: work-queue retention, file storage, max age = [broker] ttl, at most
  * [broker] max_queue messages per subject (DiscardNew per subject: a full session queue
  * answers 429), direct get allowed, and RePublish `<prefix>.recv.>` -> `<prefix>.deliver.>`:
  * once a message is stored, the server publishes a copy on the core subject
- * `<prefix>.deliver.S` with its stream sequence in the Nats-Sequence header. POST /push/S
+ * `<prefix>.deliver.S` with its stream sequence in the Nats-Sequence header. It also
+ * creates the stream's one consumer, NATS_ACKER, which exists for its acks. POST /push/S
  * is a JetStream publish to `<prefix>.recv.S` answered only after the server's publish
  * ack; services may publish there directly.
  *
@@ -14,22 +15,29 @@
  * `<prefix>.deliver.S` (queue group = the stream name), so each stored message reaches one
  * node holding S, which gives it to one of its sockets of S (struct nats_key, shared by
  * them). The message stays in the stream until the core reports its frame written; then
- * the node deletes it (STREAM.MSG.DELETE by sequence): acked after the write. Anything a
- * live copy cannot carry (the session is catching up, its sockets' windows are full, the
- * copy came while the node was disconnected) stays in the stream and is read back in
- * order with DIRECT.GET `next_by_subj` from a per-key cursor: on attach (offline
- * buffering), when a window frees (backpressure: nothing is taken that cannot be
- * written), after a reconnect. A socket that leaves with unwritten messages lowers the
- * cursor to them for its key's other sockets here; if it was the node's last socket of S,
- * the node publishes an empty "nudge" on `<prefix>.deliver.S`, which makes another node
- * holding S read them back at once. A restarted or killed node leaves its unwritten
+ * the node acks it on NATS_ACKER (a publish to `$JS.ACK.<stream>.<acker>.1.<seq>...`,
+ * built from the sequence), which removes it from the work-queue stream: acked after the
+ * write. Anything a live copy cannot carry (the session is catching up, its sockets'
+ * windows are full, the copy came while the node was disconnected) stays in the stream
+ * and is read back in order with DIRECT.GET `next_by_subj` from a per-key cursor: on
+ * attach (offline buffering), when a window frees (backpressure: nothing is taken that
+ * cannot be written), after a reconnect. A socket that leaves with unwritten messages
+ * lowers the cursor to them for its key's other sockets here; if it was the node's last
+ * socket of S, the node publishes an empty "nudge" on `<prefix>.deliver.S`, which makes
+ * another node holding S read them back at once. A killed node leaves its unwritten
  * messages in the stream: the next attach of S reads them.
  *
- * Why no consumers: nats-server 2.9 visits every consumer of a stream on each message
- * removal (an ack on a work queue) and per-session consumers made the server's CPU per
- * message grow with the number of online sessions (measured 37 us at 10, 132 us at 1000,
- * 298 us at 3000; README). Here the server's cost per message is one stored publish, one
- * republished copy and one delete, whatever the number of sessions, and an idle session
+ * Acks ahead. nats-server 2.9 and 2.10 remove a work-queue message on an ack for a
+ * sequence the consumer has not handed out; 2.11+ ignore such acks. [nats] consumer_pull
+ * = auto probes this once (nats_probe_acks_ahead) and, where needed (or with `always`),
+ * keeps a pull request outstanding on NATS_ACKER so that it hands out (headers only,
+ * dropped on arrival) every message before its ack comes.
+ *
+ * Why not a consumer per session: nats-server 2.9 visits every consumer of a stream on
+ * each message removal, and per-session consumers made the server's CPU per message grow
+ * with the number of online sessions (measured 37 us at 10, 132 us at 1000, 298 us at
+ * 3000; README). Here the server's cost per message is one stored publish, one
+ * republished copy and one ack, whatever the number of sessions, and an idle session
  * costs one subscription and nothing per second.
  *
  * Barrier: the 101 waits for the reply to a DIRECT.GET sent after the socket's
@@ -44,16 +52,15 @@
  * nats-thread callbacks only append to one mutex-protected event queue (struct nats_xq) and
  * uv_async_send; every session_*, broker callback and map access happens on the loop
  * thread. Blocking calls after open run on the libuv thread pool (uv_queue_work).
- * Publishes, deletes and reads from the loop only append to nats.c's write buffer (no
+ * Publishes, acks and reads from the loop only append to nats.c's write buffer (no
  * SendAsap): the flusher thread writes it about 1 ms after the first append, so a busy node
  * makes one write per millisecond instead of one per message (measured: ~20% less gateway
  * CPU per message, up to 1 ms more push latency). A write has a deadline of
  * [nats] timeout; a server that stops reading can hold the connection lock (and so a
  * publish on the loop) at most that long, then counts as lost.
  *
- * Does NOT: parse or rewrap payloads, store broadcasts or client frames, delete anything
- * before its frame is written, or create consumers (a service may add its own to the
- * stream, but each one adds to the server's cost of every delete). */
+ * Does NOT: parse or rewrap payloads, store broadcasts or client frames, remove anything
+ * before its frame is written, or create a consumer per session. */
 #include <inttypes.h>
 #include <nats/nats.h>
 #include <stdio.h>
@@ -211,10 +218,9 @@ struct nats_key {
     int fetching;               /* a read is in flight */
     int dirty;                  /* messages may wait in the stream at or after next_seq */
     int retry;                  /* in the broker's retry list */
-    struct nats_pend *pend;     /* owned: delivered and not yet deleted, unordered */
+    struct nats_pend *pend;     /* owned: delivered and not yet removed, unordered */
     uint32_t npend;             /* entries in pend */
     uint32_t pend_cap;          /* slots in pend */
-    uint8_t name_len;           /* strlen(name) */
     char subject[NATS_NAME_SUBJ]; /* <prefix>.recv.<name> */
     char name[KEY_MAX_LEN + 1]; /* the session key */
 };
@@ -399,8 +405,8 @@ static void nats_on_msg_thread_cb(natsConnection *nc, natsSubscription *sub, nat
                                   void *closure)
 {
     (void)nc;
-    /* JetStream delivers a pulled message with its own subject (ws.recv.S), not the
-     * pull's reply subject: only the subscription says which socket it is for. nats.c
+    /* A message keeps its own subject on some subscriptions (a pulled copy comes as
+     * ws.recv.S, not on our inbox): the subscription says what it is for. nats.c
      * never reuses a subscription id on a connection. */
     nats_xq_push(closure, NATS_EV_MSG, natsSubscription_GetID(sub), msg, NATS_OK);
 }
@@ -479,9 +485,9 @@ static int nats_subscribe(struct nats_broker *p, const char *subject, const char
     return 0;
 }
 
-/* Unsubscribe (the server forgets the interest, so pull requests waiting on it die with
- * it) and drop our reference; the completion callback follows on a nats thread. Messages
- * of it still queued for the loop find no ref and are NAKed. While disconnected (or
+/* Unsubscribe (the server forgets the interest) and drop our reference; the completion
+ * callback follows on a nats thread. Messages of it still queued for the loop find no ref
+ * and are dropped (a stored message stays in the stream). While disconnected (or
  * closing) the subscription waits in p->grave instead: nats.c's reconnect thread holds the
  * connection lock for a whole connect attempt, and the loop must never wait for it. */
 static void nats_unsubscribe(struct nats_broker *p, natsSubscription **sub, struct nats_subref *ref)
@@ -1092,8 +1098,8 @@ static void nats_topic_unlink(struct nats_broker *p, struct nats_tsub *ts)
     }
 }
 
-/* Forget k (its last socket left): no more live copies; written messages whose DELETE
- * is in flight finish without it. nudge: unwritten messages were left in the stream, so
+/* Forget k (its last socket left): no more live copies; written messages whose ack
+ * could not be sent stay in the stream (delivered again later: at-least-once). nudge: unwritten messages were left in the stream, so
  * tell another node holding the key to read them now (an empty core message on the
  * deliver subject goes to one member of the queue group; our UNSUB is ahead of it). */
 static void nats_key_free(struct nats_broker *p, struct nats_key *k, int nudge)
@@ -1217,7 +1223,7 @@ static void nats_key_fetch_done(struct nats_broker *p, struct nats_req *r, int s
         if (k->next_seq != r->seq) {
             k->dirty = 1; /* the cursor moved back while this read was out: read again */
         } else if (nats_pend_find_seq(k, seq) != NULL) {
-            k->next_seq = seq + 1; /* ours already (written, its DELETE on the way) */
+            k->next_seq = seq + 1; /* ours already (unwritten, or its ack not yet sent) */
             k->dirty = 1;
         } else {
             k->dirty = 1; /* more may follow; with no room it waits for an ack */
@@ -1348,7 +1354,7 @@ static void nats_reqs_fail(struct nats_broker *p, int status)
 static void nats_stream_check_start(struct nats_broker *p);
 static void nats_acker_pull(struct nats_broker *p);
 
-/* The stream is there (again): send the DELETEs that waited and read every key from its
+/* The stream is there (again): send the acks that waited and read every key from its
  * cursor (live copies stored while we were away were published to nobody; nats.c has
  * already renewed our subscriptions on the new connection, ahead of these reads). */
 static void nats_resume(struct nats_broker *p)
@@ -1418,7 +1424,7 @@ static void nats_on_stream_work(uv_work_t *w)
 {
     struct nats_broker *p = w->data;
     if (p->work_close) {
-        natsConnection_Close(p->nc); /* flushes (acks, NAKs) for up to 500 ms, joins threads */
+        natsConnection_Close(p->nc); /* flushes (acks, nudges) for up to 500 ms, joins threads */
         return;
     }
     p->work_rc =
@@ -1932,7 +1938,6 @@ static int nats_key_get(struct nats_broker *p, const char *name, size_t len, str
         return UV_ENOMEM;
     memcpy(k->name, name, len);
     k->name[len] = '\0';
-    k->name_len = (uint8_t)len;
     k->kid = ++p->next_kid;
     k->node.key = k->name;
     k->node.key_len = (uint32_t)len;
@@ -2117,7 +2122,7 @@ static int nats_upstream(struct broker *b, struct session *s, struct msg *m, bro
     return nats_core_publish(b->priv, "send", s->key, m, cb, arg);
 }
 
-/* The frame of msg_id reached the socket: delete the message from the stream, and read
+/* The frame of msg_id reached the socket: remove the message from the stream, and read
  * more for the key if some waited for this room. */
 static void nats_ack(struct broker *b, struct session *s, uint64_t msg_id)
 {
@@ -2161,7 +2166,7 @@ static void nats_on_handle_closed(uv_handle_t *h)
         cb(b);
 }
 
-/* Advance the close: first natsConnection_Close on the thread pool (it flushes our NAKs
+/* Advance the close: first natsConnection_Close on the thread pool (it flushes our acks
  * and joins nats.c's connection threads), then, once the closed callback and every
  * subscription's completion callback have run (nothing on a nats thread can reach p any
  * more), destroy the connection and close our handles. */

@@ -105,6 +105,9 @@ backend_start() {
     nats)
         nats_start || return 1
         WSGATE_ENV="$WSGATE_ENV WSGATE_NATS_URL=nats://127.0.0.1:$NATS_PORT"
+        # the peer with a durable broker behind it is nchan on Redis (started only for it)
+        case " $TARGETS " in *" nchan "*) redis_start || return 1 ;; esac
+        NCHAN_STORE=redis
         ;;
     *)
         say "bench: backend '$1' is not wired into bench/run.sh yet"
