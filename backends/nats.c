@@ -86,6 +86,7 @@
 #define NATS_STATUS_HDR "Status"    /* nats.c's header for a status line (msg.h STATUS_HDR) */
 #define NATS_DESC_HDR "Description" /* ... and for its text */
 #define NATS_SEQ_HDR "Nats-Sequence"  /* stream sequence on republished and direct-get msgs */
+#define NATS_LAST_HDR "Nats-Last-Sequence" /* republished: the key's previous message then */
 #define NATS_SUBJ_HDR "Nats-Subject"  /* the stored message's subject (direct get) */
 #define NATS_ACKER "wsgate"           /* our one consumer on the stream */
 #define NATS_PULL_BATCH 1024          /* copies asked of NATS_ACKER per pull request */
@@ -140,6 +141,7 @@ struct nats_req {
     uint64_t kid;                 /* FETCH: the nats_key it is for (may be gone) */
     uint64_t seq;                 /* FETCH: the cursor it read from */
     uint64_t fetch_no;            /* FETCH: the key's fetch counter when it was sent */
+    int rescue;                   /* FETCH: a gap rescue read (nats_key_rescue) */
     uint64_t deadline;            /* uv_now() ms after which it fails with UV_ETIMEDOUT */
     struct nats_req *prev, *next; /* borrowed: timeout FIFO neighbours */
 };
@@ -218,6 +220,11 @@ struct nats_key {
     int fetching;               /* a read is in flight */
     int dirty;                  /* messages may wait in the stream at or after next_seq */
     int retry;                  /* in the broker's retry list */
+    uint64_t gap_from;          /* a live copy said an older message of the key went to
+                                 * another node: from here, what is still stored at
+                                 * gap_at is stuck there and we deliver it; 0 = none */
+    uint64_t gap_at;            /* uv_now() ms of that rescue */
+    uint32_t rescued;           /* messages the current rescue delivered (for the log) */
     struct nats_pend *pend;     /* owned: delivered and not yet removed, unordered */
     uint32_t npend;             /* entries in pend */
     uint32_t pend_cap;          /* slots in pend */
@@ -892,6 +899,7 @@ static void nats_req_unlink(struct nats_broker *p, struct nats_req *r)
 /* --- keys and sockets --- */
 
 static void nats_key_fetch(struct nats_broker *p, struct nats_key *k);
+static void nats_key_rescue(struct nats_broker *p, struct nats_key *k);
 static void nats_on_key_timer(uv_timer_t *h);
 static void nats_key_attach_waiting(struct nats_broker *p, uint64_t kid, uint64_t fetch_no,
                                     int status);
@@ -939,10 +947,9 @@ static struct nats_pend *nats_pend_find_seq(struct nats_key *k, uint64_t seq)
     return NULL;
 }
 
-/* Remember to read k again after NATS_RETRY_MS (its read failed or could not be sent). */
-static void nats_key_retry_later(struct nats_broker *p, struct nats_key *k)
+/* Visit k again from the key timer (NATS_RETRY_MS): a failed read, a gap to rescue. */
+static void nats_key_later(struct nats_broker *p, struct nats_key *k)
 {
-    k->dirty = 1;
     if (k->retry)
         return;
     if (p->nretry == p->retry_cap) {
@@ -959,6 +966,13 @@ static void nats_key_retry_later(struct nats_broker *p, struct nats_key *k)
         uv_timer_start(&p->key_timer, nats_on_key_timer, NATS_RETRY_MS, 0);
 }
 
+/* Read k again after NATS_RETRY_MS (its read failed or could not be sent). */
+static void nats_key_retry_later(struct nats_broker *p, struct nats_key *k)
+{
+    k->dirty = 1;
+    nats_key_later(p, k);
+}
+
 static void nats_on_key_timer(uv_timer_t *h)
 {
     struct nats_broker *p = h->data;
@@ -971,10 +985,18 @@ static void nats_on_key_timer(uv_timer_t *h)
         if (k == NULL)
             continue;
         k->retry = 0;
-        if (p->connected && p->stream_ok)
-            nats_key_fetch(p, k);
-        else /* sockets waiting for their 101 get a 503 rather than wait for the server */
+        if (!p->connected || !p->stream_ok) {
+            /* sockets waiting for their 101 get a 503 rather than wait for the server */
             nats_key_attach_waiting(p, kids[i], UINT64_MAX, UV_ENOTCONN);
+            if ((k = nats_key_find(p, kids[i])) != NULL && k->gap_from != 0)
+                nats_key_later(p, k);
+            continue;
+        }
+        if (k->gap_from != 0 && uv_now(p->b->loop) >= k->gap_at)
+            nats_key_rescue(p, k);
+        else if (k->gap_from != 0)
+            nats_key_later(p, k); /* not due yet */
+        nats_key_fetch(p, k);
     }
     free(kids);
 }
@@ -1001,11 +1023,19 @@ static void nats_pend_ack(struct nats_broker *p, struct nats_key *k, struct nats
     nats_pend_remove(k, e);
 }
 
-/* Can a socket of k take one more message? */
+/* Can ns take a message of len bytes now: attached, window not full, and its unsent
+ * bytes within max_send_buffer (else the message waits in the stream: backpressure, not
+ * a 1008 for a client that reads slowly)? */
+static int nats_sess_room(const struct nats_broker *p, const struct nats_sess *ns, size_t len)
+{
+    return ns->attached && !ns->refused && ns->live < p->window && session_can_take(ns->s, len);
+}
+
+/* Can a socket of k take one more (small) message? */
 static int nats_key_room(const struct nats_broker *p, const struct nats_key *k)
 {
     for (const struct nats_sess *ns = k->socks; ns != NULL; ns = ns->knext)
-        if (ns->attached && !ns->refused && ns->live < p->window)
+        if (nats_sess_room(p, ns, 0))
             return 1;
     return 0;
 }
@@ -1020,7 +1050,7 @@ static int nats_key_deliver(struct nats_broker *p, struct nats_key *k, uint64_t 
     if (ns == NULL)
         return 0;
     do {
-        if (ns->attached && !ns->refused && ns->live < p->window) {
+        if (nats_sess_room(p, ns, len)) {
             struct nats_pend *e;
             uint64_t id = ns->next_id + 1;
             if (m == NULL && (m = msg_new_copy(data, len, p->cfg->frame_type)) == NULL)
@@ -1042,6 +1072,12 @@ static int nats_key_deliver(struct nats_broker *p, struct nats_key *k, uint64_t 
         ns = ns->knext != NULL ? ns->knext : k->socks;
     } while (ns != start);
     msg_unref(m);
+    /* Not taken. An ack (a write) will make room, unless none of them has anything of
+     * ours in flight (the bytes ahead are broadcasts): then look again from the timer. */
+    for (ns = k->socks; ns != NULL; ns = ns->knext)
+        if (ns->live > 0)
+            return 0;
+    nats_key_later(p, k);
     return 0;
 }
 
@@ -1077,6 +1113,64 @@ static void nats_key_fetch(struct nats_broker *p, struct nats_key *k)
     k->fetch_sent++;
     k->fetching = 1;
     k->dirty = 0; /* a live copy skipped meanwhile sets it again */
+}
+
+/* Read the oldest message of k still stored at or after gap_from: one that another node
+ * was given (queue group) and has not written within 2 x [nats] timeout, because its
+ * socket is stuck or the node died. We deliver it here (at-least-once: if that node's
+ * socket writes it after all, the session sees it twice). */
+static void nats_key_rescue(struct nats_broker *p, struct nats_key *k)
+{
+    char body[NATS_NAME_SUBJ + 64];
+    struct nats_req *r;
+    int n;
+    if (k->fetching || k->gap_from == 0 || !p->connected || !p->stream_ok || p->closing)
+        return;
+    if (!nats_key_room(p, k)) {
+        nats_key_later(p, k);
+        return;
+    }
+    n = snprintf(body, sizeof(body), "{\"seq\":%" PRIu64 ",\"next_by_subj\":\"%s\"}",
+                 k->gap_from, k->subject);
+    if ((r = nats_req_new(p, NATS_REQ_FETCH)) == NULL) {
+        nats_key_later(p, k);
+        return;
+    }
+    r->kid = k->kid;
+    r->seq = k->gap_from;
+    r->rescue = 1;
+    if (nats_req_send(p, r, p->get_subject, body, (size_t)n) < 0) {
+        free(r);
+        p->b->errors++;
+        nats_key_later(p, k);
+        return;
+    }
+    k->fetching = 1;
+}
+
+/* The reply to a rescue read (seq 0: nothing stored at or after gap_from). */
+static void nats_key_rescue_done(struct nats_broker *p, struct nats_key *k, struct nats_req *r,
+                                 uint64_t seq, natsMsg *nm)
+{
+    if (r->seq != k->gap_from) {
+        /* the gap was closed or moved meanwhile: read from where it is now */
+    } else if (seq == 0 || seq >= k->next_seq) {
+        k->gap_from = 0; /* nothing older than the cursor is left: the gap is closed */
+    } else if (nats_pend_find_seq(k, seq) != NULL) {
+        k->gap_from = seq + 1;
+    } else if (nats_key_deliver(p, k, seq, natsMsg_GetData(nm),
+                                (size_t)natsMsg_GetDataLength(nm))) {
+        k->gap_from = seq + 1;
+        k->rescued++;
+    } else {
+        nats_key_later(p, k); /* no room: when the timer comes again */
+        return;
+    }
+    if (k->gap_from == 0 && k->rescued > 0) {
+        log_info("event=nats_gap_rescued session=%s messages=%u", k->name, k->rescued);
+        k->rescued = 0;
+    }
+    nats_key_rescue(p, k);
 }
 
 static void nats_topic_unlink(struct nats_broker *p, struct nats_tsub *ts)
@@ -1196,7 +1290,8 @@ static void nats_key_fetch_done(struct nats_broker *p, struct nats_req *r, int s
     if (k == NULL)
         return;
     k->fetching = 0;
-    k->fetch_done = r->fetch_no;
+    if (!r->rescue)
+        k->fetch_done = r->fetch_no;
     if (status == 0 && nm != NULL) {
         seq = nats_header_seq(nm, NATS_SEQ_HDR);
         if (seq == 0) {
@@ -1210,10 +1305,21 @@ static void nats_key_fetch_done(struct nats_broker *p, struct nats_req *r, int s
             }
         }
     }
+    if (status < 0 && r->rescue) {
+        p->b->errors++;
+        nats_key_later(p, k); /* the gap stays */
+        return;
+    }
     if (status < 0) {
         p->b->errors++;
         nats_key_retry_later(p, k);
         nats_key_attach_waiting(p, r->kid, r->fetch_no, status);
+        return;
+    }
+    if (r->rescue) {
+        nats_key_rescue_done(p, k, r, seq, nm);
+        if ((k = nats_key_find(p, r->kid)) != NULL)
+            nats_key_fetch(p, k);
         return;
     }
     nats_key_attach_waiting(p, r->kid, r->fetch_no, 0);
@@ -1251,6 +1357,14 @@ static void nats_on_live_msg(struct nats_broker *p, struct nats_key *k, natsMsg 
         return; /* read already (or ours) */
     if (!k->fetching && !k->dirty &&
         nats_key_deliver(p, k, seq, natsMsg_GetData(nm), (size_t)natsMsg_GetDataLength(nm))) {
+        uint64_t last = nats_header_seq(nm, NATS_LAST_HDR);
+        if (last != 0 && last >= k->next_seq && k->gap_from == 0) {
+            /* the key's previous message went to another node holding it: if that node
+             * has not written it in 2 x timeout, it is stuck there; we take it then */
+            k->gap_from = k->next_seq;
+            k->gap_at = uv_now(p->b->loop) + 2 * p->cfg->nats_timeout_ms;
+            nats_key_later(p, k);
+        }
         k->next_seq = seq + 1;
         return;
     }

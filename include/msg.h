@@ -9,6 +9,8 @@
 
 enum msg_frame_type { MSG_FRAME_AUTO = 0, MSG_FRAME_TEXT, MSG_FRAME_BINARY };
 
+#define MSG_HDR_MAX 10 /* longest server frame header (64-bit length) */
+
 struct msg {
     uint32_t refs;     /* counted: msg_unref frees at 0 */
     uint32_t len;      /* payload bytes in data[] */

@@ -33,6 +33,10 @@ struct session {
  * this call returns, and detach follows later), or UV_ECANCELED when s is closing.
  * On failure the message was not taken: a queue backend keeps it. */
 int session_deliver(struct session *s, uint64_t msg_id, struct msg *m);
+/* Would session_deliver take a message with a len-byte payload now (s not closing, and
+ * within max_send_buffer)? Lets a queue backend leave a message in its broker instead of
+ * getting the client closed as slow. The room comes back as frames are written (acks). */
+int session_can_take(const struct session *s, size_t len);
 /* Completion of broker attach: status 0 answers the client 101; < 0 answers 503 and
  * closes, and the core does not call detach for s (the backend already forgot it). */
 void session_attached(struct session *s, int status);

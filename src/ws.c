@@ -311,6 +311,15 @@ void ws_free(struct conn *c)
 
 /* --- what backends call (session.h) --- */
 
+int session_can_take(const struct session *s, size_t len)
+{
+    const struct conn *c = s->conn;
+    size_t queued = c->out.bytes + c->early.bytes;
+    if ((c->state != CONN_WS && c->state != CONN_HTTP) || (c->flags & CONN_F_CLOSE_SOON))
+        return 0;
+    return queued == 0 || queued + MSG_HDR_MAX + len <= c->srv->cfg->max_send_buffer;
+}
+
 int session_deliver(struct session *s, uint64_t msg_id, struct msg *m)
 {
     struct conn *c = s->conn;

@@ -429,6 +429,48 @@ def _():
     note("before kill: %d, after restart: %d, duplicates: %d" % (before, len(got) - before, dups))
 
 
+@test("a session on two nodes: what the other node's stuck socket (then the node itself) "
+      "holds reaches the live socket without a reconnect", timeout=60)
+def _():
+    n = shared_nats()
+    total, size = 200, 64 * 1024  # A's share outgrows the kernel's socket buffers
+    with gw(n, nats_timeout="1s") as b:
+        a = gw(n, nats_timeout="1s", websocket_max_inflight="4").start()
+        wsa = a.ws("/ws/gap.s1", rcvbuf=4096)  # never read until A is dead
+        with b.ws("/ws/gap.s1") as wsb:
+            with b.http() as h:
+                for i in range(total):
+                    accepted(h.request("POST", "/push/gap.s1", b"%04d" % i + b"." * size))
+            got_b = []
+            deadline = time.monotonic() + 4
+            while time.monotonic() < deadline:
+                try:
+                    got_b.append(wsb.recv_message(0.5)[1][:4])
+                except TestTimeout:
+                    pass
+            a.proc.kill()  # kill -9: its unwritten messages stay in the stream
+            a.proc.wait(5)
+            got_a = []
+            while True:  # what A wrote before it died is readable until EOF
+                try:
+                    got_a.append(wsa.recv_message(2)[1][:4])
+                except (Closed, TestTimeout, OSError):
+                    break
+            wsa.close_socket()
+            want = {b"%04d" % i for i in range(total)}
+            deadline = time.monotonic() + 20
+            while set(got_a) | set(got_b) != want and time.monotonic() < deadline:
+                try:
+                    got_b.append(wsb.recv_message(0.5)[1][:4])
+                except TestTimeout:
+                    pass
+            check_eq(sorted(want - set(got_a) - set(got_b))[:10], [],
+                     "never delivered (first 10); A wrote %d, B got %d" % (len(got_a), len(got_b)))
+            check("event=nats_gap_rescued" in b.log_text(), "no rescue logged:\n" + b.log_tail())
+            note("A wrote %d, B got %d (%d duplicates)"
+                 % (len(got_a), len(got_b), len(got_a) + len(got_b) - total))
+
+
 @test("SIGTERM drains: the unacked rest goes back at once (no ack_wait) to another node",
       timeout=40)
 def _():
