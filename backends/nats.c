@@ -259,6 +259,7 @@ struct nats_broker {
                                   * delivery (no pulling needed); -1 not probed yet.
                                   * Written by the stream check (thread pool) only while
                                   * work_busy, read by the loop only when it is not. */
+    int reprobe;                 /* reconnected: probe again with the next stream check */
     struct map keys;             /* name -> struct nats_key (owned) */
     struct map keys_by_id;       /* kid -> the same keys */
     struct map reqs;             /* id -> struct nats_req (owned) */
@@ -1530,6 +1531,7 @@ static void nats_on_connected(struct nats_broker *p)
         log_info("event=nats_connected");
     p->connected = 1;
     p->lost_locally = 0;
+    p->reprobe = 1; /* maybe another server (version) now: probe acks ahead again */
     nats_grave_flush(p, 1);
     nats_stream_check_start(p);
 }
@@ -1596,6 +1598,9 @@ static void nats_stream_check_start(struct nats_broker *p)
     p->work_again = 0;
     p->work_close = 0;
     p->work.data = p;
+    if (p->reprobe && !p->cfg->nats_pull) /* (no work runs now: safe to write) */
+        p->acks_ahead = -1;
+    p->reprobe = 0;
     if ((rc = uv_queue_work(p->b->loop, &p->work, nats_on_stream_work, nats_on_stream_done)) < 0) {
         log_error("event=nats_stream_check_failed err=%s", uv_err_name(rc));
         uv_timer_start(&p->retry_timer, nats_on_retry_timer, NATS_RETRY_MS, 0);

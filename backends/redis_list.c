@@ -16,7 +16,10 @@
  * node's one pub/sub connection; once confirmed, the socket gets its 101 and a fetch: one
  * EVALSHA that LPOPs up to min(batch, free window) messages and RPUSHes them onto the
  * socket's in-flight list (the window is [websocket] max_inflight delivered-but-unwritten
- * messages: nothing is taken from Redis that the socket cannot take). Any RPUSH/LPUSH on
+ * messages: nothing is taken from Redis that the socket cannot take; the count is also cut
+ * to what max_send_buffer can take at the socket's average message size, and a fetched
+ * message that would still push the socket over max_send_buffer is held here, in order,
+ * until writes make room: a slow reader is held back, never closed 1008). Any RPUSH/LPUSH on
  * p.recv.S (ours or a plain redis-cli's) produces a keyspace notification that wakes the
  * holder's fetch; there is no polling. When the core reports a frame written (ack), the
  * acked count is LPOPped off the socket's in-flight list lazily: inside the socket's next
@@ -156,6 +159,13 @@ struct rlist_sess {
     uint8_t queued;           /* in the service queue */
     uint8_t in_acks;          /* in the ack list (holds a ref) */
     uint8_t dead;             /* session_deliver refused: wait for detach */
+    struct msg **held;        /* owned: fetched (so in the in-flight list) but not yet given
+                               * to the socket, whose unsent bytes were at max_send_buffer;
+                               * FIFO from held_off, taken as writes make room */
+    uint32_t nheld;           /* messages in held */
+    uint32_t held_off;        /* index of the oldest */
+    uint32_t held_cap;        /* slots in held */
+    uint32_t avg_len;         /* running mean of this socket's message sizes (fetch sizing) */
     struct rsub subs[];       /* embedded: subs[0] keyspace channel, then topic channels;
                                * registered with rl->base.sub from attach to detach */
 };
@@ -210,6 +220,61 @@ static void rlist_sess_unref(struct rlist_sess *rs)
 
 /* --- delivery --- */
 
+static void rlist_held_clear(struct rlist_sess *rs)
+{
+    for (uint32_t i = 0; i < rs->nheld; i++)
+        msg_unref(rs->held[rs->held_off + i]);
+    free(rs->held);
+    rs->held = NULL;
+    rs->nheld = rs->held_off = rs->held_cap = 0;
+}
+
+static int rlist_held_push(struct rlist_sess *rs, struct msg *m)
+{
+    if (rs->held_off + rs->nheld == rs->held_cap) {
+        if (rs->held_off > 0) { /* slide the live part to the front */
+            memmove(rs->held, rs->held + rs->held_off, rs->nheld * sizeof(*rs->held));
+            rs->held_off = 0;
+        } else {
+            uint32_t cap = rs->held_cap ? rs->held_cap * 2 : 8;
+            struct msg **a = realloc(rs->held, cap * sizeof(*a));
+            if (a == NULL)
+                return UV_ENOMEM;
+            rs->held = a;
+            rs->held_cap = cap;
+        }
+    }
+    rs->held[rs->held_off + rs->nheld++] = msg_ref(m);
+    return 0;
+}
+
+/* Hand m to the socket (msg_id for its ack); 0, or < 0 when it is closing. */
+static int rlist_give(struct rlist_sess *rs, struct msg *m)
+{
+    struct rlist *rl = rs->rl;
+    rs->avg_len = rs->avg_len == 0 ? m->len : rs->avg_len - rs->avg_len / 8 + m->len / 8;
+    if (session_deliver(rs->base.s, ++rl->next_id, m) < 0) {
+        rs->dead = 1; /* the core closes it; detach returns what is left */
+        return UV_ECANCELED;
+    }
+    return 0;
+}
+
+/* Give held messages to the socket while its send buffer has room (after writes). */
+static void rlist_held_drain(struct rlist_sess *rs)
+{
+    while (rs->nheld > 0 && !rs->dead && !rs->base.detached &&
+           session_can_take(rs->base.s, rs->held[rs->held_off]->len)) {
+        struct msg *m = rs->held[rs->held_off];
+        rs->held_off++;
+        rs->nheld--;
+        (void)rlist_give(rs, m);
+        msg_unref(m);
+    }
+    if (rs->nheld == 0)
+        rs->held_off = 0;
+}
+
 static void rlist_on_flow(redisAsyncContext *ac, void *r, void *priv)
 {
     struct rlist_sess *rs = priv;
@@ -246,12 +311,19 @@ static void rlist_on_flow(redisAsyncContext *ac, void *r, void *priv)
             rs->dead = 1;
             break;
         }
-        rc = session_deliver(rs->base.s, ++rl->next_id, m);
+        /* A socket over max_send_buffer keeps its messages waiting (held, in order)
+         * rather than being closed as slow: backpressure, DESIGN.md section 2. */
+        if (rs->nheld > 0 || !session_can_take(rs->base.s, m->len))
+            rc = rlist_held_push(rs, m);
+        else
+            rc = rlist_give(rs, m);
         msg_unref(m);
-        if (rc < 0) {
-            rs->dead = 1; /* the core closes it; detach returns what is left */
-            break;
+        if (rc == UV_ENOMEM) {
+            session_close(rs->base.s, 1011);
+            rs->dead = 1;
         }
+        if (rc < 0)
+            break;
         rs->unacked++;
     }
     rs->more = n >= k || rs->dirty;
@@ -271,11 +343,17 @@ static void rlist_service(struct rlist_sess *rs)
     if (rs->base.detached || !rl->registered || !rconn_is_up(rl->base.cmd))
         return;
     uint32_t window = rl->base.cfg->max_inflight > 0 ? rl->base.cfg->max_inflight : 1;
-    if (rs->base.attached && rs->more && rs->fetching == 0 && !rs->dead &&
+    rlist_held_drain(rs);
+    if (rs->base.attached && rs->more && rs->fetching == 0 && !rs->dead && rs->nheld == 0 &&
         rs->base.nready == rs->base.nsubs && rs->unacked < window) {
         k = window - rs->unacked;
         if (k > rl->batch)
             k = rl->batch;
+        /* no more than the send buffer can take, going by this socket's message sizes */
+        while (k > 1 && !session_can_take(rs->base.s, (size_t)k * rs->avg_len))
+            k /= 2;
+        if (!session_can_take(rs->base.s, rs->avg_len))
+            k = 0; /* full: the next write's ack comes back here */
     }
     if (k == 0)
         return; /* acks alone wait for the ack timer (rlist_on_ack_timer) */
@@ -569,6 +647,7 @@ static void rlist_on_cmd_state(struct rconn *rc, int up, void *arg)
             rs->unacked = 0;
             rs->acks = 0;
             rs->more = 1;
+            rlist_held_clear(rs); /* their in-flight list is reclaimed with the epoch */
         }
         return;
     }
@@ -619,6 +698,16 @@ static void rlist_on_hb_timer(uv_timer_t *t)
     struct rlist *rl = t->data;
     if (rl->registered && rconn_is_up(rl->base.cmd))
         rlist_node_cmd(rl, rl->nid, "", "beat", rlist_on_beat);
+    /* Held messages wait for an ack; if the bytes ahead of them were broadcasts (no ack
+     * comes), the heartbeat tries again. */
+    for (struct rcommon_sess *cs = rl->base.sessions; cs; cs = cs->next) {
+        struct rlist_sess *rs = (struct rlist_sess *)cs;
+        if (rs->nheld > 0) {
+            rlist_held_drain(rs);
+            if (rs->nheld == 0 && rs->more)
+                rlist_service_schedule(rs);
+        }
+    }
 }
 
 /* --- vtable --- */
@@ -723,6 +812,7 @@ static void rlist_on_release(redisAsyncContext *ac, void *r, void *priv)
 static void rlist_sess_detach(struct rlist *rl, struct rlist_sess *rs, int release)
 {
     rcommon_sess_detach(&rl->base, &rs->base);
+    rlist_held_clear(rs); /* they are in the in-flight list: released below */
     /* Unacked messages back to the queue head; runs after an outstanding fetch (same
      * link), so what that fetch moved goes back too. If the link is down, the next
      * registration reclaims this incarnation's lists instead. */
@@ -814,6 +904,7 @@ static void rlist_ack(struct broker *b, struct session *s, uint64_t msg_id)
     if (rs->unacked > 0)
         rs->unacked--;
     rs->acks++;
+    rlist_held_drain(rs);
     /* Applied lazily: with the socket's next fetch if there is one (the window just
      * opened), else within RLIST_ACK_DELAY_MS together with every other socket's acks.
      * Until then a crash redelivers it (at-least-once); a detach drops it correctly. */

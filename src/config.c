@@ -326,7 +326,7 @@ static const struct cfg_key cfg_keys[] = {
      "A client silent this long (pongs count) is closed with 1001; > ping_interval.",
      1, 24 * HOUR_MS, NULL, NULL, 0},
     {"websocket", "max_send_buffer", CFG_SIZE, CFG_FIELD(max_send_buffer), "1m",
-     "Unsent bytes per client; over it the client is closed with 1008 (slow client).",
+     "Unsent bytes per client; over it: memory and broadcasts close it 1008, queue brokers hold back.",
      1, 1024 * MIB, NULL, NULL, 0},
     {"websocket", "close_timeout", CFG_MS, CFG_FIELD(close_timeout_ms), "5s",
      "After sending a close frame, wait at most this for the client's.",

@@ -471,6 +471,25 @@ def _():
                  % (len(got_a), len(got_b), len(got_a) + len(got_b) - total))
 
 
+@test("a slow reader of large messages is not closed: its messages wait in the stream",
+      timeout=60)
+def _():
+    n = shared_nats()
+    count, size = 40, 256 * 1024
+    with gw(n) as srv:
+        ws = srv.ws("/ws/bigslow.s1", rcvbuf=8192)
+        with srv.http() as h:
+            for i in range(count):
+                accepted(h.request("POST", "/push/bigslow.s1", b"%04d" % i + b"." * size))
+        got = []
+        while len(got) < count:
+            time.sleep(0.02)  # a slow reader
+            got.append(ws.recv_message(10)[1][:4])
+        check_eq(got, [b"%04d" % i for i in range(count)], "all, in order")
+        check_eq(int(metric(srv.port, "wsgate_slow_client_closes_total")), 0, "slow closes")
+        ws.close()
+
+
 @test("SIGTERM drains: the unacked rest goes back at once (no ack_wait) to another node",
       timeout=40)
 def _():

@@ -398,6 +398,25 @@ def _():
         ws.close_socket()
 
 
+@test("a slow reader of large messages is not closed: its messages wait (no 1008)",
+      timeout=60)
+def _():
+    # 64 in flight x 256 KiB is far over max_send_buffer (1 MiB): the window alone would
+    # have the socket closed as slow; the gateway must hold back instead.
+    with RedisServer() as redis, gateway(redis) as a:
+        n, size = 40, 256 * 1024
+        ws = a.ws("/ws/bigslow", rcvbuf=8192)
+        with Resp(redis.port) as r:
+            r.command("RPUSH", "ws.recv.bigslow", *[b"%04d" % i + b"." * size for i in range(n)])
+        got = []
+        while len(got) < n:
+            time.sleep(0.02)  # a slow reader
+            got.append(ws.recv_message(10)[1][:4])
+        check_eq(got, [b"%04d" % i for i in range(n)], "all, in order")
+        check_eq(int(metric(a.port, "wsgate_slow_client_closes_total")), 0, "slow closes")
+        ws.close()
+
+
 class Monitor:
     """Counts the commands Redis executes (MONITOR): per command name, split into those a
     client sent (one round trip each, pipelined or not) and those run inside Lua."""
