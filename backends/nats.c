@@ -590,9 +590,10 @@ static int nats_acker_ensure(jsCtx *js, const struct config *cfg, const char *su
 /* Does this server remove a work-queue message on an ack for a sequence its consumer has
  * not handed out yet? nats-server 2.9 and 2.10 do (the ack goes straight to the stream);
  * 2.11 and later ignore such an ack. Tried once on a throwaway memory stream with its own
- * consumer that nobody pulls: publish, ack ahead, see whether the message is gone.
+ * consumer that nobody pulls, replicated like ours (a clustered consumer takes acks
+ * through its raft group): publish, ack ahead, see whether the message is gone.
  * Returns 1 (yes), 0 (no), or < 0 when the server could not be asked. */
-static int nats_probe_acks_ahead(natsConnection *nc, jsCtx *js)
+static int nats_probe_acks_ahead(natsConnection *nc, jsCtx *js, int64_t replicas)
 {
     char stream[64], subject[96], ack[160];
     const char *subjects[1] = {subject};
@@ -617,6 +618,7 @@ static int nats_probe_acks_ahead(natsConnection *nc, jsCtx *js)
     sc.SubjectsLen = 1;
     sc.Retention = js_WorkQueuePolicy;
     sc.Storage = js_MemoryStorage;
+    sc.Replicas = replicas > 0 ? replicas : 1;
     if ((s = js_AddStream(&si, js, &sc, NULL, &jerr)) != NATS_OK)
         return nats_err(s) == 0 ? UV_EIO : nats_err(s);
     jsConsumerConfig_Init(&cc);
@@ -667,7 +669,7 @@ static int nats_stream_ensure(natsConnection *nc, const struct config *cfg, cons
     const char *subjects[1] = {subject};
     natsStatus s;
     int rc = 0;
-    int64_t max_age = (int64_t)cfg->ttl_ms * 1000000;
+    int64_t max_age = (int64_t)cfg->ttl_ms * 1000000, replicas;
     why[0] = '\0';
     jsOptions_Init(&jo);
     jo.Wait = (int64_t)cfg->nats_timeout_ms;
@@ -761,11 +763,12 @@ static int nats_stream_ensure(natsConnection *nc, const struct config *cfg, cons
                      subject, deliver);
         }
     }
+    replicas = si != NULL && si->Config != NULL ? si->Config->Replicas : 1;
     jsStreamInfo_Destroy(si);
     if (rc == 0)
         rc = nats_acker_ensure(js, cfg, subject, why, whylen);
     if (rc == 0 && *acks_ahead < 0) {
-        int r = nats_probe_acks_ahead(nc, js);
+        int r = nats_probe_acks_ahead(nc, js, replicas);
         if (r >= 0) {
             *acks_ahead = r;
             log_info("event=nats_acks_ahead remove=%s pull=%s", r ? "yes" : "no",
