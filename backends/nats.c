@@ -76,22 +76,22 @@
 #include "session.h"
 #include "util.h"
 
-#define NATS_CLOSE_CODE 1001        /* sockets still attached when the broker closes */
-#define NATS_RETRY_MS 1000          /* retry after a failed read or stream check */
-#define NATS_RECONNECT_WAIT_MS 250  /* between reconnect attempts to the same server */
-#define NATS_PING_MS 5000           /* dead-server detection: ping every, ... */
-#define NATS_PINGS_OUT 3            /* ... give up after this many unanswered */
-#define NATS_NAME_SUBJ 208          /* "<prefix>.<kind>.<key>": 63 + 8 + 128 + NUL fits */
-#define NATS_SUBJ_MAX 400           /* API subjects: "$JS.API....<stream>" */
-#define NATS_STATUS_HDR "Status"    /* nats.c's header for a status line (msg.h STATUS_HDR) */
-#define NATS_DESC_HDR "Description" /* ... and for its text */
-#define NATS_SEQ_HDR "Nats-Sequence"  /* stream sequence on republished and direct-get msgs */
+#define NATS_CLOSE_CODE 1001         /* sockets still attached when the broker closes */
+#define NATS_RETRY_MS 1000           /* retry after a failed read or stream check */
+#define NATS_RECONNECT_WAIT_MS 250   /* between reconnect attempts to the same server */
+#define NATS_PING_MS 5000            /* dead-server detection: ping every, ... */
+#define NATS_PINGS_OUT 3             /* ... give up after this many unanswered */
+#define NATS_NAME_SUBJ 208           /* "<prefix>.<kind>.<key>": 63 + 8 + 128 + NUL fits */
+#define NATS_SUBJ_MAX 400            /* API subjects: "$JS.API....<stream>" */
+#define NATS_STATUS_HDR "Status"     /* nats.c's header for a status line (msg.h STATUS_HDR) */
+#define NATS_DESC_HDR "Description"  /* ... and for its text */
+#define NATS_SEQ_HDR "Nats-Sequence" /* stream sequence on republished and direct-get msgs */
 #define NATS_LAST_HDR "Nats-Last-Sequence" /* republished: the key's previous message then */
-#define NATS_SUBJ_HDR "Nats-Subject"  /* the stored message's subject (direct get) */
-#define NATS_ACKER "wsgate"           /* our one consumer on the stream */
-#define NATS_PULL_BATCH 1024          /* copies asked of NATS_ACKER per pull request */
-#define NATS_PULL_EXPIRES_MS 30000    /* its expiry (a 408 then asks for a new one) */
-#define NATS_PULL_MARGIN_MS 2000      /* no 408 by expiry + this: the request was lost */
+#define NATS_SUBJ_HDR "Nats-Subject"       /* the stored message's subject (direct get) */
+#define NATS_ACKER "wsgate"                /* our one consumer on the stream */
+#define NATS_PULL_BATCH 1024               /* copies asked of NATS_ACKER per pull request */
+#define NATS_PULL_EXPIRES_MS 30000         /* its expiry (a 408 then asks for a new one) */
+#define NATS_PULL_MARGIN_MS 2000           /* no 408 by expiry + this: the request was lost */
 
 /* --- state shared with nats threads --- */
 
@@ -126,8 +126,8 @@ struct nats_xq {
 /* --- loop-side state --- */
 
 enum nats_req_kind {
-    NATS_REQ_PUSH,   /* a JetStream publish waiting for its ack */
-    NATS_REQ_FETCH,  /* a DIRECT.GET next_by_subj for one key */
+    NATS_REQ_PUSH,  /* a JetStream publish waiting for its ack */
+    NATS_REQ_FETCH, /* a DIRECT.GET next_by_subj for one key */
 };
 
 /* One request whose reply comes to <inbox>.r.<id>. Lives in nats_broker.reqs and in the
@@ -192,108 +192,108 @@ struct nats_pend {
 
 /* The backend's state for one socket (s->bpriv). Freed by detach (or a failed attach). */
 struct nats_sess {
-    struct nats_broker *p;          /* borrowed: the broker (outlives every session) */
-    struct session *s;              /* borrowed: the core's session */
-    struct nats_key *k;             /* borrowed: its key's shared state */
+    struct nats_broker *p;           /* borrowed: the broker (outlives every session) */
+    struct session *s;               /* borrowed: the core's session */
+    struct nats_key *k;              /* borrowed: its key's shared state */
     struct nats_sess *kprev, *knext; /* borrowed: the key's socket list */
-    uint64_t next_id;               /* last msg_id given out */
-    uint64_t need_fetch;            /* the 101 waits for the reply of this key fetch */
-    uint32_t live;                  /* messages delivered and not yet written: the window */
-    int attached;                   /* session_attached(s, 0) has run */
-    int refused;                    /* session_deliver refused: s is closing */
-    uint16_t ntsubs;                /* entries in tsubs (= s->ntopics) */
-    struct nats_tsub *tsubs;        /* owned: one per topic of s */
+    uint64_t next_id;                /* last msg_id given out */
+    uint64_t need_fetch;             /* the 101 waits for the reply of this key fetch */
+    uint32_t live;                   /* messages delivered and not yet written: the window */
+    int attached;                    /* session_attached(s, 0) has run */
+    int refused;                     /* session_deliver refused: s is closing */
+    uint16_t ntsubs;                 /* entries in tsubs (= s->ntopics) */
+    struct nats_tsub *tsubs;         /* owned: one per topic of s */
 };
 
 /* One session key with sockets on this node: what they share. */
 struct nats_key {
-    struct map_node node;       /* in keys; key = name */
-    struct map_node idnode;     /* in keys_by_id; key = the 8 bytes of kid */
-    uint64_t kid;               /* unique per broker: requests find the key by it */
-    natsSubscription *sub;      /* owned: queue sub on <prefix>.deliver.<name> */
-    struct nats_subref ref;     /* in subs while sub is open */
-    struct nats_sess *socks;    /* borrowed: this node's sockets of the key */
-    struct nats_sess *rr;       /* borrowed: the socket to try first (round robin) */
-    uint64_t next_seq;          /* cursor: read from here; below it nothing waits for us */
-    uint64_t fetch_sent;        /* reads sent so far */
-    uint64_t fetch_done;        /* the last read answered */
-    int fetching;               /* a read is in flight */
-    int dirty;                  /* messages may wait in the stream at or after next_seq */
-    int retry;                  /* in the broker's retry list */
-    uint64_t gap_from;          /* a live copy said an older message of the key went to
-                                 * another node: from here, what is still stored at
-                                 * gap_at is stuck there and we deliver it; 0 = none */
-    uint64_t gap_at;            /* uv_now() ms of that rescue */
-    uint32_t rescued;           /* messages the current rescue delivered (for the log) */
-    struct nats_pend *pend;     /* owned: delivered and not yet removed, unordered */
-    uint32_t npend;             /* entries in pend */
-    uint32_t pend_cap;          /* slots in pend */
+    struct map_node node;         /* in keys; key = name */
+    struct map_node idnode;       /* in keys_by_id; key = the 8 bytes of kid */
+    uint64_t kid;                 /* unique per broker: requests find the key by it */
+    natsSubscription *sub;        /* owned: queue sub on <prefix>.deliver.<name> */
+    struct nats_subref ref;       /* in subs while sub is open */
+    struct nats_sess *socks;      /* borrowed: this node's sockets of the key */
+    struct nats_sess *rr;         /* borrowed: the socket to try first (round robin) */
+    uint64_t next_seq;            /* cursor: read from here; below it nothing waits for us */
+    uint64_t fetch_sent;          /* reads sent so far */
+    uint64_t fetch_done;          /* the last read answered */
+    int fetching;                 /* a read is in flight */
+    int dirty;                    /* messages may wait in the stream at or after next_seq */
+    int retry;                    /* in the broker's retry list */
+    uint64_t gap_from;            /* a live copy said an older message of the key went to
+                                   * another node: from here, what is still stored at
+                                   * gap_at is stuck there and we deliver it; 0 = none */
+    uint64_t gap_at;              /* uv_now() ms of that rescue */
+    uint32_t rescued;             /* messages the current rescue delivered (for the log) */
+    struct nats_pend *pend;       /* owned: delivered and not yet removed, unordered */
+    uint32_t npend;               /* entries in pend */
+    uint32_t pend_cap;            /* slots in pend */
     char subject[NATS_NAME_SUBJ]; /* <prefix>.recv.<name> */
-    char name[KEY_MAX_LEN + 1]; /* the session key */
+    char name[KEY_MAX_LEN + 1];   /* the session key */
 };
 
 struct nats_broker {
-    struct broker *b;            /* borrowed: b->priv points here */
-    const struct config *cfg;    /* borrowed: outlives the broker */
-    struct nats_xq xq;           /* embedded: the nats-thread -> loop queue */
-    uv_async_t async;            /* embedded: wakes the loop for xq and deferred work */
-    uv_timer_t req_timer;        /* embedded: request timeouts; active only with requests */
-    uv_timer_t retry_timer;      /* embedded: stream check retry */
-    uv_timer_t key_timer;        /* embedded: retries of failed reads (retry list) */
-    uv_work_t work;              /* embedded: the blocking call running on the thread pool */
-    natsOptions *opts;           /* owned: destroyed at close */
-    natsConnection *nc;          /* owned: destroyed once its closed callback ran */
-    natsSubscription *rsub;      /* owned: core sub on <inbox>.r.* */
-    int64_t rsub_id;             /* its subscription id */
-    char inbox[64];              /* "_INBOX.<nuid>": this node's reply subjects */
-    char stream_subject[96];     /* <prefix>.recv.> */
-    char deliver_subject[96];    /* <prefix>.deliver.> (the republish destination) */
-    char get_subject[NATS_SUBJ_MAX];    /* $JS.API.DIRECT.GET.<stream> */
-    char pull_subject[NATS_SUBJ_MAX];   /* $JS.API.CONSUMER.MSG.NEXT.<stream>.<NATS_ACKER> */
-    char ack_prefix[NATS_SUBJ_MAX];     /* $JS.ACK.<stream>.<NATS_ACKER>.1. */
-    natsSubscription *asub;      /* owned: core sub on <inbox>.a (NATS_ACKER's copies) */
-    int64_t asub_id;             /* its subscription id */
-    uv_timer_t pull_timer;       /* embedded: NATS_ACKER's pull request deadline */
-    uint32_t pull_out;           /* copies the outstanding pull requests may still bring */
-    int acks_ahead;              /* the server removes on an ack ahead of NATS_ACKER's
-                                  * delivery (no pulling needed); -1 not probed yet.
-                                  * Written by the stream check (thread pool) only while
-                                  * work_busy, read by the loop only when it is not. */
-    int reprobe;                 /* reconnected: probe again with the next stream check */
-    struct map keys;             /* name -> struct nats_key (owned) */
-    struct map keys_by_id;       /* kid -> the same keys */
-    struct map reqs;             /* id -> struct nats_req (owned) */
-    struct map topics;           /* name -> struct nats_topic (owned) */
-    struct map subs;             /* subscription id -> struct nats_subref (in key / topic) */
-    struct nats_req *rhead;      /* borrowed: oldest request (timeout FIFO) */
-    struct nats_req *rtail;      /* borrowed: newest request */
-    uint64_t *retry;             /* owned: kids of keys whose read failed, to retry */
-    size_t nretry;               /* entries in retry */
-    size_t retry_cap;            /* slots in retry */
-    struct nats_done *done;      /* owned: callbacks to run from the async handler */
-    struct nats_done *done_tail; /* borrowed: last of done */
-    natsSubscription **grave;    /* owned: subscriptions to drop once connected (or closed) */
-    size_t ngrave;               /* entries in grave */
-    size_t grave_cap;            /* slots in grave */
-    struct nats_ev *batch;       /* owned: the loop's half of the double buffer */
-    size_t batch_cap;            /* slots in batch */
-    uint64_t next_kid;           /* last kid given out */
-    uint64_t next_req;           /* last request id given out */
-    uint32_t window;             /* max_inflight, at least 1 */
-    int connected;               /* last connection event said connected */
-    int stream_ok;               /* the stream was checked since the last (re)connect */
-    int closing;                 /* close() was called */
-    int work_busy;               /* work is queued or running */
-    int work_close;              /* the work is natsConnection_Close (else stream check) */
-    int work_rc;                 /* result of the stream check */
-    int work_again;              /* reconnected while a check ran: check again */
-    int open_handles;            /* async + 4 timers not yet closed */
-    int handles_closing;         /* uv_close was called on them */
-    int check_failed;            /* the last stream check failed (log the first only) */
-    int lost_locally;            /* a write failed: disconnected before nats.c said so */
-    int cleanup_pending;         /* ... and nats_on_disconnected has yet to run for it */
-    broker_close_cb close_cb;    /* the owner's close callback */
-    char work_why[256];          /* why the stream check failed */
+    struct broker *b;                 /* borrowed: b->priv points here */
+    const struct config *cfg;         /* borrowed: outlives the broker */
+    struct nats_xq xq;                /* embedded: the nats-thread -> loop queue */
+    uv_async_t async;                 /* embedded: wakes the loop for xq and deferred work */
+    uv_timer_t req_timer;             /* embedded: request timeouts; active only with requests */
+    uv_timer_t retry_timer;           /* embedded: stream check retry */
+    uv_timer_t key_timer;             /* embedded: retries of failed reads (retry list) */
+    uv_work_t work;                   /* embedded: the blocking call running on the thread pool */
+    natsOptions *opts;                /* owned: destroyed at close */
+    natsConnection *nc;               /* owned: destroyed once its closed callback ran */
+    natsSubscription *rsub;           /* owned: core sub on <inbox>.r.* */
+    int64_t rsub_id;                  /* its subscription id */
+    char inbox[64];                   /* "_INBOX.<nuid>": this node's reply subjects */
+    char stream_subject[96];          /* <prefix>.recv.> */
+    char deliver_subject[96];         /* <prefix>.deliver.> (the republish destination) */
+    char get_subject[NATS_SUBJ_MAX];  /* $JS.API.DIRECT.GET.<stream> */
+    char pull_subject[NATS_SUBJ_MAX]; /* $JS.API.CONSUMER.MSG.NEXT.<stream>.<NATS_ACKER> */
+    char ack_prefix[NATS_SUBJ_MAX];   /* $JS.ACK.<stream>.<NATS_ACKER>.1. */
+    natsSubscription *asub;           /* owned: core sub on <inbox>.a (NATS_ACKER's copies) */
+    int64_t asub_id;                  /* its subscription id */
+    uv_timer_t pull_timer;            /* embedded: NATS_ACKER's pull request deadline */
+    uint32_t pull_out;                /* copies the outstanding pull requests may still bring */
+    int acks_ahead;                   /* the server removes on an ack ahead of NATS_ACKER's
+                                       * delivery (no pulling needed); -1 not probed yet.
+                                       * Written by the stream check (thread pool) only while
+                                       * work_busy, read by the loop only when it is not. */
+    int reprobe;                      /* reconnected: probe again with the next stream check */
+    struct map keys;                  /* name -> struct nats_key (owned) */
+    struct map keys_by_id;            /* kid -> the same keys */
+    struct map reqs;                  /* id -> struct nats_req (owned) */
+    struct map topics;                /* name -> struct nats_topic (owned) */
+    struct map subs;                  /* subscription id -> struct nats_subref (in key / topic) */
+    struct nats_req *rhead;           /* borrowed: oldest request (timeout FIFO) */
+    struct nats_req *rtail;           /* borrowed: newest request */
+    uint64_t *retry;                  /* owned: kids of keys whose read failed, to retry */
+    size_t nretry;                    /* entries in retry */
+    size_t retry_cap;                 /* slots in retry */
+    struct nats_done *done;           /* owned: callbacks to run from the async handler */
+    struct nats_done *done_tail;      /* borrowed: last of done */
+    natsSubscription **grave;         /* owned: subscriptions to drop once connected (or closed) */
+    size_t ngrave;                    /* entries in grave */
+    size_t grave_cap;                 /* slots in grave */
+    struct nats_ev *batch;            /* owned: the loop's half of the double buffer */
+    size_t batch_cap;                 /* slots in batch */
+    uint64_t next_kid;                /* last kid given out */
+    uint64_t next_req;                /* last request id given out */
+    uint32_t window;                  /* max_inflight, at least 1 */
+    int connected;                    /* last connection event said connected */
+    int stream_ok;                    /* the stream was checked since the last (re)connect */
+    int closing;                      /* close() was called */
+    int work_busy;                    /* work is queued or running */
+    int work_close;                   /* the work is natsConnection_Close (else stream check) */
+    int work_rc;                      /* result of the stream check */
+    int work_again;                   /* reconnected while a check ran: check again */
+    int open_handles;                 /* async + 4 timers not yet closed */
+    int handles_closing;              /* uv_close was called on them */
+    int check_failed;                 /* the last stream check failed (log the first only) */
+    int lost_locally;                 /* a write failed: disconnected before nats.c said so */
+    int cleanup_pending;              /* ... and nats_on_disconnected has yet to run for it */
+    broker_close_cb close_cb;         /* the owner's close callback */
+    char work_why[256];               /* why the stream check failed */
 };
 
 /* --- small helpers --- */
@@ -326,7 +326,6 @@ static uint64_t nats_min(uint64_t a, uint64_t b)
     return a < b ? a : b;
 }
 
-
 /* "<prefix>.<kind>.<name>" into out[NATS_NAME_SUBJ]. Names are checked again here with the
  * core's rule (key_valid: no wildcard, space or empty token can reach a subject). */
 static int nats_subject(const struct nats_broker *p, const char *kind, const char *name, char *out)
@@ -347,7 +346,6 @@ static void nats_header(natsMsg *m, const char *name, char *out, size_t len)
     if (natsMsgHeader_Get(m, name, &v) == NATS_OK && v != NULL)
         snprintf(out, len, "%s", v);
 }
-
 
 /* A JetStream API reply: 0 when it carries no "error", else the error's err_code (or -1)
  * with its description copied to desc. The server's JSON is compact and flat enough for
@@ -459,16 +457,16 @@ static void nats_unsubscribe(struct nats_broker *p, natsSubscription **sub,
                              struct nats_subref *ref);
 
 /* Subscribe subject (in queue group queue unless NULL) with our one handler and
- * completion callback; counts live_subs. ref (may be NULL) is filled and put in p->subs so messages find their owner. */
+ * completion callback; counts live_subs. ref (may be NULL) is filled and put in p->subs so messages
+ * find their owner. */
 static int nats_subscribe(struct nats_broker *p, const char *subject, const char *queue,
                           natsSubscription **out, struct nats_subref *ref)
 {
     natsSubscription *sub = NULL;
-    natsStatus s =
-        queue != NULL
-            ? natsConnection_QueueSubscribe(&sub, p->nc, subject, queue, nats_on_msg_thread_cb,
-                                            &p->xq)
-            : natsConnection_Subscribe(&sub, p->nc, subject, nats_on_msg_thread_cb, &p->xq);
+    natsStatus s = queue != NULL ? natsConnection_QueueSubscribe(&sub, p->nc, subject, queue,
+                                                                 nats_on_msg_thread_cb, &p->xq)
+                                 : natsConnection_Subscribe(&sub, p->nc, subject,
+                                                            nats_on_msg_thread_cb, &p->xq);
     if (s != NATS_OK)
         return nats_err(s);
     if (natsSubscription_SetOnCompleteCB(sub, nats_on_sub_done_thread_cb, &p->xq) != NATS_OK) {
@@ -739,8 +737,10 @@ static int nats_stream_ensure(natsConnection *nc, const struct config *cfg, cons
                    c->RePublish->Destination == NULL ||
                    strcmp(c->RePublish->Source, subject) != 0 ||
                    strcmp(c->RePublish->Destination, deliver) != 0 || c->RePublish->HeadersOnly) {
-            snprintf(why, whylen, "it does not republish %s to %s with payloads (republish "
-                     "cannot be changed on an existing stream)", subject, deliver);
+            snprintf(why, whylen,
+                     "it does not republish %s to %s with payloads (republish "
+                     "cannot be changed on an existing stream)",
+                     subject, deliver);
             rc = UV_EINVAL;
         } else if (!c->AllowDirect) {
             snprintf(why, whylen, "allow_direct is off (we read stored messages with DIRECT.GET)");
@@ -771,8 +771,7 @@ static int nats_stream_ensure(natsConnection *nc, const struct config *cfg, cons
         int r = nats_probe_acks_ahead(nc, js, replicas);
         if (r >= 0) {
             *acks_ahead = r;
-            log_info("event=nats_acks_ahead remove=%s pull=%s", r ? "yes" : "no",
-                     r ? "no" : "yes");
+            log_info("event=nats_acks_ahead remove=%s pull=%s", r ? "yes" : "no", r ? "no" : "yes");
         } else { /* cannot tell (no permission for the probe stream?): pull, always safe */
             *acks_ahead = 0;
             log_warn("event=nats_acks_ahead_probe_failed err=%s pull=yes", uv_err_name(r));
@@ -1099,8 +1098,8 @@ static void nats_key_fetch(struct nats_broker *p, struct nats_key *k)
         waiting = !ns->attached;
     if (!waiting && (!k->dirty || !nats_key_room(p, k)))
         return;
-    n = snprintf(body, sizeof(body), "{\"seq\":%" PRIu64 ",\"next_by_subj\":\"%s\"}",
-                 k->next_seq, k->subject);
+    n = snprintf(body, sizeof(body), "{\"seq\":%" PRIu64 ",\"next_by_subj\":\"%s\"}", k->next_seq,
+                 k->subject);
     if ((r = nats_req_new(p, NATS_REQ_FETCH)) == NULL) {
         nats_key_retry_later(p, k);
         return;
@@ -1134,8 +1133,8 @@ static void nats_key_rescue(struct nats_broker *p, struct nats_key *k)
         nats_key_later(p, k);
         return;
     }
-    n = snprintf(body, sizeof(body), "{\"seq\":%" PRIu64 ",\"next_by_subj\":\"%s\"}",
-                 k->gap_from, k->subject);
+    n = snprintf(body, sizeof(body), "{\"seq\":%" PRIu64 ",\"next_by_subj\":\"%s\"}", k->gap_from,
+                 k->subject);
     if ((r = nats_req_new(p, NATS_REQ_FETCH)) == NULL) {
         nats_key_later(p, k);
         return;
@@ -1197,9 +1196,10 @@ static void nats_topic_unlink(struct nats_broker *p, struct nats_tsub *ts)
 }
 
 /* Forget k (its last socket left): no more live copies; written messages whose ack
- * could not be sent stay in the stream (delivered again later: at-least-once). nudge: unwritten messages were left in the stream, so
- * tell another node holding the key to read them now (an empty core message on the
- * deliver subject goes to one member of the queue group; our UNSUB is ahead of it). */
+ * could not be sent stay in the stream (delivered again later: at-least-once). nudge: unwritten
+ * messages were left in the stream, so tell another node holding the key to read them now (an empty
+ * core message on the deliver subject goes to one member of the queue group; our UNSUB is ahead of
+ * it). */
 static void nats_key_free(struct nats_broker *p, struct nats_key *k, int nudge)
 {
     nats_unsubscribe(p, &k->sub, &k->ref);
@@ -1337,8 +1337,7 @@ static void nats_key_fetch_done(struct nats_broker *p, struct nats_req *r, int s
             k->dirty = 1;
         } else {
             k->dirty = 1; /* more may follow; with no room it waits for an ack */
-            if (nats_key_deliver(p, k, seq, natsMsg_GetData(nm),
-                                 (size_t)natsMsg_GetDataLength(nm)))
+            if (nats_key_deliver(p, k, seq, natsMsg_GetData(nm), (size_t)natsMsg_GetDataLength(nm)))
                 k->next_seq = seq + 1;
         }
     }
@@ -1546,9 +1545,8 @@ static void nats_on_stream_work(uv_work_t *w)
         natsConnection_Close(p->nc); /* flushes (acks, nudges) for up to 500 ms, joins threads */
         return;
     }
-    p->work_rc =
-        nats_stream_ensure(p->nc, p->cfg, p->stream_subject, p->deliver_subject,
-                           &p->acks_ahead, p->work_why, sizeof(p->work_why));
+    p->work_rc = nats_stream_ensure(p->nc, p->cfg, p->stream_subject, p->deliver_subject,
+                                    &p->acks_ahead, p->work_why, sizeof(p->work_why));
 }
 
 static void nats_close_step(struct nats_broker *p);
@@ -1711,7 +1709,6 @@ static void nats_on_event_msg(struct nats_broker *p, int64_t subid, natsMsg *nm)
     }
     natsMsg_Destroy(nm);
 }
-
 
 static void nats_on_async(uv_async_t *h)
 {
@@ -1969,8 +1966,8 @@ static int nats_open(struct broker *b, uv_loop_t *loop, const struct config *cfg
         p->connected = 1;
         /* The loop does not serve yet, so this one blocking check is fine here: an
          * incompatible stream stops the gateway at start with a clear message. */
-        rc = nats_stream_ensure(p->nc, cfg, p->stream_subject, p->deliver_subject,
-                                &p->acks_ahead, p->work_why, sizeof(p->work_why));
+        rc = nats_stream_ensure(p->nc, cfg, p->stream_subject, p->deliver_subject, &p->acks_ahead,
+                                p->work_why, sizeof(p->work_why));
         if (rc == UV_EINVAL && strstr(p->work_why, "JetStream") != NULL) {
             log_error("event=nats_jetstream_disabled url=%s reason=\"%s\"", url, p->work_why);
             goto fail;
@@ -2166,7 +2163,7 @@ static int nats_attach(struct broker *b, struct session *s)
         k->socks->kprev = ns;
     k->socks = ns;
     ns->need_fetch = k->fetch_sent + 1; /* the next read, sent after our SUBs */
-    nats_key_fetch(p, k); /* (if one is in flight, its reply sends the next) */
+    nats_key_fetch(p, k);               /* (if one is in flight, its reply sends the next) */
     return 0;
 }
 
@@ -2178,7 +2175,6 @@ static void nats_detach(struct broker *b, struct session *s)
         return;            /* never attached, attach failed, or the broker already let it go */
     nats_sess_free(p, ns); /* a read in flight finds its socket gone */
 }
-
 
 static int nats_push(struct broker *b, const char *key, struct msg *m, broker_push_cb cb, void *arg)
 {
@@ -2264,7 +2260,6 @@ static void nats_ack(struct broker *b, struct session *s, uint64_t msg_id)
         return;
     }
 }
-
 
 /* --- close --- */
 
@@ -2382,4 +2377,3 @@ const struct broker_ops broker_nats_ops = {
     .ready = nats_ready,
     .close = nats_close,
 };
-

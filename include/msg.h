@@ -12,13 +12,13 @@ enum msg_frame_type { MSG_FRAME_AUTO = 0, MSG_FRAME_TEXT, MSG_FRAME_BINARY };
 #define MSG_HDR_MAX 10 /* longest server frame header (64-bit length) */
 
 struct msg {
-    uint32_t refs;     /* counted: msg_unref frees at 0 */
-    uint32_t len;      /* payload bytes in data[] */
-    uint32_t cap;      /* bytes allocated for data[] */
-    uint8_t hdr_len;   /* 0 until msg_seal(); then 2, 4 or 10 */
-    uint8_t opcode;    /* 0x1 text or 0x2 binary, set by msg_seal() */
-    uint8_t hdr[10];   /* unmasked server frame header for data[] */
-    char data[];       /* payload; the gateway never parses or rewraps it */
+    uint32_t refs;            /* counted: msg_unref frees at 0 */
+    uint32_t len;             /* payload bytes in data[] */
+    uint32_t cap;             /* bytes allocated for data[] */
+    uint8_t hdr_len;          /* 0 until msg_seal(); then 2, 4 or 10 */
+    uint8_t opcode;           /* 0x1 text or 0x2 binary, set by msg_seal() */
+    uint8_t hdr[MSG_HDR_MAX]; /* unmasked server frame header for data[] */
+    char data[];              /* payload; the gateway never parses or rewraps it */
 };
 
 /* New message with room for cap bytes, len 0, refs 1. NULL on allocation failure. */

@@ -16,14 +16,14 @@ struct conn;
 struct msg;
 
 struct session {
-    struct conn *conn;      /* borrowed: the conn owns this session and outlives it */
-    void *bpriv;            /* owned by the backend from attach until detach returns */
-    struct session *bnext;  /* free for the backend's own per-key list (attach..detach) */
-    struct session *bprev;  /* idem */
-    uint64_t id;            /* unique per process, for logs and backends */
-    char **topics;          /* owned: ntopics NUL-terminated names in one allocation */
-    uint16_t ntopics;       /* number of broadcast topics from ?topics= */
-    uint8_t key_len;        /* strlen(key) */
+    struct conn *conn;         /* borrowed: the conn owns this session and outlives it */
+    void *bpriv;               /* owned by the backend from attach until detach returns */
+    struct session *bnext;     /* free for the backend's own per-key list (attach..detach) */
+    struct session *bprev;     /* idem */
+    uint64_t id;               /* unique per process, for logs and backends */
+    char **topics;             /* owned: ntopics NUL-terminated names in one allocation */
+    uint16_t ntopics;          /* number of broadcast topics from ?topics= */
+    uint8_t key_len;           /* strlen(key) */
     char key[KEY_MAX_LEN + 1]; /* session key, validated by key_valid() */
 };
 

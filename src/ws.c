@@ -51,8 +51,8 @@ static ssize_t ws_on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
     return (ssize_t)n;
 }
 
-static ssize_t ws_on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len,
-                          int flags, void *user)
+static ssize_t ws_on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
+                          void *user)
 {
     struct conn *c = user;
     (void)flags;
@@ -195,8 +195,7 @@ int ws_start(struct conn *c, const uint8_t *pre, size_t pre_len)
         conn_queue(c, it->m, it->msg_id);
     }
     outq_free(&c->early);
-    log_debug("event=ws_open session=%s id=%llu", c->sess->key,
-              (unsigned long long)c->sess->id);
+    log_debug("event=ws_open session=%s id=%llu", c->sess->key, (unsigned long long)c->sess->id);
     if (pre_len > 0)
         ws_feed(c, pre, pre_len);
     if (c->state == CONN_WS)
