@@ -349,7 +349,13 @@ static void rlist_service(struct rlist_sess *rs)
         k = window - rs->unacked;
         if (k > rl->batch)
             k = rl->batch;
-        /* no more than the send buffer can take, going by this socket's message sizes */
+        /* No more than the send buffer can take, going by this socket's message sizes
+         * (the first fetch takes one message to learn them): what a fetch brings beyond
+         * that waits in gateway memory (held), so this bounds it to about max_send_buffer
+         * per socket. */
+        uint64_t cap = rs->avg_len == 0 ? 1 : rl->base.cfg->max_send_buffer / rs->avg_len;
+        if (k > cap)
+            k = cap > 0 ? (uint32_t)cap : 1;
         while (k > 1 && !session_can_take(rs->base.s, (size_t)k * rs->avg_len))
             k /= 2;
         if (!session_can_take(rs->base.s, rs->avg_len))
