@@ -87,7 +87,6 @@
 #define NATS_DESC_HDR "Description"  /* ... and for its text */
 #define NATS_SEQ_HDR "Nats-Sequence" /* stream sequence on republished and direct-get msgs */
 #define NATS_LAST_HDR "Nats-Last-Sequence" /* republished: the key's previous message then */
-#define NATS_SUBJ_HDR "Nats-Subject"       /* the stored message's subject (direct get) */
 #define NATS_ACKER "wsgate"                /* our one consumer on the stream */
 #define NATS_PULL_BATCH 1024               /* copies asked of NATS_ACKER per pull request */
 #define NATS_PULL_EXPIRES_MS 30000         /* its expiry (a 408 then asks for a new one) */
@@ -192,7 +191,6 @@ struct nats_pend {
 
 /* The backend's state for one socket (s->bpriv). Freed by detach (or a failed attach). */
 struct nats_sess {
-    struct nats_broker *p;           /* borrowed: the broker (outlives every session) */
     struct session *s;               /* borrowed: the core's session */
     struct nats_key *k;              /* borrowed: its key's shared state */
     struct nats_sess *kprev, *knext; /* borrowed: the key's socket list */
@@ -216,7 +214,6 @@ struct nats_key {
     struct nats_sess *rr;         /* borrowed: the socket to try first (round robin) */
     uint64_t next_seq;            /* cursor: read from here; below it nothing waits for us */
     uint64_t fetch_sent;          /* reads sent so far */
-    uint64_t fetch_done;          /* the last read answered */
     int fetching;                 /* a read is in flight */
     int dirty;                    /* messages may wait in the stream at or after next_seq */
     int retry;                    /* in the broker's retry list */
@@ -1294,8 +1291,6 @@ static void nats_key_fetch_done(struct nats_broker *p, struct nats_req *r, int s
     if (k == NULL)
         return;
     k->fetching = 0;
-    if (!r->rescue)
-        k->fetch_done = r->fetch_no;
     if (status == 0 && nm != NULL) {
         seq = nats_header_seq(nm, NATS_SEQ_HDR);
         if (seq == 0) {
@@ -2150,7 +2145,6 @@ static int nats_attach(struct broker *b, struct session *s)
         return UV_ENOMEM;
     }
     ns->ntsubs = s->ntopics;
-    ns->p = p;
     ns->s = s;
     s->bpriv = ns;
     if ((rc = nats_sess_topics(p, ns)) < 0 || (rc = nats_key_get(p, s->key, s->key_len, &k)) < 0) {

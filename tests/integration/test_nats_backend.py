@@ -145,19 +145,6 @@ def stream_state(nats, stream="WSRECV"):
     return int(kv["consumers"]), int(kv["msgs"])
 
 
-def accepted(r, what="push"):
-    check(r.status == 202, "%s: status %d, want 202:\n%s" % (what, r.status, r.describe()))
-
-
-def recv_n(ws, n, timeout=5.0):
-    out = []
-    deadline = time.monotonic() + timeout
-    while len(out) < n:
-        op, data = ws.recv_message(max(0.05, deadline - time.monotonic()))
-        out.append(data)
-    return out
-
-
 # --- setup ----------------------------------------------------------------------------
 
 @test("open creates the work-queue stream and its one consumer; /readyz 200; an "
@@ -176,36 +163,29 @@ def _():
                      "probe's own must be gone)")
         with gw(n) as srv:  # second start: the stream exists and is compatible
             check("event=nats_stream_ok" in srv.log_text(), "existing stream not verified")
-        r = tool("stream-add", "LIMITS", "bad.recv.>", "limits", "file", nats=n)
-        check(r.returncode == 0, r.stderr.decode())
-        s = gw(n, broker_prefix="bad", nats_stream="LIMITS")
-        s.expect_rc = None
-        try:
-            s.start(timeout=5)
-            raise AssertionError("wsgate started on a limits-retention stream:\n%s"
-                                 % s.log_tail())
-        except AssertionError as e:
-            if "started on" in str(e):
-                raise
-        rc = s.proc.wait(5)
-        check(rc != 0, "exit status %d" % rc)
-        log = s.log_text()
-        check("event=nats_stream_incompatible" in log and "workqueue" in log,
-              "no clear incompatibility error:\n%s" % s.log_tail())
+        refuses_stream(n, "LIMITS", "bad", "limits", "workqueue")
         # a work-queue stream of our subjects that does not republish: refused too
-        r = tool("stream-add", "NOREPUB", "bad2.recv.>", "workqueue", "file", nats=n)
-        check(r.returncode == 0, r.stderr.decode())
-        s = gw(n, broker_prefix="bad2", nats_stream="NOREPUB")
-        s.expect_rc = None
-        try:
-            s.start(timeout=5)
-            raise AssertionError("wsgate started on a stream without republish:\n%s"
-                                 % s.log_tail())
-        except AssertionError as e:
-            if "started on" in str(e):
-                raise
-        check(s.proc.wait(5) != 0, "exit status 0")
-        check("republish" in s.log_text(), "no clear reason:\n%s" % s.log_tail())
+        refuses_stream(n, "NOREPUB", "bad2", "workqueue", "republish")
+
+
+def refuses_stream(n, name, prefix, retention, reason):
+    """Create stream name on <prefix>.recv.> with retention; a gateway told to use it
+    must exit non-zero with event=nats_stream_incompatible and reason in its log."""
+    r = tool("stream-add", name, prefix + ".recv.>", retention, "file", nats=n)
+    check(r.returncode == 0, r.stderr.decode())
+    s = gw(n, broker_prefix=prefix, nats_stream=name)
+    s.expect_rc = None
+    try:
+        s.start(timeout=5)
+        raise AssertionError("wsgate started on stream %s:\n%s" % (name, s.log_tail()))
+    except AssertionError as e:
+        if "started on" in str(e):
+            raise
+    rc = s.proc.wait(5)
+    check(rc != 0, "exit status %d" % rc)
+    log = s.log_text()
+    check("event=nats_stream_incompatible" in log and reason in log,
+          "no clear incompatibility error (want %r):\n%s" % (reason, s.log_tail()))
 
 
 # --- delivery -------------------------------------------------------------------------

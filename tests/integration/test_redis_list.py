@@ -21,19 +21,6 @@ from redis_helpers import (RedisServer, Resp, check_101_waits_for_subscribe,  # 
                            gateway, ready, redis_clients, wait_ready)
 
 
-def accepted(r, what="push"):
-    check(r.status == 202, "%s: status %d, want 202:\n%s" % (what, r.status, r.describe()))
-
-
-def recv_n(ws, n, timeout=5.0):
-    out = []
-    deadline = time.monotonic() + timeout
-    while len(out) < n:
-        op, data = ws.recv_message(max(0.01, deadline - time.monotonic()))
-        out.append(data)
-    return out
-
-
 def msgs(n, size=0, tag="m"):
     return [("%s%05d" % (tag, i)).encode().ljust(size, b".") for i in range(n)]
 

@@ -19,10 +19,6 @@ from redis_helpers import (RedisServer, Resp, check_101_waits_for_subscribe,  # 
 PS = "redis-pubsub"
 
 
-def accepted(r, what="push"):
-    check(r.status == 202, "%s: status %d, want 202:\n%s" % (what, r.status, r.describe()))
-
-
 @test("push reaches every socket of the session on every node, once")
 def _():
     with RedisServer() as redis, gateway(redis, PS, name="A") as a, \

@@ -43,7 +43,7 @@ __all__ = [
     "HandshakeError", "ProtocolError", "TestTimeout", "http_request", "push", "publish",
     "metrics", "metric", "check", "check_eq", "check_json_error", "wait_for", "BIN", "note",
     "OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG", "read_proc_status",
-    "ws_handshake_request", "LOGDIR", "build_request", "encode_frame",
+    "ws_handshake_request", "LOGDIR", "build_request", "encode_frame", "accepted", "recv_n",
 ]
 
 BIN = os.environ.get("WSGATE_BIN") or os.path.join(
@@ -579,6 +579,21 @@ def http_request(port, method, path, body=None, headers=None, timeout=5.0):
 
 def push(port, key, body, headers=None):
     return http_request(port, "POST", "/push/" + key, body, headers)
+
+
+def accepted(r, what="push"):
+    """r (a Response) must be the 202 of an accepted push or publish."""
+    check(r.status == 202, "%s: status %d, want 202:\n%s" % (what, r.status, r.describe()))
+
+
+def recv_n(ws, n, timeout=5.0):
+    """The next n data messages' payloads, all within timeout seconds."""
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        op, data = ws.recv_message(max(0.01, deadline - time.monotonic()))
+        out.append(data)
+    return out
 
 
 def publish(port, topic, body, headers=None):
