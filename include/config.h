@@ -26,6 +26,14 @@ struct config {
     uint64_t keepalive_timeout_ms;  /* idle keep-alive HTTP connection closed after */
     uint64_t drain_timeout_ms;      /* SIGTERM: exit within this */
     uint32_t max_pipeline;          /* unanswered requests per HTTP connection before reads pause */
+    uint64_t request_timeout_ms;    /* whole request (head + body) from its first byte; else 408 */
+    uint64_t write_timeout_ms;      /* queued output with no write progress this long: close */
+    uint64_t linger_timeout_ms;     /* after an error answer: drain input at most this long */
+    uint32_t max_connections_per_ip;/* connections at once from one client IP; 0 = no limit */
+    uint32_t max_handshakes_per_second_per_ip; /* upgrade rate per client IP; 0 = no limit */
+    char allowed_origins[CFG_STR_MAX]; /* "*" or comma-separated exact origins for upgrades */
+    char cors_origins[CFG_STR_MAX]; /* origins granted CORS on /push, /publish; "" = none */
+    char trusted_proxies[CFG_STR_MAX]; /* CIDRs whose X-Forwarded-For is believed; "" = none */
     enum log_level log_level;       /* [server] log_level */
     /* [websocket] */
     uint64_t ping_interval_ms;      /* server ping period; 0 = no pings */
@@ -36,12 +44,14 @@ struct config {
     int upstream;                   /* forward client frames to ws.send.S */
     uint32_t max_topics;            /* topics per connection in ?topics= */
     uint32_t max_inflight;          /* delivered, not yet written messages per socket (ack window) */
+    uint32_t max_fragments;         /* frames in one fragmented client message; over: 1009 */
     /* [broker] */
     char broker_type[32];           /* memory|redis-list|redis-pubsub|nats|kafka */
     char prefix[64];                /* naming prefix, default "ws" */
     uint64_t ttl_ms;                /* offline message lifetime, default 1h */
     uint32_t max_queue;             /* messages per session queue; over: 429 */
     uint64_t retry_after_s;         /* Retry-After on 429/503 */
+    uint64_t memory_max_bytes;      /* memory backend: stored bytes in total; over: 503 */
     /* [redis] */
     char redis_url[CFG_STR_MAX];    /* redis://[:password@]host:port/db */
     uint64_t redis_timeout_ms;      /* per-command deadline and connect timeout */
@@ -56,6 +66,15 @@ struct config {
     uint64_t nats_ack_wait_ms;      /* ack wait of the wsgate consumer (pull mode) */
     int nats_pull;                  /* 0 auto (probe the server), 1 always pull */
     uint64_t nats_timeout_ms;       /* request/ack deadline */
+    /* [auth] */
+    char push_tokens[CFG_STR_MAX];  /* comma-separated bearer tokens for /push, /publish */
+    char push_tokens_file[CFG_STR_MAX]; /* one token per line; read at start and on SIGHUP */
+    char jwt_secret[CFG_STR_MAX];   /* HS256 secret (raw bytes); "" = none */
+    char jwt_public_key_file[CFG_STR_MAX]; /* PEM SubjectPublicKeyInfo for RS256/ES256 */
+    char metrics_token[CFG_STR_MAX];/* bearer token for /metrics; "" = open */
+    uint64_t jwt_leeway_ms;         /* clock skew allowed on exp/nbf/iat */
+    char jwt_audience[256];         /* required aud, or "" */
+    char jwt_issuer[256];           /* required iss, or "" */
     /* [kafka] */
     char kafka_brokers[CFG_STR_MAX];/* host:port[,host:port] */
     char kafka_group[128];          /* consumer group id prefix */
