@@ -43,7 +43,10 @@ struct broker_ops {
     int (*upstream)(struct broker *b, struct session *s, struct msg *m, broker_push_cb cb,
                     void *arg);
     /* The frame for msg_id (as given to session_deliver) was written to s's socket.
-     * NULL: the backend is at-most-once and never gives msg ids. */
+     * NULL: the backend is at-most-once and never gives msg ids. May call back into
+     * session_deliver / session_can_take (for s or others: redis-list refills the
+     * window from what it holds); the core calls it only after the written frames are
+     * off its output queue. Never closes a session synchronously. */
     void (*ack)(struct broker *b, struct session *s, uint64_t msg_id);
     /* 1 when connected and accepting (/readyz 200, upgrades allowed), else 0. */
     int (*ready)(struct broker *b);
@@ -58,6 +61,7 @@ struct broker {
     void *priv;                   /* owned by the backend: set in open, freed before close cb */
     uint64_t errors;              /* broker errors so far, for /metrics (backend increments) */
     uint64_t dropped;             /* messages dropped by the backend (TTL expiry, ...) */
+    uint64_t refused_full;        /* pushes refused because the broker's storage is full */
     void *data;                   /* borrowed: for the broker's owner (tests, server) */
 };
 

@@ -11,6 +11,8 @@
 #include <uv.h>
 #include <wslay/wslay.h>
 
+#include "server.h"
+
 struct server;
 struct msg;
 struct session;
@@ -20,13 +22,15 @@ enum conn_state { CONN_HTTP = 0, CONN_WS, CONN_WS_CLOSING, CONN_CLOSING };
 
 enum conn_flag {
     CONN_F_DIRTY = 1 << 0,        /* on srv->dirty */
-    CONN_F_WRITING = 1 << 1,      /* a uv_write is in flight */
+    CONN_F_WRITING = 1 << 1,      /* a uv_write is in flight (c is on srv->writing) */
     CONN_F_CLOSE_AFTER = 1 << 2,  /* close the socket once the queue is written */
     CONN_F_CLOSE_SOON = 1 << 3,   /* close at the next flush pass (deferred close) */
     CONN_F_READ_PAUSED = 1 << 4,  /* reads stopped for backpressure */
     CONN_F_PINGED = 1 << 5,       /* a ping went out since the last activity */
     CONN_F_CLOSED_H = 1 << 6,     /* the uv handle is closed: free when refs reach 0 */
     CONN_F_ATTACHED = 1 << 7,     /* the broker holds c->sess (101 sent, detach not yet) */
+    CONN_F_LINGER = 1 << 8,       /* at CLOSE_AFTER: shut the write side, drain input, close */
+    CONN_F_LINGERING = 1 << 9,    /* write side shut: input is read and discarded */
 };
 
 /* One queued item: a message ref, and the broker id to ack once written (0 = none). */
@@ -52,12 +56,16 @@ struct conn {
     struct conn *prev;           /* list links (srv->http, srv->ws or srv->closing) */
     struct conn *next;
     struct conn *dirty_next;     /* link on srv->dirty */
+    struct conn *wprev;          /* links on srv->writing while CONN_F_WRITING */
+    struct conn *wnext;
     uint8_t state;               /* enum conn_state */
-    uint8_t flags;               /* enum conn_flag */
+    uint16_t flags;              /* enum conn_flag */
     uint16_t close_code;         /* WebSocket close code to send at the deferred close */
     uint32_t refs;               /* async ops holding c (push callbacks); free at 0 after close */
     uint32_t upstream_inflight;  /* upstream publishes not yet called back */
     uint64_t active_ms;          /* last activity (ws: any frame; http: deadline base) */
+    uint64_t wr_ms;              /* last write progress of the in-flight write (write_timeout) */
+    size_t wr_left;              /* libuv's write queue size when wr_ms was taken */
     struct http_state *http;     /* owned: NULL after the upgrade */
     wslay_event_context_ptr ws;  /* owned: exists only while a client frame is half read or
                                   * a close is under way (idle sockets hold none: ~9 KiB) */
@@ -68,6 +76,11 @@ struct conn {
     uint8_t rx_hdr[14];          /* partial client frame header */
     uint8_t rx_hdr_len;          /* bytes in rx_hdr */
     uint8_t rx_fragmented;       /* inside a fragmented client message */
+    uint32_t rx_frags;           /* frames of the current fragmented message (max_fragments) */
+    uint64_t rx_msg_len;         /* payload bytes of the current client message so far */
+    uint8_t *pre;                /* owned: client bytes that came with the upgrade request,
+                                  * fed once everything queued before them is written */
+    size_t pre_len;
     struct outq out;             /* owned: bytes to write, in order */
     struct outq early;           /* owned: frames delivered before the 101 went out */
 };
@@ -84,6 +97,10 @@ void conn_dirty(struct conn *c);
 void conn_flush(struct conn *c);
 /* Close now (I/O callbacks only: detaches from the broker synchronously). Idempotent. */
 void conn_close(struct conn *c);
+/* Count a close the gateway decided for a reason (metrics). */
+void conn_count_close(struct conn *c, enum conn_close_reason why);
+/* Sweep: close c when its in-flight write made no progress for write_timeout. */
+void conn_check_write(struct conn *c, uint64_t now);
 /* Close at the next flush pass; safe inside broker callbacks. */
 void conn_close_soon(struct conn *c);
 /* Move c between server lists. */
@@ -97,7 +114,8 @@ void conn_unref(struct conn *c);
 void conn_read_pause(struct conn *c, int pause);
 /* Flush every dirty conn (flush pass). */
 void conn_flush_all(struct server *srv);
-/* Drop queued items of q not yet being written (closing). Returns count dropped. */
+/* Drop queued message frames of q not yet being written (closing); raw bytes (the 101,
+ * control frames) stay so the stream remains well formed. Returns count dropped. */
 uint32_t outq_drop_unsent(struct outq *q);
 /* Append m (a ref is taken). 0 or UV_ENOMEM. */
 int outq_push(struct outq *q, struct msg *m, uint64_t msg_id);
@@ -111,8 +129,11 @@ void http_free(struct http_state *h);
 void http_upgrade_abort(struct conn *c);
 /* Sweep: enforce handshake/keep-alive deadlines. */
 void http_check_timeout(struct conn *c, uint64_t now);
-/* Write finished for c: resume reads if they were paused for pipelining. */
+/* Write finished for c: emit ready answers, resume parsing/reads paused for pipelining
+ * or for max_send_buffer. */
 void http_on_written(struct conn *c);
+/* 1 while c has requests read but not answered (push callbacks pending). */
+int http_busy(const struct conn *c);
 /* Queue a JSON error answer. close=1 adds Connection: close and closes after. */
 void http_error(struct conn *c, int status, const char *reason, int close);
 /* Render a whole answer as a raw msg (refs 1); extra = header lines ending in CRLF. */
@@ -122,8 +143,11 @@ struct msg *http_render(int status, const char *ctype, const char *extra, const 
 void http_drain(struct conn *c);
 
 /* --- ws.c --- */
-/* The upgrade request for c was valid and attach succeeded: send 101, switch to WS. */
-int ws_start(struct conn *c, const uint8_t *pre, size_t pre_len);
+/* The 101 for c is queued: switch to WS. pre (moved, may be NULL): client bytes read after
+ * the upgrade request; they are fed once what is queued before them is written. */
+int ws_start(struct conn *c, uint8_t *pre, size_t pre_len);
+/* Feed c->pre (the queue before it is written) and resume reads. */
+void ws_feed_pre(struct conn *c);
 void ws_feed(struct conn *c, const uint8_t *data, size_t len);
 /* Begin the closing handshake with code (1000-4999); the socket closes later. */
 void ws_close(struct conn *c, uint16_t code);

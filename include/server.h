@@ -12,6 +12,17 @@ struct broker;
 struct conn;
 struct msg;
 
+/* Why the gateway closed a connection, for /metrics (wsgate_connections_closed_total{reason}). */
+enum conn_close_reason {
+    CONN_CLOSE_SLOW = 0,         /* output over max_send_buffer */
+    CONN_CLOSE_WRITE_TIMEOUT,    /* no write progress for write_timeout */
+    CONN_CLOSE_REQUEST_TIMEOUT,  /* head or whole request too slow (408) */
+    CONN_CLOSE_FRAGMENTS,        /* more than max_fragments frames in one message (1009) */
+    CONN_CLOSE_TOO_BIG,          /* message or frame over max_message_size (1009) */
+    CONN_CLOSE_IDLE,             /* idle_timeout (1001) */
+    CONN_CLOSE_NREASONS
+};
+
 struct metrics {
     uint64_t ws_open;             /* gauge: WebSocket connections (101 sent) */
     uint64_t ws_total;            /* upgrades answered 101 */
@@ -24,8 +35,10 @@ struct metrics {
     uint64_t upstream;            /* client frames forwarded to the broker */
     uint64_t bytes_in;            /* bytes read from sockets */
     uint64_t bytes_out;           /* bytes written to sockets */
-    uint64_t slow_closes;         /* closed for max_send_buffer */
     uint64_t handshake_timeouts;  /* 408s */
+    uint64_t closed[CONN_CLOSE_NREASONS]; /* closes the gateway decided, by reason */
+    uint64_t refused_http_limit;  /* connections closed at accept: max_http_connections */
+    uint64_t refused_queue_full;  /* pushes answered 429 */
 };
 
 /* Intrusive doubly linked list of connections (head = oldest activity). */
@@ -50,6 +63,10 @@ struct server {
     struct conn_list ws;       /* WebSocket connections, least recently active first */
     struct conn_list closing;  /* WebSockets waiting for the client's close frame */
     struct conn *dirty;        /* borrowed: singly linked (c->dirty_next) conns to flush */
+    struct conn *writing;      /* borrowed: conns with a uv_write in flight (c->wnext/wprev),
+                                * checked by the sweep for write_timeout */
+    uint64_t refused_logged_ms;/* when the last http_connection_limit line was logged */
+    uint64_t refused_unlogged; /* refusals since that line */
     uint32_t upgrades_pending; /* upgrades waiting for broker attach (count to max_connections) */
     uint64_t next_session_id;  /* session ids, unique in this process */
     uint64_t now_ms;           /* uv_now at the last sweep/read, ms */

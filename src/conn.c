@@ -62,20 +62,27 @@ static void outq_pop(struct outq *q)
 
 uint32_t outq_drop_unsent(struct outq *q)
 {
-    uint32_t dropped = 0;
+    uint32_t dropped = 0, kept;
     /* items [0, writing) belong to an in-flight write and the head item may be half
      * written: both must stay so the stream is never cut mid-frame */
     uint32_t keep = q->writing;
     if (keep == 0 && q->off > 0)
         keep = 1;
-    while (q->count > keep) {
-        struct outq_item *it = outq_at(q, q->count - 1);
-        q->bytes -= item_bytes(it->m);
-        if (it->m->hdr_len > 0 && it->m->opcode <= 0x2)
+    /* of the rest, message frames go; raw bytes (a 101 not yet written, pongs, a close
+     * frame) stay, in order, so the client still reads a well-formed stream */
+    kept = keep;
+    for (uint32_t i = keep; i < q->count; i++) {
+        struct outq_item it = *outq_at(q, i);
+        if (it.m->hdr_len == 0) {
+            *outq_at(q, kept++) = it;
+            continue;
+        }
+        q->bytes -= item_bytes(it.m);
+        if (it.m->opcode <= 0x2)
             dropped++;
-        msg_unref(it->m);
-        q->count--;
+        msg_unref(it.m);
     }
+    q->count = kept;
     return dropped;
 }
 
@@ -166,6 +173,11 @@ static void conn_on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
     struct server *srv = c->srv;
     if (nread == 0)
         return;
+    if (c->flags & CONN_F_LINGERING) { /* draining after an error answer: discard */
+        if (nread < 0)
+            conn_close(c);
+        return;
+    }
     if (nread < 0) {
         if (nread != UV_EOF)
             log_debug("event=read_error conn=%p err=%s", (void *)c, uv_err_name((int)nread));
@@ -266,12 +278,18 @@ void conn_dirty(struct conn *c)
     c->srv->dirty = c;
 }
 
-/* Release n fully written items from the head: count, ack. */
+/* Release n (<= FLUSH_MAX_ITEMS) fully written items from the head: count, then ack.
+ * Every item is popped before the first broker_ack runs: an ack may deliver again
+ * (redis-list refills the window from its held messages), and that push may grow the
+ * ring, so nothing here may hold a pointer into it across an ack. */
 static void conn_written(struct conn *c, uint32_t n)
 {
     struct server *srv = c->srv;
+    uint64_t acks[FLUSH_MAX_ITEMS];
+    uint32_t nacks = 0;
     /* ack only while the broker still knows the session (not after detach) */
     int can_ack = (c->flags & CONN_F_ATTACHED) != 0;
+    assert(n <= FLUSH_MAX_ITEMS);
     while (n-- > 0) {
         struct outq_item *it = outq_at(&c->out, 0);
         size_t b = item_bytes(it->m) - c->out.off;
@@ -280,10 +298,61 @@ static void conn_written(struct conn *c, uint32_t n)
         if (it->m->hdr_len > 0 && it->m->opcode <= 0x2)
             srv->m.delivered++;
         if (it->msg_id != 0 && can_ack)
-            broker_ack(srv->broker, c->sess, it->msg_id);
+            acks[nacks++] = it->msg_id;
         msg_unref(it->m);
         outq_pop(&c->out);
     }
+    for (uint32_t i = 0; i < nacks; i++)
+        broker_ack(srv->broker, c->sess, acks[i]);
+}
+
+/* --- the in-flight write list (write_timeout) --- */
+
+static void conn_writing_add(struct conn *c)
+{
+    struct server *srv = c->srv;
+    c->flags |= CONN_F_WRITING;
+    c->wr_ms = srv->now_ms = uv_now(srv->loop);
+    c->wr_left = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+    c->wprev = NULL;
+    c->wnext = srv->writing;
+    if (srv->writing != NULL)
+        srv->writing->wprev = c;
+    srv->writing = c;
+}
+
+static void conn_writing_remove(struct conn *c)
+{
+    if (!(c->flags & CONN_F_WRITING))
+        return;
+    c->flags &= ~CONN_F_WRITING;
+    if (c->wprev != NULL)
+        c->wprev->wnext = c->wnext;
+    else
+        c->srv->writing = c->wnext;
+    if (c->wnext != NULL)
+        c->wnext->wprev = c->wprev;
+    c->wprev = c->wnext = NULL;
+}
+
+void conn_check_write(struct conn *c, uint64_t now)
+{
+    size_t left = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+    if (left != c->wr_left) { /* the kernel took bytes since the last look: progress */
+        c->wr_left = left;
+        c->wr_ms = now;
+        return;
+    }
+    if (now - c->wr_ms < c->srv->cfg->write_timeout_ms)
+        return;
+    log_info("event=write_timeout conn=%p unsent=%zu", (void *)c, left);
+    conn_count_close(c, CONN_CLOSE_WRITE_TIMEOUT);
+    conn_close(c);
+}
+
+void conn_count_close(struct conn *c, enum conn_close_reason why)
+{
+    c->srv->m.closed[why]++;
 }
 
 static void conn_on_write(uv_write_t *req, int status)
@@ -291,7 +360,7 @@ static void conn_on_write(uv_write_t *req, int status)
     struct conn *c = req->data;
     uint32_t n = c->out.writing;
     free(req);
-    c->flags &= ~CONN_F_WRITING;
+    conn_writing_remove(c);
     c->out.writing = 0;
     if (status < 0) {
         /* UV_ECANCELED at close, or a reset: nothing was confirmed written */
@@ -309,6 +378,42 @@ static void conn_on_write(uv_write_t *req, int status)
         conn_flush(c);
     }
     conn_unref(c);
+}
+
+/* --- lingering close --- */
+
+static void conn_on_shutdown(uv_shutdown_t *req, int status)
+{
+    struct conn *c = req->data;
+    (void)status; /* UV_ECANCELED at close: nothing to do either way */
+    free(req);
+    conn_unref(c);
+}
+
+/* An error was answered before the request was read to its end: closing now could make
+ * the kernel reset the connection (unread input) and the client would never read the
+ * answer. So shut the write side down (the answer and a FIN go out), read and discard
+ * for at most linger_timeout (http_check_timeout), and close at EOF or then. */
+static void conn_linger(struct conn *c)
+{
+    struct server *srv = c->srv;
+    uv_shutdown_t *req;
+    c->flags &= ~(CONN_F_CLOSE_AFTER | CONN_F_LINGER);
+    if (srv->cfg->linger_timeout_ms == 0 || (req = malloc(sizeof(*req))) == NULL) {
+        conn_close(c);
+        return;
+    }
+    req->data = c;
+    if (uv_shutdown(req, (uv_stream_t *)&c->tcp, conn_on_shutdown) < 0) {
+        free(req);
+        conn_close(c);
+        return;
+    }
+    conn_ref(c);
+    c->flags |= CONN_F_LINGERING;
+    c->active_ms = srv->now_ms = uv_now(srv->loop);
+    c->flags &= ~CONN_F_READ_PAUSED;
+    uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read); /* EALREADY is fine */
 }
 
 /* Fill bufs from the queue starting at item 0 (skipping off bytes of it). */
@@ -362,7 +467,7 @@ void conn_flush(struct conn *c)
         if (done > 0)
             conn_written(c, done);
         if (c->state == CONN_CLOSING)
-            return; /* an ack closed us? never: acks do not call back; defensive */
+            return; /* defensive: acks never close synchronously (broker.h) */
         c->out.off += left;
         c->out.bytes -= left;
         if (done == items && c->out.count > 0)
@@ -387,7 +492,7 @@ void conn_flush(struct conn *c)
         }
         srv->m.bytes_out += total;
         c->out.writing = items;
-        c->flags |= CONN_F_WRITING;
+        conn_writing_add(c);
         conn_ref(c);
         return;
     }
@@ -397,10 +502,18 @@ void conn_flush(struct conn *c)
             c->out.items = NULL;
             c->out.cap = c->out.head = 0;
         }
-        if (c->flags & CONN_F_CLOSE_AFTER)
-            conn_close(c);
-        else if (c->state == CONN_HTTP)
+        if (c->flags & CONN_F_CLOSE_AFTER) {
+            if (c->state == CONN_HTTP && http_busy(c))
+                return; /* answers still to come (a push callback): they go out first */
+            if (c->flags & CONN_F_LINGER)
+                conn_linger(c);
+            else
+                conn_close(c);
+        } else if (c->state == CONN_HTTP) {
             http_on_written(c);
+        } else if (c->state == CONN_WS && c->pre != NULL) {
+            ws_feed_pre(c); /* the 101 and what came before it are out */
+        }
     }
 }
 
@@ -452,6 +565,7 @@ void conn_close(struct conn *c)
         srv->m.ws_open--;
     else
         srv->m.http_open--;
+    conn_writing_remove(c);
     if (c->flags & CONN_F_ATTACHED)
         conn_detach(c); /* unacked messages go back */
     else if (c->sess != NULL && c->state == CONN_HTTP)
@@ -481,6 +595,7 @@ static void conn_free(struct conn *c)
     if (c->http != NULL)
         http_free(c->http);
     ws_free(c);
+    free(c->pre);
     if (c->sess != NULL) {
         free(c->sess->topics);
         free(c->sess);

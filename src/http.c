@@ -21,7 +21,7 @@
 #include "session.h"
 #include "util.h"
 
-enum hdr_id { HDR_OTHER = 0, HDR_UPGRADE, HDR_WS_KEY, HDR_WS_VERSION, HDR_EXPECT };
+enum hdr_id { HDR_OTHER = 0, HDR_UPGRADE, HDR_WS_KEY, HDR_WS_VERSION, HDR_EXPECT, HDR_TE };
 
 enum upgrade_state { UPG_NONE = 0, UPG_ATTACHING, UPG_ATTACHED, UPG_FAILED };
 
@@ -49,15 +49,22 @@ struct http_state {
     uint8_t ws_key_len;
     uint8_t upgrade;            /* enum upgrade_state */
     uint8_t stopped;            /* no more parsing on this connection */
+    uint8_t blocked;            /* parser paused: too many answers pending or queued */
+    uint8_t ws_keys;            /* Sec-WebSocket-Key headers seen (more than one: 400) */
+    uint8_t te_other;           /* a Transfer-Encoding other than exactly "chunked" (501) */
+    uint8_t obs_fold;           /* a header value continued on the next line (400) */
+    uint8_t tail_lf;            /* the last feed ended in LF + blanks (obs-fold detection) */
     uint16_t err_status;        /* answer decided early (404/405/400...), 0 = none */
     const char *err_reason;     /* static string */
     const char *err_allow;      /* Allow header for 405, static */
     uint64_t deadline;          /* ms: head/body must arrive by then (0 = none) */
+    uint64_t req_deadline;      /* ms: the whole request must be read by then */
+    const char *feed_start;     /* borrowed: start of the bytes llhttp is parsing now */
     size_t head_bytes;          /* request line + headers so far */
     char *url;                  /* owned: request target, NUL-terminated */
     size_t url_len, url_cap;
     char hname[24];             /* lower-cased header name (only short ones matter) */
-    char hval[24];              /* value of Upgrade/Version/Expect */
+    char hval[64];              /* value of Upgrade/Version/Expect/Transfer-Encoding */
     char ws_key[32];            /* Sec-WebSocket-Key */
     struct msg *body;           /* owned: the request body being received */
     struct http_pending *pend_head; /* owned: answers not yet queued, in order */
@@ -65,8 +72,9 @@ struct http_state {
     uint32_t npending;
     uint32_t nreq;              /* requests completed on this connection */
     struct http_pending *upg;   /* borrowed: the 101 slot while upgrading */
-    uint8_t *pre;               /* owned: bytes read after the upgrade request */
-    size_t pre_len;
+    uint8_t *unread;            /* owned: bytes read but not parsed: after the upgrade
+                                 * request (moved to ws_start), or while blocked */
+    size_t unread_len;
 };
 
 static const char *status_text(int status)
@@ -87,6 +95,7 @@ static const char *status_text(int status)
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
     case 503: return "Service Unavailable";
     default: return "Error";
     }
@@ -128,6 +137,15 @@ static struct msg *http_render_error(struct server *srv, int status, const char 
 }
 
 /* --- answers in order --- */
+
+/* Parsing must stop before the next request: as many answers pending as max_pipeline,
+ * or max_send_buffer bytes queued the client has not read. The parser itself pauses
+ * (not only the socket) so one read buffer of pipelined requests cannot queue more. */
+static int http_must_wait(const struct conn *c)
+{
+    return c->http->npending >= c->srv->cfg->max_pipeline ||
+           c->out.bytes >= c->srv->cfg->max_send_buffer;
+}
 
 static struct http_pending *http_slot_new(struct http_state *h)
 {
@@ -217,13 +235,12 @@ void http_on_written(struct conn *c)
         if (upgrade) {
             /* everything before the upgrade is answered: this connection is a WebSocket */
             h->upg = NULL;
-            uint8_t *pre = h->pre;
-            size_t pre_len = h->pre_len;
-            h->pre = NULL;
+            uint8_t *pre = h->unread;
+            size_t pre_len = h->unread_len;
+            h->unread = NULL;
             c->http = NULL;
             http_free(h);
-            ws_start(c, pre, pre_len);
-            free(pre);
+            ws_start(c, pre, pre_len); /* pre moves */
             return;
         }
         if (close) {
@@ -233,10 +250,30 @@ void http_on_written(struct conn *c)
             return;
         }
     }
-    if (!h->stopped && h->npending < c->srv->cfg->max_pipeline && h->upgrade == UPG_NONE)
+    if (h->blocked && !h->stopped && !http_must_wait(c)) {
+        /* room again: parse what was read while blocked, then read more */
+        uint8_t *rest = h->unread;
+        size_t len = h->unread_len;
+        h->unread = NULL;
+        h->unread_len = 0;
+        h->blocked = 0;
+        llhttp_resume(&h->parser);
+        if (rest != NULL)
+            http_feed(c, (const char *)rest, len);
+        free(rest);
+        if (c->state != CONN_HTTP || c->http != h)
+            return;
+    }
+    if (!h->stopped && !h->blocked && h->npending < c->srv->cfg->max_pipeline &&
+        h->upgrade == UPG_NONE)
         conn_read_pause(c, 0);
     if (h->npending == 0 && !h->in_message && h->deadline == 0 && c->out.count == 0)
         h->deadline = c->srv->now_ms + c->srv->cfg->keepalive_timeout_ms;
+}
+
+int http_busy(const struct conn *c)
+{
+    return c->http != NULL && c->http->npending > 0;
 }
 
 /* --- push / publish --- */
@@ -256,7 +293,10 @@ static void http_on_pushed(void *arg, int status)
     if (status == 0) {
         p->resp = msg_ref(srv->resp_202);
     } else if (status == UV_ENOBUFS) {
+        srv->m.refused_queue_full++;
         p->resp = http_render_error(srv, 429, "session queue full", NULL, 0);
+    } else if (status == UV_ENOSPC) {
+        p->resp = http_render_error(srv, 503, "memory broker full", NULL, 0);
     } else if (status == UV_E2BIG) {
         p->resp = http_render_error(srv, 413, "message too large", NULL, 0);
     } else {
@@ -296,8 +336,11 @@ static void http_do_push(struct conn *c, int publish, const char *key)
                      : broker_push(srv->broker, key, m, http_on_pushed, p);
     msg_unref(m);
     if (rc < 0) {
-        p->resp = rc == UV_ENOBUFS ? http_render_error(srv, 429, "session queue full", NULL, 0)
-                                   : http_render_error(srv, 503, "broker unavailable", NULL, 0);
+        if (rc == UV_ENOBUFS)
+            srv->m.refused_queue_full++;
+        p->resp = rc == UV_ENOBUFS   ? http_render_error(srv, 429, "session queue full", NULL, 0)
+                  : rc == UV_ENOSPC ? http_render_error(srv, 503, "memory broker full", NULL, 0)
+                                    : http_render_error(srv, 503, "broker unavailable", NULL, 0);
         if (p->resp == NULL) {
             p->resp = msg_ref(srv->resp_202);
             p->close_after = 1;
@@ -374,6 +417,10 @@ static void http_upgrade(struct conn *c, const char *key, size_t key_len, const 
         http_error(c, 400, "websocket upgrade required", 1);
         return;
     }
+    if (h->parser.http_major != 1 || h->parser.http_minor < 1) {
+        http_error(c, 400, "websocket upgrade requires HTTP/1.1", 1);
+        return;
+    }
     if (!h->ws_version_ok) {
         struct msg *m = http_render(400, "application/json", "Sec-WebSocket-Version: 13\r\n",
                                     "{\"error\":\"unsupported websocket version\"}", 41, 1);
@@ -382,7 +429,7 @@ static void http_upgrade(struct conn *c, const char *key, size_t key_len, const 
         return;
     }
     uint8_t raw[20];
-    if (h->ws_key_len != 24 || EVP_DecodeBlock(raw, (const unsigned char *)h->ws_key, 24) != 18 ||
+    if (h->ws_keys != 1 || h->ws_key_len != 24 || EVP_DecodeBlock(raw, (const unsigned char *)h->ws_key, 24) != 18 ||
         h->ws_key[22] != '=' || h->ws_key[23] != '=') {
         http_error(c, 400, "invalid Sec-WebSocket-Key", 1);
         return;
@@ -629,6 +676,7 @@ static int on_message_begin(llhttp_t *p)
     h->upgrade_ws = h->ws_version_ok = 0;
     h->expect_continue = h->expect_other = 0;
     h->hname_len = h->hval_len = h->ws_key_len = 0;
+    h->ws_keys = h->te_other = h->obs_fold = 0;
     h->err_status = 0;
     h->err_reason = NULL;
     h->err_allow = NULL;
@@ -636,7 +684,12 @@ static int on_message_begin(llhttp_t *p)
     h->url_len = 0;
     if (h->url)
         h->url[0] = '\0';
+    /* one absolute deadline for the head and one for the whole request, taken at its
+     * first byte and never pushed back by later bytes (a trickle cannot hold the slot) */
+    h->req_deadline = c->srv->now_ms + c->srv->cfg->request_timeout_ms;
     h->deadline = c->srv->now_ms + c->srv->cfg->handshake_timeout_ms;
+    if (h->deadline > h->req_deadline)
+        h->deadline = h->req_deadline;
     return 0;
 }
 
@@ -691,10 +744,29 @@ static int on_header_field_complete(llhttp_t *p)
             h->hdr = HDR_WS_VERSION;
         else if (strcmp(h->hname, "expect") == 0)
             h->hdr = HDR_EXPECT;
+        else if (strcmp(h->hname, "transfer-encoding") == 0)
+            h->hdr = HDR_TE;
+        if (h->hdr == HDR_WS_KEY && h->ws_keys < 0xff)
+            h->ws_keys++;
     }
     h->hname_len = 0;
     h->hval_len = 0;
     return 0;
+}
+
+/* 1 when the value span at `at` follows a line break (obs-fold: "Name:\r\n value" or a
+ * value continued on a line starting with a blank). llhttp (8.x) accepts that and then
+ * misreads Content-Length / Transfer-Encoding: a request smuggled past a proxy that reads
+ * it the other way. A value span otherwise follows ':' and blanks; a span can also start
+ * a feed because the previous feed ended inside the value: then tail_lf tells. */
+static int http_value_folded(const struct http_state *h, const char *at)
+{
+    const char *q = at;
+    while (q > h->feed_start && (q[-1] == ' ' || q[-1] == '\t'))
+        q--;
+    if (q > h->feed_start)
+        return q[-1] == '\n';
+    return h->tail_lf;
 }
 
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
@@ -702,6 +774,8 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
     struct http_state *h = p->data;
     if (head_grow(h, len) < 0)
         return -1;
+    if (h->feed_start != NULL && http_value_folded(h, at))
+        h->obs_fold = 1;
     if (h->hdr == HDR_WS_KEY) {
         for (size_t i = 0; i < len; i++)
             if (h->ws_key_len < sizeof(h->ws_key) - 1)
@@ -716,14 +790,50 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+/* s without leading and trailing blanks (s is modified). */
+static char *http_trim(char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    size_t n = strlen(s);
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+        s[--n] = '\0';
+    return s;
+}
+
+/* 1 when the comma-separated list holds token (case-insensitive, blanks around). */
+static int http_token_listed(const char *list, const char *token)
+{
+    size_t tl = strlen(token);
+    while (*list) {
+        while (*list == ' ' || *list == '\t' || *list == ',')
+            list++;
+        const char *end = list;
+        while (*end && *end != ',')
+            end++;
+        const char *e = end;
+        while (e > list && (e[-1] == ' ' || e[-1] == '\t'))
+            e--;
+        if ((size_t)(e - list) == tl && strncasecmp(list, token, tl) == 0)
+            return 1;
+        list = end;
+    }
+    return 0;
+}
+
 static int on_header_value_complete(llhttp_t *p)
 {
     struct http_state *h = p->data;
     h->hval[h->hval_len] = '\0';
     switch (h->hdr) {
     case HDR_UPGRADE:
-        if (strcasestr(h->hval, "websocket") != NULL)
-            h->upgrade_ws = 1;
+        h->upgrade_ws = http_token_listed(h->hval, "websocket");
+        break;
+    case HDR_TE:
+        /* only "chunked" is implemented: anything else (gzip, chunked) is 501 rather
+         * than a body stored still encoded; a truncated value is not "chunked" either */
+        if (h->hval_len >= sizeof(h->hval) - 1 || strcasecmp(http_trim(h->hval), "chunked") != 0)
+            h->te_other = 1;
         break;
     case HDR_WS_VERSION:
         h->ws_version_ok = strcmp(h->hval, "13") == 0;
@@ -745,7 +855,17 @@ static int on_headers_complete(llhttp_t *p)
 {
     struct http_state *h = p->data;
     struct conn *c = h->c;
-    h->deadline = c->srv->now_ms + c->srv->cfg->handshake_timeout_ms; /* for the body */
+    h->deadline = h->req_deadline; /* the body: the rest of the request's own deadline */
+    if (h->obs_fold) {
+        h->err_status = 400;
+        h->err_reason = "obsolete header line folding";
+        return -1;
+    }
+    if (h->te_other) {
+        h->err_status = 501;
+        h->err_reason = "unsupported transfer encoding";
+        return -1;
+    }
     http_check_head(h);
     if (h->route == ROUTE_PUSH || h->route == ROUTE_PUBLISH) {
         if (h->err_status != 0 && (h->expect_continue || h->err_status == 413)) {
@@ -776,7 +896,6 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     struct http_state *h = p->data;
     struct conn *c = h->c;
-    h->deadline = c->srv->now_ms + c->srv->cfg->handshake_timeout_ms;
     if (h->body == NULL || h->err_status != 0)
         return 0; /* discarded (error answer decided at head time) */
     int rc = msg_append(&h->body, at, len, c->srv->cfg->max_message_size);
@@ -800,6 +919,11 @@ static int on_message_complete(llhttp_t *p)
     h->body = NULL;
     if (h->stopped || c->state != CONN_HTTP)
         return HPE_PAUSED;
+    if (http_must_wait(c)) {
+        h->blocked = 1;
+        conn_read_pause(c, 1);
+        return HPE_PAUSED;
+    }
     return 0;
 }
 
@@ -836,28 +960,60 @@ int http_start(struct conn *c)
     return 0;
 }
 
+/* Keep data[0..len) for later (upgrade or blocked): 0, or UV_ENOMEM. */
+static int http_keep_unread(struct http_state *h, const char *data, size_t len)
+{
+    if (len == 0)
+        return 0;
+    uint8_t *n = realloc(h->unread, h->unread_len + len);
+    if (n == NULL)
+        return UV_ENOMEM;
+    memcpy(n + h->unread_len, data, len);
+    h->unread = n;
+    h->unread_len += len;
+    return 0;
+}
+
+/* Did the feed end in a line feed and blanks (the next one may start a folded value)? */
+static void http_note_tail(struct http_state *h, const char *data, size_t len)
+{
+    const char *q = data + len;
+    while (q > data && (q[-1] == ' ' || q[-1] == '\t'))
+        q--;
+    if (q > data)
+        h->tail_lf = q[-1] == '\n';
+}
+
 void http_feed(struct conn *c, const char *data, size_t len)
 {
     struct http_state *h = c->http;
     if (h->stopped)
         return;
-    llhttp_errno_t err = llhttp_execute(&h->parser, data, len);
-    if (err == HPE_OK || c->state != CONN_HTTP)
+    if (h->blocked || h->upgrade == UPG_ATTACHING) {
+        /* parsing is paused; a read that raced the pause is kept, not parsed
+         * (at most one read buffer: reads stop with the pause) */
+        if (http_keep_unread(h, data, len) < 0)
+            conn_close(c);
         return;
+    }
+    h->feed_start = data;
+    llhttp_errno_t err = llhttp_execute(&h->parser, data, len);
+    if (c->state != CONN_HTTP || c->http != h)
+        return;
+    h->feed_start = NULL;
+    if (err == HPE_OK) {
+        http_note_tail(h, data, len);
+        return;
+    }
     if (err == HPE_PAUSED_UPGRADE || err == HPE_PAUSED) {
         const char *pos = llhttp_get_error_pos(&h->parser);
         size_t used = pos ? (size_t)(pos - data) : len;
-        if (h->upgrade == UPG_ATTACHING) {
-            /* bytes the client sent right after its upgrade request: frames, kept for ws */
-            if (used < len) {
-                h->pre = malloc(len - used);
-                if (h->pre == NULL) {
-                    conn_close(c);
-                    return;
-                }
-                memcpy(h->pre, data + used, len - used);
-                h->pre_len = len - used;
-            }
+        http_note_tail(h, data, used);
+        if (h->upgrade == UPG_ATTACHING || h->blocked) {
+            /* bytes after the upgrade request (frames, kept for ws), or after the
+             * request that filled the pipeline / the send buffer (parsed on resume) */
+            if (http_keep_unread(h, data + used, len - used) < 0)
+                conn_close(c);
             return;
         }
         if (h->stopped)
@@ -871,7 +1027,8 @@ void http_feed(struct conn *c, const char *data, size_t len)
             http_feed(c, data + used, len - used);
         return;
     }
-    /* a parse error or a limit: answer once and close */
+    /* a parse error or a limit: answer once and close, lingering so the client can read
+     * the answer although it is still sending (no reset before the answer) */
     int status = h->err_status ? h->err_status : 400;
     const char *reason = status == 431   ? "request header too large"
                          : status == 413 ? "message too large"
@@ -887,17 +1044,25 @@ void http_feed(struct conn *c, const char *data, size_t len)
         http_error(c, status, reason, 1);
     }
     h->stopped = 1;
+    c->flags |= CONN_F_LINGER;
 }
 
 void http_check_timeout(struct conn *c, uint64_t now)
 {
     struct http_state *h = c->http;
+    if (c->flags & CONN_F_LINGERING) {
+        if (now - c->active_ms >= c->srv->cfg->linger_timeout_ms)
+            conn_close(c);
+        return;
+    }
     if (h == NULL || h->deadline == 0 || now < h->deadline || h->stopped)
         return;
     if (h->in_message) {
         /* a head (or body) trickling in: the slowloris case */
         c->srv->m.handshake_timeouts++;
+        conn_count_close(c, CONN_CLOSE_REQUEST_TIMEOUT);
         http_error(c, 408, "request timeout", 1);
+        c->flags |= CONN_F_LINGER;
         return;
     }
     /* idle: a keep-alive connection after its keepalive_timeout, or one that never sent a
@@ -921,7 +1086,7 @@ void http_free(struct http_state *h)
     }
     msg_unref(h->body);
     free(h->url);
-    free(h->pre);
+    free(h->unread);
     free(h);
 }
 

@@ -3,6 +3,7 @@
  * share one writev), the sweep timer (handshake/keep-alive deadlines, pings, idle and
  * close timeouts; it runs only while connections exist), signals and the drain on
  * SIGTERM/SIGINT, and /metrics. Does NOT parse anything. Loop thread only. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +35,17 @@ static void server_on_accept(uv_stream_t *listener, int status)
         }
         uv_accept(listener, (uv_stream_t *)t);
         uv_close((uv_handle_t *)t, (uv_close_cb)free);
-        log_warn("event=http_connection_limit max=%u", srv->cfg->max_http_connections);
+        srv->m.refused_http_limit++;
+        srv->refused_unlogged++;
+        /* one line per second at most: a flood of refusals must not flood the log */
+        uint64_t now = uv_now(srv->loop);
+        if (srv->refused_logged_ms == 0 || now - srv->refused_logged_ms >= 1000) {
+            log_warn("event=http_connection_limit max=%u refused=%llu",
+                     srv->cfg->max_http_connections,
+                     (unsigned long long)srv->refused_unlogged);
+            srv->refused_logged_ms = now;
+            srv->refused_unlogged = 0;
+        }
         return;
     }
     conn_accept(srv);
@@ -88,6 +99,11 @@ static void server_on_sweep(uv_timer_t *t)
         if (now - c->active_ms < cfg->close_timeout_ms)
             break;
         ws_check_timeout(c, now);
+    }
+    /* only connections whose socket refused bytes have a write in flight */
+    for (c = srv->writing; c != NULL; c = next) {
+        next = c->wnext;
+        conn_check_write(c, now);
     }
     if (srv->http.count + srv->ws.count + srv->closing.count == 0)
         uv_timer_stop(t); /* nothing to watch: no wake-ups while idle */
@@ -275,6 +291,17 @@ void server_free(struct server *srv)
     srv->resp_202 = srv->ping_frame = NULL;
 }
 
+/* printf into the free tail of out; a line that does not fit is left out. */
+static void metrics_append(struct msg *out, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(out->data + out->len, out->cap - out->len, fmt, ap);
+    va_end(ap);
+    if (n > 0 && (uint32_t)n < out->cap - out->len)
+        out->len += (uint32_t)n;
+}
+
 struct msg *server_metrics_render(struct server *srv)
 {
     const struct metrics *m = &srv->m;
@@ -307,11 +334,34 @@ struct msg *server_metrics_render(struct server *srv)
     METRIC("wsgate_bytes_out_total", "counter", "Bytes written to sockets.", m->bytes_out);
     METRIC("wsgate_broker_errors_total", "counter", "Broker errors.", srv->broker->errors);
     METRIC("wsgate_slow_client_closes_total", "counter",
-           "Clients closed for exceeding max_send_buffer.", m->slow_closes);
+           "Clients closed for exceeding max_send_buffer.", m->closed[CONN_CLOSE_SLOW]);
     METRIC("wsgate_handshake_timeouts_total", "counter", "Requests cut off with 408.",
            m->handshake_timeouts);
     METRIC("wsgate_broker_ready", "gauge", "1 when the broker is connected and accepting.",
            (uint64_t)broker_ready(srv->broker));
 #undef METRIC
+    static const char *const reasons[CONN_CLOSE_NREASONS] = {
+        [CONN_CLOSE_SLOW] = "slow",
+        [CONN_CLOSE_WRITE_TIMEOUT] = "write_timeout",
+        [CONN_CLOSE_REQUEST_TIMEOUT] = "request_timeout",
+        [CONN_CLOSE_FRAGMENTS] = "too_many_fragments",
+        [CONN_CLOSE_TOO_BIG] = "message_too_big",
+        [CONN_CLOSE_IDLE] = "idle",
+    };
+    metrics_append(out, "# HELP wsgate_connections_closed_total Connections the gateway closed, "
+                        "by reason.\n# TYPE wsgate_connections_closed_total counter\n");
+    for (int i = 0; i < CONN_CLOSE_NREASONS; i++)
+        metrics_append(out, "wsgate_connections_closed_total{reason=\"%s\"} %llu\n", reasons[i],
+                       (unsigned long long)m->closed[i]);
+    metrics_append(out, "# HELP wsgate_connections_refused_total Connections refused, by "
+                        "reason.\n# TYPE wsgate_connections_refused_total counter\n"
+                        "wsgate_connections_refused_total{reason=\"http_limit\"} %llu\n",
+                   (unsigned long long)m->refused_http_limit);
+    metrics_append(out, "# HELP wsgate_pushes_refused_total Pushes refused, by reason.\n"
+                        "# TYPE wsgate_pushes_refused_total counter\n"
+                        "wsgate_pushes_refused_total{reason=\"queue_full\"} %llu\n"
+                        "wsgate_pushes_refused_total{reason=\"memory_full\"} %llu\n",
+                   (unsigned long long)m->refused_queue_full,
+                   (unsigned long long)srv->broker->refused_full);
     return out;
 }

@@ -135,11 +135,15 @@ static int ws_ctx_get(struct conn *c)
     return 0;
 }
 
-/* Follow client frame boundaries in data (headers only, payloads skipped). Returns the
- * offset of a close frame with a 1-byte payload (wslay would take it for "no status";
- * RFC 6455 makes it a protocol error), or len. */
-static size_t ws_scan(struct conn *c, const uint8_t *p, size_t len)
+/* Follow client frame boundaries in data from the frame headers alone (payloads are
+ * skipped), and judge each header as soon as it is complete, before any payload:
+ * a close frame with a 1-byte payload (wslay would take it for "no status"; RFC 6455
+ * makes it a protocol error) is 1002; a frame or message over max_message_size and a
+ * message of more than max_fragments frames are 1009. Returns 0, or the close code with
+ * *good = the offset of the offending frame's header (the bytes before it are fine). */
+static uint16_t ws_scan(struct conn *c, const uint8_t *p, size_t len, size_t *good)
 {
+    const struct config *cfg = c->srv->cfg;
     const uint8_t *start = p, *hdr = p;
     while (len > 0) {
         if (c->rx_hdr_len == 0 && c->rx_frame_left == 0)
@@ -166,19 +170,35 @@ static size_t ws_scan(struct conn *c, const uint8_t *p, size_t len)
             for (int i = 0; i < 8; i++)
                 plen = (plen << 8) | c->rx_hdr[2 + i];
         int fin = c->rx_hdr[0] & 0x80, op = c->rx_hdr[0] & 0x0f;
+        *good = (size_t)(hdr - start);
         if (op == 0x8 && plen == 1)
-            return (size_t)(hdr - start);
-        if ((op == 1 || op == 2) && !fin)
-            c->rx_fragmented = 1;
-        else if (op == 0 && fin)
-            c->rx_fragmented = 0;
+            return 1002;
+        if (op == 1 || op == 2) { /* first frame of a message */
+            c->rx_msg_len = 0;
+            c->rx_frags = 0;
+            c->rx_fragmented = !fin;
+        } else if (op == 0) {
+            c->rx_fragmented = !fin;
+            if (++c->rx_frags >= cfg->max_fragments) {
+                conn_count_close(c, CONN_CLOSE_FRAGMENTS);
+                return 1009;
+            }
+        }
+        if (op <= 2) {
+            c->rx_msg_len += plen;
+            if (plen > cfg->max_message_size || c->rx_msg_len > cfg->max_message_size) {
+                conn_count_close(c, CONN_CLOSE_TOO_BIG);
+                return 1009;
+            }
+        }
         c->rx_frame_left = plen;
         c->rx_hdr_len = 0;
     }
-    return (size_t)(p - start);
+    *good = (size_t)(p - start);
+    return 0;
 }
 
-int ws_start(struct conn *c, const uint8_t *pre, size_t pre_len)
+int ws_start(struct conn *c, uint8_t *pre, size_t pre_len)
 {
     struct server *srv = c->srv;
     conn_list_remove(c);
@@ -196,12 +216,28 @@ int ws_start(struct conn *c, const uint8_t *pre, size_t pre_len)
     }
     outq_free(&c->early);
     log_debug("event=ws_open session=%s id=%llu", c->sess->key, (unsigned long long)c->sess->id);
-    if (pre_len > 0)
-        ws_feed(c, pre, pre_len);
-    if (c->state == CONN_WS)
+    /* Bytes the client sent along with its upgrade request (a close frame, say) are read
+     * only once the 101 and the frames queued behind it are written (conn_flush calls
+     * ws_feed_pre): read now, a close would drop them unsent. Reads stay paused until. */
+    c->pre = pre;
+    c->pre_len = pre_len;
+    if (pre == NULL)
         conn_read_pause(c, 0);
     conn_dirty(c);
     return 0;
+}
+
+void ws_feed_pre(struct conn *c)
+{
+    uint8_t *pre = c->pre;
+    size_t len = c->pre_len;
+    c->pre = NULL;
+    c->pre_len = 0;
+    ws_feed(c, pre, len);
+    free(pre);
+    if (c->state == CONN_WS && !(c->flags & CONN_F_CLOSE_AFTER) &&
+        c->upstream_inflight < c->srv->cfg->max_inflight)
+        conn_read_pause(c, 0);
 }
 
 /* Leave CONN_WS: unsent frames are dropped, the broker forgets the session (unacked go
@@ -228,7 +264,8 @@ void ws_feed(struct conn *c, const uint8_t *data, size_t len)
         conn_close(c);
         return;
     }
-    size_t good = ws_scan(c, data, len);
+    size_t good = len;
+    uint16_t bad = ws_scan(c, data, len, &good);
     c->rx = data;
     c->rx_len = good;
     int rc = wslay_event_recv(c->ws);
@@ -236,8 +273,15 @@ void ws_feed(struct conn *c, const uint8_t *data, size_t len)
     c->rx_len = 0;
     if (c->state == CONN_CLOSING)
         return;
-    if (rc == 0 && good < len)
-        rc = WSLAY_ERR_PROTO; /* the bad close frame: 1002 */
+    if (rc == 0 && bad != 0) {
+        /* a frame the scan refused from its header: close with its code, read no more */
+        if (c->state == CONN_WS)
+            ws_close(c, bad);
+        c->flags |= CONN_F_CLOSE_AFTER;
+        conn_read_pause(c, 1);
+        conn_dirty(c);
+        return;
+    }
     if (rc != 0) {
         /* wslay failed without a status code (oversized or fragmented control frame,
          * non-minimal length): answer 1002 ourselves and close (DEPS.md, wslay) */
@@ -252,6 +296,14 @@ void ws_feed(struct conn *c, const uint8_t *data, size_t len)
         ws_enter_closing(c); /* a close frame came in or wslay refused a frame */
     if (wslay_event_send(c->ws) != 0 ||
         (!wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws))) {
+        c->flags |= CONN_F_CLOSE_AFTER;
+        conn_read_pause(c, 1);
+    } else if (c->out.bytes > c->srv->cfg->max_send_buffer) {
+        /* what the client made us queue (pongs) and does not read is over the bound */
+        conn_count_close(c, CONN_CLOSE_SLOW);
+        log_info("event=slow_client session=%s queued=%zu", c->sess->key, c->out.bytes);
+        if (c->state == CONN_WS)
+            ws_close(c, 1008);
         c->flags |= CONN_F_CLOSE_AFTER;
         conn_read_pause(c, 1);
     } else if (c->state == CONN_WS && c->rx_frame_left == 0 && c->rx_hdr_len == 0 &&
@@ -293,6 +345,7 @@ void ws_check_timeout(struct conn *c, uint64_t now)
         return;
     if (now - c->active_ms >= cfg->idle_timeout_ms) {
         log_debug("event=idle_timeout session=%s", c->sess->key);
+        conn_count_close(c, CONN_CLOSE_IDLE);
         ws_close(c, 1001);
     } else if (cfg->ping_interval_ms > 0 && now - c->active_ms >= cfg->ping_interval_ms &&
                !(c->flags & CONN_F_PINGED)) {
@@ -328,7 +381,7 @@ int session_deliver(struct session *s, uint64_t msg_id, struct msg *m)
     size_t queued = c->out.bytes + c->early.bytes;
     if (queued > 0 && queued + m->hdr_len + m->len > srv->cfg->max_send_buffer) {
         /* a slow client: close it rather than let memory grow (DESIGN.md §2) */
-        srv->m.slow_closes++;
+        conn_count_close(c, CONN_CLOSE_SLOW);
         log_info("event=slow_client session=%s queued=%zu", s->key, queued);
         c->close_code = 1008;
         conn_close_soon(c);
