@@ -129,6 +129,14 @@ static const struct row rows[] = {
     {"server", "keepalive_timeout", "60s", "2m", F(keepalive_timeout_ms), 0, 120000},
     {"server", "drain_timeout", "10s", "1500ms", F(drain_timeout_ms), 0, 1500},
     {"server", "max_pipeline", "64", "8", F(max_pipeline), 0, 8},
+    {"server", "request_timeout", "30s", "5s", F(request_timeout_ms), 0, 5000},
+    {"server", "write_timeout", "30s", "2s", F(write_timeout_ms), 0, 2000},
+    {"server", "linger_timeout", "2s", "500ms", F(linger_timeout_ms), 0, 500},
+    {"server", "max_connections_per_ip", "0", "20", F(max_connections_per_ip), 0, 20},
+    {"server", "max_handshakes_per_second_per_ip", "0", "5", F(max_handshakes_per_second_per_ip), 0, 5},
+    {"server", "allowed_origins", "*", "https://a.example,https://b.example:8443", F(allowed_origins), 1, 0},
+    {"server", "cors_origins", "", "https://a.example", F(cors_origins), 1, 0},
+    {"server", "trusted_proxies", "", "10.0.0.0/8,::1", F(trusted_proxies), 1, 0},
     {"server", "log_level", "info", "debug", F(log_level), 0, LOG_LEVEL_DEBUG},
     {"websocket", "ping_interval", "30s", "10s", F(ping_interval_ms), 0, 10000},
     {"websocket", "idle_timeout", "75s", "100", F(idle_timeout_ms), 0, 100000},
@@ -138,11 +146,13 @@ static const struct row rows[] = {
     {"websocket", "upstream", "off", "on", F(upstream), 0, 1},
     {"websocket", "max_topics", "32", "4", F(max_topics), 0, 4},
     {"websocket", "max_inflight", "64", "16", F(max_inflight), 0, 16},
+    {"websocket", "max_fragments", "1024", "10", F(max_fragments), 0, 10},
     {"broker", "type", "memory", "redis-list", F(broker_type), 1, 0},
     {"broker", "prefix", "ws", "gw1", F(prefix), 1, 0},
     {"broker", "ttl", "1h", "10m", F(ttl_ms), 0, 600000},
     {"broker", "max_queue", "1000", "50", F(max_queue), 0, 50},
     {"broker", "retry_after", "1s", "5s", F(retry_after_s), 0, 5},
+    {"broker", "memory_max_bytes", "256m", "64m", F(memory_max_bytes), 0, 67108864},
     {"redis", "url", "redis://127.0.0.1:6379/0", "redis://:pw@10.0.0.1:6380/2", F(redis_url), 1, 0},
     {"redis", "timeout", "2s", "500ms", F(redis_timeout_ms), 0, 500},
     {"redis", "ping_interval", "1s", "3s", F(redis_ping_interval_ms), 0, 3000},
@@ -155,6 +165,14 @@ static const struct row rows[] = {
     {"nats", "ack_wait", "1h", "1m", F(nats_ack_wait_ms), 0, 60000},
     {"nats", "consumer_pull", "auto", "always", F(nats_pull), 0, 1},
     {"nats", "timeout", "2s", "5s", F(nats_timeout_ms), 0, 5000},
+    {"auth", "push_tokens", "", "t1,t2", F(push_tokens), 1, 0},
+    {"auth", "push_tokens_file", "", "/etc/wsgate/tokens", F(push_tokens_file), 1, 0},
+    {"auth", "jwt_secret", "", "s3cret", F(jwt_secret), 1, 0},
+    {"auth", "jwt_public_key_file", "", "/etc/wsgate/jwt.pem", F(jwt_public_key_file), 1, 0},
+    {"auth", "metrics_token", "", "m3trics", F(metrics_token), 1, 0},
+    {"auth", "jwt_leeway", "60s", "5s", F(jwt_leeway_ms), 0, 5000},
+    {"auth", "jwt_audience", "", "wsgate", F(jwt_audience), 1, 0},
+    {"auth", "jwt_issuer", "", "https://issuer.example", F(jwt_issuer), 1, 0},
     {"kafka", "brokers", "127.0.0.1:9092", "k1:9092,k2.example:9093", F(kafka_brokers), 1, 0},
     {"kafka", "group", "wsgate", "gw-group.1", F(kafka_group), 1, 0},
 };
@@ -200,7 +218,7 @@ static void test_defaults_match_key_table(void **state)
     memset(&c, 0x5a, sizeof c);
     config_defaults(&c);
 
-    assert_int_equal(NROWS, 38);
+    assert_int_equal(NROWS, 56);
     assert_string_equal(c.listen, "0.0.0.0:8080");
     assert_int_equal(c.backlog, 511);
     assert_int_equal(c.max_connections, 10000);
