@@ -5,6 +5,11 @@
  * for cfg->ttl_ms after its push (then dropped and counted in b->dropped); the next socket
  * of that key to attach drains the FIFO in order before its 101. Queued messages cost one
  * msg ref and one small node, never a payload copy.
+ * All FIFOs together hold at most cfg->memory_max_bytes, counted per waiting message as
+ * its frame (m->hdr_len + m->len) plus MEM_ITEM_OVERHEAD for the node and the msg struct
+ * (allocator slack and unused msg capacity are not counted); a push that does not fit gets
+ * UV_ENOSPC (503) and counts in b->refused_full. Messages handed straight to an online
+ * socket are not stored and cost nothing here.
  * Does NOT survive a restart, share anything between nodes, or forward client frames:
  * `.upstream = NULL`, so broker_upstream() returns UV_ENOSYS and the core drops them —
  * no service can read ws.send.S from inside this process.
@@ -40,6 +45,10 @@ struct mem_item {
     struct msg *m;          /* ref: released when delivered, expired or at close */
     uint64_t expires_at;    /* uv_now() time in ms at which it is dropped */
 };
+
+/* Bytes a waiting message is charged beyond its frame: its node and its struct msg, so
+ * that a flood of empty messages is bounded too. */
+#define MEM_ITEM_OVERHEAD (sizeof(struct mem_item) + sizeof(struct msg))
 
 /* One session key that has sockets online here or messages waiting; freed as soon as it
  * has neither. */
@@ -85,7 +94,7 @@ struct mem_call {
     struct mem_call *next; /* borrowed: next call in mem_broker.calls */
     broker_push_cb cb;     /* the caller's callback */
     void *arg;             /* borrowed: the caller's argument */
-    int status;            /* 0 or UV_ENOBUFS */
+    int status;            /* 0, UV_ENOBUFS (queue full) or UV_ENOSPC (broker full) */
 };
 
 struct mem_broker {
@@ -102,6 +111,8 @@ struct mem_broker {
     struct mem_sess *attach_tail; /* borrowed: last of attach_head's list */
     uint64_t ttl_ms;              /* [broker] ttl */
     uint32_t max_queue;           /* [broker] max_queue */
+    uint64_t max_bytes;           /* [broker] memory_max_bytes: bound on bytes below */
+    uint64_t bytes;               /* mem_item_cost() of every item in every FIFO */
     int closing;                  /* close() was called: refuse new work */
     int open_handles;             /* idle + timer not yet closed */
     broker_close_cb close_cb;     /* the owner's close callback */
@@ -219,7 +230,15 @@ static void mem_queue_free_if_empty(struct mem_broker *p, struct mem_queue *q)
     free(q);
 }
 
-/* Queue it (owned by the caller until now) at the tail of q, holding a ref on m. */
+/* What a waiting message counts against max_bytes (see the file header). m is sealed and
+ * immutable while queued, so the same value comes back when the item is dropped. */
+static uint64_t mem_item_cost(const struct msg *m)
+{
+    return (uint64_t)m->hdr_len + m->len + MEM_ITEM_OVERHEAD;
+}
+
+/* Queue it (owned by the caller until now) at the tail of q, holding a ref on m; the
+ * caller checked that mem_item_cost(m) fits. */
 static void mem_item_append(struct mem_broker *p, struct mem_queue *q, struct mem_item *it,
                             struct msg *m)
 {
@@ -234,6 +253,7 @@ static void mem_item_append(struct mem_broker *p, struct mem_queue *q, struct me
         q->head = it;
     q->tail = it;
     q->nitems++;
+    p->bytes += mem_item_cost(m);
     it->gnext = NULL;
     it->gprev = p->gtail;
     if (p->gtail != NULL)
@@ -246,7 +266,8 @@ static void mem_item_append(struct mem_broker *p, struct mem_queue *q, struct me
 }
 
 /* Remove q's oldest item from q and from the expiry list and free it, releasing its ref
- * (the receiver, if any, took its own). */
+ * (the receiver, if any, took its own) and its bytes. Every way out of a FIFO (delivery,
+ * expiry, close) comes through here. */
 static void mem_item_drop_head(struct mem_broker *p, struct mem_queue *q)
 {
     struct mem_item *it = q->head;
@@ -254,6 +275,8 @@ static void mem_item_drop_head(struct mem_broker *p, struct mem_queue *q)
     if (q->head == NULL)
         q->tail = NULL;
     q->nitems--;
+    assert(p->bytes >= mem_item_cost(it->m));
+    p->bytes -= mem_item_cost(it->m);
     if (it->gprev != NULL)
         it->gprev->gnext = it->gnext;
     else
@@ -404,6 +427,7 @@ static int mem_open(struct broker *b, uv_loop_t *loop, const struct config *cfg)
     p->b = b;
     p->ttl_ms = cfg->ttl_ms;
     p->max_queue = cfg->max_queue;
+    p->max_bytes = cfg->memory_max_bytes;
     map_init(&p->queues);
     map_init(&p->topics);
     /* Neither init fails on Unix (libuv 1.44 always returns 0); checked for the contract. */
@@ -420,8 +444,8 @@ static int mem_open(struct broker *b, uv_loop_t *loop, const struct config *cfg)
     uv_unref((uv_handle_t *)&p->timer); /* pending expiries alone do not keep the loop alive */
     p->open_handles = 2;
     b->priv = p;
-    log_debug("event=broker_open type=memory ttl_ms=%llu max_queue=%u",
-              (unsigned long long)p->ttl_ms, p->max_queue);
+    log_debug("event=broker_open type=memory ttl_ms=%llu max_queue=%u max_bytes=%llu",
+              (unsigned long long)p->ttl_ms, p->max_queue, (unsigned long long)p->max_bytes);
     return 0;
 }
 
@@ -501,6 +525,7 @@ static int mem_push(struct broker *b, const char *key, struct msg *m, broker_pus
     struct mem_call *c;
     struct mem_queue *q;
     struct mem_item *it;
+    uint64_t cost;
     size_t len;
     int status = 0;
     if (p == NULL || p->closing)
@@ -515,6 +540,14 @@ static int mem_push(struct broker *b, const char *key, struct msg *m, broker_pus
         goto done;
     if ((q != NULL ? q->nitems : 0) >= p->max_queue) {
         status = UV_ENOBUFS; /* the core answers 429 */
+        goto done;
+    }
+    /* Then the bound over all sessions: one client pushing big bodies to many offline
+     * keys must not hold more than max_bytes of this process's RAM for the TTL. */
+    cost = mem_item_cost(m);
+    if (cost > p->max_bytes || p->bytes > p->max_bytes - cost) {
+        status = UV_ENOSPC; /* the core answers 503 "memory broker full" */
+        b->refused_full++;
         goto done;
     }
     if ((it = malloc(sizeof(*it))) == NULL)
@@ -678,6 +711,7 @@ static void mem_close(struct broker *b, broker_close_cb cb)
         free(q);
     }
     assert(map_count(&p->topics) == 0); /* every subscriber was in some queue */
+    assert(p->bytes == 0);              /* every item went through mem_item_drop_head */
     map_free(&p->queues);
     map_free(&p->topics);
     uv_close((uv_handle_t *)&p->idle, mem_on_handle_closed);

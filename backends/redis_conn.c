@@ -18,6 +18,7 @@
 #include <strings.h>
 
 #include "log.h"
+#include "map.h"
 
 #define RCONN_BACKOFF_MIN_MS 100
 #define RCONN_SUB_CHUNK 512 /* channels per SUBSCRIBE when resubscribing everything */
@@ -77,6 +78,7 @@ struct rconn {
     rconn_closed_cb closed_cb;   /* set by rconn_close */
     void *closed_arg;            /* borrowed: for closed_cb */
     struct rconn_chan **buckets; /* owned: channel hash table (RCONN_SUB) */
+    struct map_seed hseed;       /* random SipHash key of that table, set by rconn_open */
     size_t nbuckets;             /* power of two */
     size_t nchans;               /* channels in the table */
     struct rconn_chan *probe;    /* owned via the table: liveness channel (RCONN_SUB) */
@@ -206,14 +208,11 @@ int rconn_url_parse(const char *url, struct rconn_url *out)
 
 /* --- channel registry (RCONN_SUB) --- */
 
-static uint32_t rconn_hash(const char *s, size_t n)
+/* Channel names carry session keys and topics that clients choose: keyed like map.c's
+ * tables, so that nobody can line up thousands of them in one bucket. */
+static uint32_t rconn_hash(const struct rconn *rc, const char *s, size_t n)
 {
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 16777619u;
-    }
-    return h;
+    return (uint32_t)map_siphash(&rc->hseed, s, n);
 }
 
 static struct rconn_chan *rconn_chan_find(const struct rconn *rc, const char *name, size_t len)
@@ -221,7 +220,7 @@ static struct rconn_chan *rconn_chan_find(const struct rconn *rc, const char *na
     uint32_t h;
     if (rc->nbuckets == 0)
         return NULL;
-    h = rconn_hash(name, len);
+    h = rconn_hash(rc, name, len);
     for (struct rconn_chan *ch = rc->buckets[h & (rc->nbuckets - 1)]; ch; ch = ch->hnext)
         if (ch->hash == h && ch->len == len && memcmp(ch->name, name, len) == 0)
             return ch;
@@ -262,7 +261,7 @@ static struct rconn_chan *rconn_chan_get(struct rconn *rc, const char *name, siz
     memcpy(ch->name, name, len);
     ch->name[len] = '\0';
     ch->len = (uint32_t)len;
-    ch->hash = rconn_hash(name, len);
+    ch->hash = rconn_hash(rc, name, len);
     ch->hnext = rc->buckets[ch->hash & (rc->nbuckets - 1)];
     rc->buckets[ch->hash & (rc->nbuckets - 1)] = ch;
     rc->nchans++;
@@ -834,6 +833,7 @@ int rconn_open(struct rconn **out, uv_loop_t *loop, const struct rconn_opts *o)
     rc->arg = o->arg;
     rc->rng = uv_hrtime() | 1;
     if (o->kind == RCONN_SUB) {
+        (void)map_seed_random(&rc->hseed); /* always filled; see map.h */
         rc->probe = rconn_chan_get(rc, o->probe_channel, strlen(o->probe_channel));
         if (rc->probe == NULL) {
             free(rc->buckets);

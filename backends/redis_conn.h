@@ -69,7 +69,7 @@ struct rconn_chan {
     struct rsub *pend_tail;   /* idem */
     uint64_t sent;            /* SUBSCRIBE/UNSUBSCRIBE sent on this context for this channel */
     uint64_t done;            /* replies received for them (in order, per channel) */
-    uint32_t hash;            /* FNV-1a of name */
+    uint32_t hash;            /* low 32 bits of map_siphash(name) under the rconn's seed */
     uint32_t len;             /* strlen(name) */
     uint8_t internal;         /* 1 for the liveness probe channel: never freed, no users */
     char name[];              /* channel name, NUL-terminated */

@@ -16,7 +16,8 @@ struct config;
 struct msg;
 
 /* status: 0 accepted; UV_ENOBUFS the session's queue is full (429); UV_E2BIG too large
- * (413); any other negative UV_E* the broker is unavailable (503). */
+ * (413); UV_ENOSPC the broker's storage is full (503 'memory broker full' + Retry-After);
+ * any other negative UV_E* the broker is unavailable (503). */
 typedef void (*broker_push_cb)(void *arg, int status);
 typedef void (*broker_close_cb)(struct broker *b);
 

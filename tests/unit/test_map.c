@@ -1,6 +1,8 @@
-/* test_map.c — unit tests of src/map.c: put/get/remove, growth, iteration (with removal
- * of the current node), 100k keys, keys with equal 32-bit hashes and keys sharing a
- * bucket. Pure code: no loop, no I/O. Single thread. */
+/* test_map.c — unit tests of src/map.c: SipHash-2-4 known answers, per-map random seeds,
+ * put/get/remove, growth, iteration (with removal of the current node), 100k keys, keys
+ * with equal 32-bit hashes and keys sharing a bucket, and a hash-flooding attack built
+ * against the old unkeyed FNV-1a (thousands of keys for one bucket) that must not make
+ * long chains any more. Pure code: no loop, no I/O. Single thread. */
 /* cmocka.h needs these four first. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -45,6 +47,23 @@ static int is_pow2(size_t n)
 {
     return n != 0 && (n & (n - 1)) == 0;
 }
+
+/* Nodes in the longest bucket chain. */
+static size_t longest_chain(const struct map *m)
+{
+    size_t longest = 0;
+    for (size_t b = 0; b < m->nbuckets; b++) {
+        size_t len = 0;
+        for (const struct map_node *n = m->buckets[b]; n != NULL; n = n->next)
+            len++;
+        if (len > longest)
+            longest = len;
+    }
+    return longest;
+}
+
+/* The SipHash reference key 00 01 .. 0f (the paper's Appendix A). */
+static const struct map_seed ref_seed = {0x0706050403020100u, 0x0f0e0d0c0b0a0908u};
 
 static void test_map_put_get_remove(void **state)
 {
@@ -93,13 +112,70 @@ static void test_map_put_get_remove(void **state)
     map_free(&m); /* twice is fine: map_free leaves an empty map */
 }
 
-static void test_map_hash_is_fnv1a(void **state)
+static void test_map_siphash_known_answers(void **state)
 {
+    /* SipHash-2-4, key 00..0f, message 00 01 .. (len-1): the 64-bit vector of the paper's
+     * Appendix A (len 15) and entries 0, 1, 7, 8 and 63 of the reference implementation's
+     * vectors.h (also checked against OpenSSL's SIPHASH MAC with size 8). */
+    static const struct {
+        size_t len;
+        uint64_t want;
+    } kat[] = {
+        {15, 0xa129ca6149be45e5u}, {0, 0x726fdb47dd0e0e31u}, {1, 0x74f839c593dc67fdu},
+        {7, 0xab0200f58b01d137u},  {8, 0x93f5f5799a932462u}, {63, 0x958a324ceb064572u},
+    };
+    uint8_t msg[64];
+    struct map m;
     (void)state;
-    /* Reference values of 32-bit FNV-1a. */
-    assert_int_equal(map_hash("", 0), 0x811c9dc5u);
-    assert_int_equal(map_hash("a", 1), 0xe40c292cu);
-    assert_int_equal(map_hash("foobar", 6), 0xbf9cf968u);
+    for (int i = 0; i < 64; i++)
+        msg[i] = (uint8_t)i;
+    for (size_t i = 0; i < sizeof(kat) / sizeof(kat[0]); i++)
+        assert_int_equal(map_siphash(&ref_seed, msg, kat[i].len), kat[i].want);
+    /* The map stores the low 32 bits under its own seed. */
+    map_init_seed(&m, &ref_seed);
+    assert_int_equal(map_hash(&m, (const char *)msg, 15), 0x49be45e5u);
+    assert_int_equal(map_hash(&m, "", 0), 0xdd0e0e31u);
+    map_free(&m);
+}
+
+static void test_map_seeds_are_random(void **state)
+{
+    static const char *const keys[] = {"a", "svc1.user42", "topic", "", "k1", "k2", "k3", "k4"};
+    struct map a, b;
+    struct map_seed s1, s2;
+    int differ = 0;
+    (void)state;
+    /* Fresh random bits each time (the kernel's, on any working system). */
+    assert_int_equal(map_seed_random(&s1), 0);
+    assert_int_equal(map_seed_random(&s2), 0);
+    assert_true(s1.k0 != s2.k0 || s1.k1 != s2.k1);
+    /* Two maps: two seeds, so the same key hashes differently (all eight keys equal in
+     * both would be a 2^-256 event). Within one map a key always hashes the same. */
+    map_init(&a);
+    map_init(&b);
+    assert_true(a.seed.k0 != b.seed.k0 || a.seed.k1 != b.seed.k1);
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        size_t len = strlen(keys[i]);
+        differ += map_hash(&a, keys[i], len) != map_hash(&b, keys[i], len);
+        assert_int_equal(map_hash(&a, keys[i], len), map_hash(&a, keys[i], len));
+    }
+    assert_true(differ > 0);
+    /* map_free keeps the seed: the map is reusable as it was. */
+    {
+        struct map_seed before = a.seed;
+        struct item it;
+        item_set(&it, "x", 1);
+        assert_int_equal(map_put(&a, &it.node), 0);
+        map_remove(&a, &it.node);
+        map_free(&a);
+        assert_int_equal(a.seed.k0, before.k0);
+        assert_int_equal(a.seed.k1, before.k1);
+        assert_int_equal(map_put(&a, &it.node), 0);
+        assert_ptr_equal(item_get(&a, "x"), &it);
+        map_remove(&a, &it.node);
+    }
+    map_free(&a);
+    map_free(&b);
 }
 
 static void test_map_grows(void **state)
@@ -210,7 +286,6 @@ static void test_map_many_keys(void **state)
     enum { N = 100000 };
     struct item *items = calloc(N, sizeof(*items));
     struct map m;
-    size_t longest = 0;
     (void)state;
     assert_non_null(items);
     map_init(&m);
@@ -223,14 +298,7 @@ static void test_map_many_keys(void **state)
     assert_int_equal(map_count(&m), N);
     assert_true(m.nbuckets >= N && is_pow2(m.nbuckets));
     /* The hash spreads sequential keys: no chain is long. */
-    for (size_t b = 0; b < m.nbuckets; b++) {
-        size_t len = 0;
-        for (struct map_node *n = m.buckets[b]; n != NULL; n = n->next)
-            len++;
-        if (len > longest)
-            longest = len;
-    }
-    assert_true(longest <= 12);
+    assert_true(longest_chain(&m) <= 12);
     for (int i = 0; i < N; i += 2)
         map_remove(&m, &items[i].node);
     assert_int_equal(map_count(&m), N / 2);
@@ -245,22 +313,37 @@ static void test_map_many_keys(void **state)
     free(items);
 }
 
+/* The string whose prefixes test_map_colliding_keys needs: n bytes from a fixed LCG. */
+static char *lcg_string(size_t n)
+{
+    static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    char *w = malloc(n);
+    uint32_t x = 1;
+    assert_non_null(w);
+    for (size_t k = 0; k < n; k++) {
+        x = x * 1103515245u + 12345u;
+        w[k] = alnum[(x >> 16) % 62];
+    }
+    return w;
+}
+
 static void test_map_colliding_keys(void **state)
 {
-    /* Pairs with equal 32-bit FNV-1a hashes: only the bytes tell them apart. */
+    /* Pairs with equal 32-bit map hashes under the reference seed (found offline by a
+     * birthday search over "k<n>"): only the lengths and bytes tell them apart. */
     static const char *const pairs[][2] = {
-        {"costarring", "liquid"},
-        {"declinate", "macallums"},
-        {"altarage", "zinke"},
-        {"altarages", "zinkes"},
+        {"k12700", "k79314"},
+        {"k4114", "k468089"},
+        {"k2967", "k133153"},
+        {"k274260", "k315856"},
     };
     struct item items[8];
     struct map m;
     (void)state;
-    map_init(&m);
+    map_init_seed(&m, &ref_seed);
     for (int i = 0; i < 4; i++) {
-        assert_int_equal(map_hash(pairs[i][0], strlen(pairs[i][0])),
-                         map_hash(pairs[i][1], strlen(pairs[i][1])));
+        assert_int_equal(map_hash(&m, pairs[i][0], strlen(pairs[i][0])),
+                         map_hash(&m, pairs[i][1], strlen(pairs[i][1])));
         item_set(&items[2 * i], pairs[i][0], 2 * i);
         item_set(&items[2 * i + 1], pairs[i][1], 2 * i + 1);
     }
@@ -277,22 +360,26 @@ static void test_map_colliding_keys(void **state)
     assert_int_equal(map_count(&m), 4);
     map_free(&m);
 
-    /* A key and a longer key it is a prefix of, with equal hashes (found offline by
-     * meet-in-the-middle; FNV-1a steps are invertible): the lengths must be compared. */
-    struct item shorter, longer;
-    item_set(&shorter, "svc.ab", 1);
-    item_set(&longer, "svc.abHuCbAY", 2);
-    assert_int_equal(map_hash(shorter.key, 6), map_hash(longer.key, 12));
-    map_init(&m);
-    assert_int_equal(map_put(&m, &longer.node), 0);
-    assert_null(item_get(&m, "svc.ab"));
-    assert_int_equal(map_put(&m, &shorter.node), 0);
-    assert_ptr_equal(item_get(&m, "svc.ab"), &shorter);
-    assert_ptr_equal(item_get(&m, "svc.abHuCbAY"), &longer);
-    map_remove(&m, &longer.node);
-    assert_null(item_get(&m, "svc.abHuCbAY"));
-    assert_ptr_equal(item_get(&m, "svc.ab"), &shorter);
+    /* A key and a longer key it is a prefix of, with equal hashes: the lengths must be
+     * compared. Found offline: among the prefixes of one long string (SipHash's state after
+     * each full block is shared, so all prefixes hash in one pass) a birthday search gives
+     * colliding prefix lengths; this pair is the shortest one for lcg_string. */
+    enum { SHORT = 66658, LONG = 216763 };
+    char *w = lcg_string(LONG);
+    struct map_node shorter = {.key = w, .key_len = SHORT};
+    struct map_node longer = {.key = w, .key_len = LONG};
+    map_init_seed(&m, &ref_seed);
+    assert_int_equal(map_hash(&m, w, SHORT), map_hash(&m, w, LONG));
+    assert_int_equal(map_put(&m, &longer), 0);
+    assert_null(map_get(&m, w, SHORT));
+    assert_int_equal(map_put(&m, &shorter), 0);
+    assert_ptr_equal(map_get(&m, w, SHORT), &shorter);
+    assert_ptr_equal(map_get(&m, w, LONG), &longer);
+    map_remove(&m, &longer);
+    assert_null(map_get(&m, w, LONG));
+    assert_ptr_equal(map_get(&m, w, SHORT), &shorter);
     map_free(&m);
+    free(w);
 
     /* Keys that share a bucket (equal low hash bits) but not a hash: one long chain,
      * removal from its head, middle and tail. */
@@ -304,12 +391,12 @@ static void test_map_colliding_keys(void **state)
     map_init(&m);
     item_set(&probe, "seed", 0);
     assert_int_equal(map_put(&m, &probe.node), 0); /* 16 buckets: slot = hash & 15 */
-    uint32_t want = map_hash("seed", 4) & 15;
+    uint32_t want = map_hash(&m, "seed", 4) & 15;
     map_remove(&m, &probe.node);
     for (int i = 0; i < MAXTRY && found < K; i++) {
         char key[24];
         snprintf(key, sizeof(key), "c%d", i);
-        if ((map_hash(key, strlen(key)) & 15) == want) {
+        if ((map_hash(&m, key, strlen(key)) & 15) == want) {
             item_set(&chain[found], key, found);
             found++;
         }
@@ -338,12 +425,97 @@ static void test_map_colliding_keys(void **state)
     free(chain);
 }
 
+/* --- hash flooding: keys made for the old unkeyed hash --- */
+
+/* The low 16 bits of 32-bit FNV-1a's state after bytes s[0..n), from state h. FNV-1a
+ * steps are xor and multiply, so the low k bits of the result depend only on the low k
+ * bits of the state and of the input: short blocks can be searched for separately and
+ * chained. */
+static uint32_t fnv1a_low16(uint32_t h, const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        h = ((h ^ (uint8_t)s[i]) * 16777619u) & 0xffffu;
+    return h;
+}
+
+static uint32_t fnv1a(const char *s, size_t n)
+{
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (uint8_t)s[i]) * 16777619u;
+    return h;
+}
+
+/* The first want 4-character alphanumeric blocks that take FNV-1a's low 16 bits from
+ * state from to state to, written into out[want][4]. Returns how many were found. */
+static int fnv_blocks(uint32_t from, uint32_t to, char (*out)[4], int want)
+{
+    static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    int found = 0;
+    char b[4];
+    for (int i = 0; i < 62 * 62 * 62 * 62 && found < want; i++) {
+        b[0] = alnum[i % 62];
+        b[1] = alnum[i / 62 % 62];
+        b[2] = alnum[i / (62 * 62) % 62];
+        b[3] = alnum[i / (62 * 62 * 62)];
+        if (fnv1a_low16(from, b, 4) == to)
+            memcpy(out[found++], b, 4);
+    }
+    return found;
+}
+
+static void test_map_fnv_flood_stays_flat(void **state)
+{
+    /* 20 x 16 x 16 = 5120 keys "AAAABBBBCCCC" whose FNV-1a hashes all end in the same 16
+     * bits: A blocks take the offset basis to T, B blocks take T back to T. Under FNV-1a
+     * every one of them lands in one bucket (the table has 8192) and the map degrades to a
+     * list; under a keyed hash the longest chain of 5120 keys in 8192 buckets is ~5 (over
+     * 8 with probability ~2e-7). */
+    enum { NA = 20, NB = 16, N = NA * NB * NB };
+    const uint32_t target = 0x2a2au;
+    char a[NA][4], b[NB][4];
+    struct item *items = calloc(N, sizeof(*items));
+    struct map m;
+    int k = 0;
+    (void)state;
+    assert_non_null(items);
+    assert_int_equal(fnv_blocks(2166136261u & 0xffffu, target, a, NA), NA);
+    assert_int_equal(fnv_blocks(target, target, b, NB), NB);
+    for (int i = 0; i < NA; i++)
+        for (int j = 0; j < NB; j++)
+            for (int l = 0; l < NB; l++, k++) {
+                char key[13];
+                memcpy(key, a[i], 4);
+                memcpy(key + 4, b[j], 4);
+                memcpy(key + 8, b[l], 4);
+                key[12] = '\0';
+                item_set(&items[k], key, k);
+                /* The attack is real: same low 16 bits of the old hash for every key. */
+                assert_int_equal(fnv1a(key, 12) & 0xffffu, fnv1a(items[0].key, 12) & 0xffffu);
+            }
+    map_init(&m);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(map_put(&m, &items[i].node), 0); /* all distinct */
+    assert_int_equal(map_count(&m), N);
+    assert_int_equal(m.nbuckets, 8192);
+    assert_true(longest_chain(&m) <= 8);
+    for (int i = 0; i < N; i += 97)
+        assert_ptr_equal(item_get(&m, items[i].key), &items[i]);
+    map_free(&m);
+    free(items);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_map_put_get_remove), cmocka_unit_test(test_map_hash_is_fnv1a),
-        cmocka_unit_test(test_map_grows),          cmocka_unit_test(test_map_iterate),
-        cmocka_unit_test(test_map_many_keys),      cmocka_unit_test(test_map_colliding_keys),
+        cmocka_unit_test(test_map_siphash_known_answers),
+        cmocka_unit_test(test_map_seeds_are_random),
+        cmocka_unit_test(test_map_put_get_remove),
+        cmocka_unit_test(test_map_grows),
+        cmocka_unit_test(test_map_iterate),
+        cmocka_unit_test(test_map_many_keys),
+        cmocka_unit_test(test_map_colliding_keys),
+        cmocka_unit_test(test_map_fnv_flood_stays_flat),
     };
     return cmocka_run_group_tests_name("map", tests, NULL, NULL);
 }

@@ -60,7 +60,7 @@ struct fx {
     uv_loop_t loop;
     uv_timer_t guard; /* ref'd only while a run waits: fires => timed_out */
     int timed_out;
-    struct config cfg; /* only ttl_ms and max_queue matter to memory.c */
+    struct config cfg; /* only ttl_ms, max_queue and memory_max_bytes matter to memory.c */
     struct broker b;
     int closed;   /* broker close callback count */
     int finished; /* fx_finish completed */
@@ -152,7 +152,7 @@ static void fx_run_for(struct fx *f, uint64_t ms)
         uv_run(&f->loop, UV_RUN_ONCE);
 }
 
-static int fx_setup_cfg(void **state, uint64_t ttl_ms, uint32_t max_queue)
+static int fx_setup_cfg(void **state, uint64_t ttl_ms, uint32_t max_queue, uint64_t max_bytes)
 {
     struct fx *f = calloc(1, sizeof(*f));
     if (f == NULL)
@@ -162,6 +162,7 @@ static int fx_setup_cfg(void **state, uint64_t ttl_ms, uint32_t max_queue)
     f->guard.data = f;
     f->cfg.ttl_ms = ttl_ms;
     f->cfg.max_queue = max_queue;
+    f->cfg.memory_max_bytes = max_bytes;
     f->b.ops = &broker_memory_ops; /* what broker_open does (src/broker.c is not linked) */
     f->b.loop = &f->loop;
     f->b.cfg = &f->cfg;
@@ -179,19 +180,37 @@ static int fx_setup_cfg(void **state, uint64_t ttl_ms, uint32_t max_queue)
     return 0;
 }
 
+#define FX_MAX_BYTES (256u << 20) /* the config default */
+
 static int fx_setup(void **state)
 {
-    return fx_setup_cfg(state, 3600 * 1000, 1000);
+    return fx_setup_cfg(state, 3600 * 1000, 1000, FX_MAX_BYTES);
 }
 
 static int fx_setup_maxq(void **state) /* max_queue 2 */
 {
-    return fx_setup_cfg(state, 3600 * 1000, 2);
+    return fx_setup_cfg(state, 3600 * 1000, 2, FX_MAX_BYTES);
 }
 
 static int fx_setup_ttl(void **state) /* ttl 200ms */
 {
-    return fx_setup_cfg(state, 200, 1000);
+    return fx_setup_cfg(state, 200, 1000, FX_MAX_BYTES);
+}
+
+/* memory_max_bytes 3500: three 1000-byte messages fit, a fourth does not. Each is charged
+ * 1004 (payload + 4-byte frame header) plus a per-item overhead under 160, so 3 x 1164 <=
+ * 3500 < 4 x 1004 holds for any overhead the backend may pick in that range. */
+#define FX_CAP_BYTES 3500
+#define FX_BIG 1000
+
+static int fx_setup_cap(void **state) /* max_queue 2, memory_max_bytes 3500 */
+{
+    return fx_setup_cfg(state, 3600 * 1000, 2, FX_CAP_BYTES);
+}
+
+static int fx_setup_cap_ttl(void **state) /* ttl 200ms, memory_max_bytes 3500 */
+{
+    return fx_setup_cfg(state, 200, 1000, FX_CAP_BYTES);
 }
 
 static void fx_release_recs(struct fx *f)
@@ -839,6 +858,114 @@ static void test_memory_bad_input(void **state)
     fx_finish(f);
 }
 
+/* A text of n bytes (n < sizeof buf), the same every time. */
+static const char *fx_text(size_t n)
+{
+    static char buf[4096];
+    assert_true(n < sizeof(buf));
+    memset(buf, 'x', n);
+    buf[n] = '\0';
+    return buf;
+}
+
+static void test_memory_max_bytes_enospc(void **state)
+{
+    FX_BEGIN(state); /* max_queue 2, memory_max_bytes 3500 */
+    struct session *s1 = fx_session(f, 0, "k1", NULL);
+    struct session *s4 = fx_session(f, 1, "k4", NULL);
+    /* One message over the whole bound never fits, even in an empty broker. */
+    assert_int_equal(fx_push(f, "k0", fx_text(FX_CAP_BYTES), 0), 0); /* refused later */
+    RUN_UNTIL(f, f->pcb[0].calls == 1);
+    assert_int_equal(f->pcb[0].status, UV_ENOSPC);
+    assert_int_equal(f->b.refused_full, 1);
+    /* Two for k1, then k1's own queue is full: 429 comes first, not counted as "full". */
+    assert_int_equal(fx_push(f, "k1", fx_text(FX_BIG), 1), 0);
+    assert_int_equal(fx_push(f, "k1", fx_text(FX_BIG), 2), 0);
+    assert_int_equal(fx_push(f, "k1", fx_text(FX_BIG), 3), 0);
+    RUN_UNTIL(f, f->pcb[3].calls == 1);
+    assert_int_equal(f->pcb[1].status, 0);
+    assert_int_equal(f->pcb[2].status, 0);
+    assert_int_equal(f->pcb[3].status, UV_ENOBUFS);
+    assert_int_equal(f->b.refused_full, 1);
+    /* A third 1000-byte message fits, for another key; the fourth does not, whatever its
+     * key; k1 (queue full and broker full) still answers 429. */
+    assert_int_equal(fx_push(f, "k2", fx_text(FX_BIG), 4), 0);
+    assert_int_equal(fx_push(f, "k3", fx_text(FX_BIG), 5), 0);
+    assert_int_equal(fx_push(f, "k2", fx_text(FX_BIG), 6), 0);
+    assert_int_equal(fx_push(f, "k1", fx_text(FX_BIG), 7), 0);
+    assert_int_equal(f->pcb[5].calls, 0); /* the refusal is a callback, never inside push */
+    RUN_UNTIL(f, f->pcb[7].calls == 1);
+    assert_int_equal(f->pcb[4].status, 0);
+    assert_int_equal(f->pcb[5].status, UV_ENOSPC); /* the core answers 503 */
+    assert_int_equal(f->pcb[6].status, UV_ENOSPC);
+    assert_int_equal(f->pcb[7].status, UV_ENOBUFS);
+    assert_int_equal(f->b.refused_full, 3);
+    for (int i = 0; i <= 7; i++)
+        assert_int_equal(f->pcb[i].calls, 1);
+    /* A message handed straight to an online socket is not stored: it needs no room. */
+    fx_attach_wait(f, s4);
+    assert_int_equal(fx_push(f, "k4", fx_text(FX_BIG), 8), 0);
+    assert_int_equal(f->nrec, 1);
+    RUN_UNTIL(f, f->pcb[8].calls == 1);
+    assert_int_equal(f->pcb[8].status, 0);
+    assert_int_equal(f->b.refused_full, 3);
+    /* Delivery gives the bytes back: k1's two messages drain, two more fit. */
+    fx_attach_wait(f, s1);
+    assert_int_equal(f->nrec, 3);
+    fx_assert_rec(f, 1, s1, fx_text(FX_BIG));
+    broker_detach(&f->b, s1);
+    assert_int_equal(fx_push(f, "k3", fx_text(FX_BIG), 9), 0);
+    assert_int_equal(fx_push(f, "k5", fx_text(FX_BIG), 10), 0);
+    assert_int_equal(fx_push(f, "k6", fx_text(FX_BIG), 11), 0);
+    RUN_UNTIL(f, f->pcb[11].calls == 1);
+    assert_int_equal(f->pcb[9].status, 0);
+    assert_int_equal(f->pcb[10].status, 0);
+    assert_int_equal(f->pcb[11].status, UV_ENOSPC); /* full again: k2, k3, k5 wait */
+    assert_int_equal(f->b.refused_full, 4);
+    assert_int_equal(f->b.dropped, 0); /* refused messages are not "dropped" */
+    broker_detach(&f->b, s4);
+    fx_finish(f);
+    assert_int_equal(f->b.dropped, 3); /* close frees (and counts) the three held */
+}
+
+static void test_memory_max_bytes_back_after_ttl(void **state)
+{
+    FX_BEGIN(state); /* ttl 200ms, memory_max_bytes 3500 */
+    assert_int_equal(fx_push(f, "a", fx_text(FX_BIG), 0), 0);
+    assert_int_equal(fx_push(f, "b", fx_text(FX_BIG), 1), 0);
+    assert_int_equal(fx_push(f, "c", fx_text(FX_BIG), 2), 0);
+    assert_int_equal(fx_push(f, "d", fx_text(FX_BIG), 3), 0);
+    RUN_UNTIL(f, f->pcb[3].calls == 1);
+    assert_int_equal(f->pcb[0].status | f->pcb[1].status | f->pcb[2].status, 0);
+    assert_int_equal(f->pcb[3].status, UV_ENOSPC);
+    assert_int_equal(f->b.refused_full, 1);
+    /* Small messages still fit in what is left: the bound is in bytes. */
+    assert_int_equal(fx_push(f, "e", "tiny", 4), 0);
+    RUN_UNTIL(f, f->pcb[4].calls == 1);
+    assert_int_equal(f->pcb[4].status, 0);
+    /* Expiry gives the bytes back. */
+    RUN_UNTIL(f, f->b.dropped == 4);
+    assert_int_equal(fx_active_handles(f), 0);
+    for (int i = 5; i < 8; i++)
+        assert_int_equal(fx_push(f, "d", "", i), 0);
+    assert_int_equal(fx_push(f, "f", fx_text(FX_BIG), 8), 0);
+    assert_int_equal(fx_push(f, "g", fx_text(FX_BIG), 9), 0);
+    RUN_UNTIL(f, f->pcb[9].calls == 1);
+    for (int i = 5; i < 10; i++)
+        assert_int_equal(f->pcb[i].status, 0);
+    assert_int_equal(f->b.refused_full, 1);
+    /* Empty messages are charged their per-item overhead: 200 of them do not fit in the
+     * ~1100 bytes left (they would, at 2 bytes of frame each). */
+    for (int i = 0; i < 200; i++)
+        assert_int_equal(fx_push(f, "h", "", 10), 0);
+    RUN_UNTIL(f, f->pcb[10].calls == 200);
+    assert_int_equal(f->pcb[10].status, UV_ENOSPC);
+    assert_true(f->b.refused_full >= 1 + 100);
+    uint64_t held = 5 + 200 - (f->b.refused_full - 1);
+    fx_finish(f);
+    assert_int_equal(f->b.dropped, 4 + held);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -861,6 +988,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_memory_close_from_callback, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_memory_push_from_callback, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_memory_bad_input, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_memory_max_bytes_enospc, fx_setup_cap, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_memory_max_bytes_back_after_ttl, fx_setup_cap_ttl,
+                                        fx_teardown),
     };
     return cmocka_run_group_tests_name("memory", tests, NULL, NULL);
 }
