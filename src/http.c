@@ -21,7 +21,28 @@
 #include "session.h"
 #include "util.h"
 
-enum hdr_id { HDR_OTHER = 0, HDR_UPGRADE, HDR_WS_KEY, HDR_WS_VERSION, HDR_EXPECT, HDR_TE };
+enum hdr_id {
+    HDR_OTHER = 0,
+    HDR_UPGRADE,
+    HDR_WS_KEY,
+    HDR_WS_VERSION,
+    HDR_EXPECT,
+    HDR_TE,
+    /* captured whole into h->hbuf for access control (struct http_hval) */
+    HDR_AUTHZ,
+    HDR_ORIGIN,
+    HDR_WS_PROTO,
+    HDR_XFF,
+};
+#define HDR_FIRST_CAPTURED HDR_AUTHZ
+#define HDR_NCAPTURED (HDR_XFF - HDR_AUTHZ + 1)
+
+/* One captured header value of the current request: h->hbuf[off, off + len). */
+struct http_hval {
+    uint32_t off;
+    uint32_t len;
+    uint8_t count; /* headers of this name seen (XFF lines are joined with ", ") */
+};
 
 enum upgrade_state { UPG_NONE = 0, UPG_ATTACHING, UPG_ATTACHED, UPG_FAILED };
 
@@ -66,6 +87,10 @@ struct http_state {
     char hname[24];             /* lower-cased header name (only short ones matter) */
     char hval[64];              /* value of Upgrade/Version/Expect/Transfer-Encoding */
     char ws_key[32];            /* Sec-WebSocket-Key */
+    struct http_hval hv[HDR_NCAPTURED]; /* Authorization, Origin, Sec-WebSocket-Protocol,
+                                         * X-Forwarded-For of the current request */
+    char *hbuf;                 /* owned: their bytes (bounded by max_header_size) */
+    size_t hbuf_len, hbuf_cap;
     struct msg *body;           /* owned: the request body being received */
     struct http_pending *pend_head; /* owned: answers not yet queued, in order */
     struct http_pending *pend_tail;
@@ -677,6 +702,8 @@ static int on_message_begin(llhttp_t *p)
     h->expect_continue = h->expect_other = 0;
     h->hname_len = h->hval_len = h->ws_key_len = 0;
     h->ws_keys = h->te_other = h->obs_fold = 0;
+    memset(h->hv, 0, sizeof(h->hv));
+    h->hbuf_len = 0;
     h->err_status = 0;
     h->err_reason = NULL;
     h->err_allow = NULL;
@@ -730,6 +757,39 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+/* Append to hbuf (the head limit bounds it). 0 or -1. */
+static int http_hbuf_add(struct http_state *h, const char *at, size_t len)
+{
+    if (h->hbuf_len + len > h->hbuf_cap) {
+        size_t cap = h->hbuf_cap ? h->hbuf_cap : 256;
+        while (cap < h->hbuf_len + len)
+            cap *= 2;
+        char *n = realloc(h->hbuf, cap);
+        if (n == NULL)
+            return -1;
+        h->hbuf = n;
+        h->hbuf_cap = cap;
+    }
+    memcpy(h->hbuf + h->hbuf_len, at, len);
+    h->hbuf_len += len;
+    return 0;
+}
+
+/* A captured header starts: its value goes to the end of hbuf. A repeated
+ * X-Forwarded-For continues the list; another repeated header starts over (and its
+ * count tells the checks it was repeated). */
+static int http_hval_begin(struct http_state *h)
+{
+    struct http_hval *v = &h->hv[h->hdr - HDR_FIRST_CAPTURED];
+    if (v->count < 0xff)
+        v->count++;
+    if (v->count > 1 && h->hdr == HDR_XFF)
+        return v->len > 0 ? http_hbuf_add(h, ", ", 2) : 0;
+    v->off = (uint32_t)h->hbuf_len;
+    v->len = 0;
+    return 0;
+}
+
 static int on_header_field_complete(llhttp_t *p)
 {
     struct http_state *h = p->data;
@@ -746,6 +806,16 @@ static int on_header_field_complete(llhttp_t *p)
             h->hdr = HDR_EXPECT;
         else if (strcmp(h->hname, "transfer-encoding") == 0)
             h->hdr = HDR_TE;
+        else if (strcmp(h->hname, "authorization") == 0)
+            h->hdr = HDR_AUTHZ;
+        else if (strcmp(h->hname, "origin") == 0)
+            h->hdr = HDR_ORIGIN;
+        else if (strcmp(h->hname, "sec-websocket-protocol") == 0)
+            h->hdr = HDR_WS_PROTO;
+        else if (strcmp(h->hname, "x-forwarded-for") == 0)
+            h->hdr = HDR_XFF;
+        if (h->hdr >= HDR_FIRST_CAPTURED && http_hval_begin(h) < 0)
+            return -1;
         if (h->hdr == HDR_WS_KEY && h->ws_keys < 0xff)
             h->ws_keys++;
     }
@@ -782,6 +852,11 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
                 h->ws_key[h->ws_key_len++] = at[i];
             else
                 h->ws_key_len = sizeof(h->ws_key); /* too long: invalid */
+    } else if (h->hdr >= HDR_FIRST_CAPTURED) {
+        struct http_hval *v = &h->hv[h->hdr - HDR_FIRST_CAPTURED];
+        if (http_hbuf_add(h, at, len) < 0)
+            return -1;
+        v->len = (uint32_t)(h->hbuf_len - v->off);
     } else if (h->hdr != HDR_OTHER) {
         for (size_t i = 0; i < len; i++)
             if (h->hval_len < sizeof(h->hval) - 1)
@@ -1086,6 +1161,7 @@ void http_free(struct http_state *h)
     }
     msg_unref(h->body);
     free(h->url);
+    free(h->hbuf);
     free(h->unread);
     free(h);
 }
