@@ -20,6 +20,7 @@ struct msg;
  * any other negative UV_E* the broker is unavailable (503). */
 typedef void (*broker_push_cb)(void *arg, int status);
 typedef void (*broker_close_cb)(struct broker *b);
+typedef void (*broker_settle_cb)(struct session *s);
 
 struct broker_ops {
     const char *name; /* config value: "memory", "redis-list", ... */
@@ -49,6 +50,13 @@ struct broker_ops {
      * window from what it holds); the core calls it only after the written frames are
      * off its output queue. Never closes a session synchronously. */
     void (*ack)(struct broker *b, struct session *s, uint64_t msg_id);
+    /* s is leaving (its client sent a close frame, or the server closes it): cb(s) runs
+     * once, later (never inside this call), when every ack given for s so far is
+     * confirmed by the broker, so a reconnect of the same client elsewhere cannot read
+     * those messages again; the core then detaches s and answers the client's close.
+     * detach(s) before that cancels it (cb never runs). NULL: acks are confirmed when
+     * ack returns, or duplicates on reconnect are acceptable for this backend. */
+    void (*settle)(struct broker *b, struct session *s, broker_settle_cb cb);
     /* 1 when connected and accepting (/readyz 200, upgrades allowed), else 0. */
     int (*ready)(struct broker *b);
     /* Disconnect and free everything; cb runs once, later, when it is done. */
@@ -104,6 +112,14 @@ static inline void broker_ack(struct broker *b, struct session *s, uint64_t msg_
 {
     if (b->ops->ack != NULL)
         b->ops->ack(b, s, msg_id);
+}
+/* 0: cb runs later; UV_ENOSYS: the backend has nothing to settle (detach at once). */
+static inline int broker_settle(struct broker *b, struct session *s, broker_settle_cb cb)
+{
+    if (b->ops->settle == NULL)
+        return UV_ENOSYS;
+    b->ops->settle(b, s, cb);
+    return 0;
 }
 static inline int broker_ready(struct broker *b)
 {

@@ -31,6 +31,7 @@ enum conn_flag {
     CONN_F_ATTACHED = 1 << 7,     /* the broker holds c->sess (101 sent, detach not yet) */
     CONN_F_LINGER = 1 << 8,       /* at CLOSE_AFTER: shut the write side, drain input, close */
     CONN_F_LINGERING = 1 << 9,    /* write side shut: input is read and discarded */
+    CONN_F_SETTLING = 1 << 10,    /* closing: waiting for broker_settle before the detach */
 };
 
 /* One queued item: a message ref, and the broker id to ack once written (0 = none). */
@@ -148,6 +149,8 @@ void http_drain(struct conn *c);
 int ws_start(struct conn *c, uint8_t *pre, size_t pre_len);
 /* Feed c->pre (the queue before it is written) and resume reads. */
 void ws_feed_pre(struct conn *c);
+/* Closing c has no write in flight: settle its acks with the broker, then detach. */
+void ws_leave(struct conn *c);
 void ws_feed(struct conn *c, const uint8_t *data, size_t len);
 /* Begin the closing handshake with code (1000-4999); the socket closes later. */
 void ws_close(struct conn *c, uint16_t code);

@@ -371,7 +371,7 @@ static void conn_on_write(uv_write_t *req, int status)
     }
     conn_written(c, n);
     if (c->state == CONN_WS_CLOSING && (c->flags & CONN_F_ATTACHED))
-        conn_detach(c); /* closing waited for this write so its frames could be acked */
+        ws_leave(c); /* closing waited for this write so its frames could be acked */
     if (c->state != CONN_CLOSING) {
         if (c->state == CONN_HTTP)
             http_on_written(c);
@@ -579,7 +579,7 @@ void conn_detach(struct conn *c)
 {
     if (!(c->flags & CONN_F_ATTACHED))
         return;
-    c->flags &= ~CONN_F_ATTACHED;
+    c->flags &= ~(CONN_F_ATTACHED | CONN_F_SETTLING); /* detach cancels a settle */
     broker_detach(c->srv->broker, c->sess);
 }
 

@@ -249,13 +249,47 @@ static void ws_enter_closing(struct conn *c)
     if (c->state != CONN_WS)
         return;
     srv->m.dropped += outq_drop_unsent(&c->out);
-    if (!(c->flags & CONN_F_WRITING))
-        conn_detach(c);
     conn_list_remove(c);
     c->state = CONN_WS_CLOSING;
     conn_list_append(c, CONN_LIST_CLOSING);
     c->active_ms = uv_now(srv->loop);
+    if (!(c->flags & CONN_F_WRITING))
+        ws_leave(c);
     conn_dirty(c);
+}
+
+/* Send what wslay holds (a close reply among it); close once both closes are through. */
+static void ws_send_pending(struct conn *c)
+{
+    if (c->ws == NULL)
+        return;
+    if (wslay_event_send(c->ws) != 0 ||
+        (!wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws))) {
+        c->flags |= CONN_F_CLOSE_AFTER;
+        conn_read_pause(c, 1);
+    }
+    conn_dirty(c);
+}
+
+static void ws_on_settled(struct session *s)
+{
+    struct conn *c = s->conn;
+    if (!(c->flags & CONN_F_SETTLING))
+        return; /* defensive: detach cancels the callback */
+    c->flags &= ~CONN_F_SETTLING;
+    conn_detach(c);
+    ws_send_pending(c); /* the close reply held back while settling */
+}
+
+void ws_leave(struct conn *c)
+{
+    if (!(c->flags & CONN_F_ATTACHED) || (c->flags & CONN_F_SETTLING))
+        return;
+    c->flags |= CONN_F_SETTLING;
+    if (broker_settle(c->srv->broker, c->sess, ws_on_settled) < 0) {
+        c->flags &= ~CONN_F_SETTLING;
+        conn_detach(c);
+    }
 }
 
 void ws_feed(struct conn *c, const uint8_t *data, size_t len)
@@ -294,6 +328,12 @@ void ws_feed(struct conn *c, const uint8_t *data, size_t len)
     }
     if (!wslay_event_want_read(c->ws))
         ws_enter_closing(c); /* a close frame came in or wslay refused a frame */
+    if (c->flags & CONN_F_SETTLING) {
+        /* the close reply waits until the broker confirmed the acks (ws_on_settled): a
+         * client that reconnects once it has it cannot be handed those messages again */
+        conn_dirty(c);
+        return;
+    }
     if (wslay_event_send(c->ws) != 0 ||
         (!wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws))) {
         c->flags |= CONN_F_CLOSE_AFTER;
