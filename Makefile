@@ -4,7 +4,7 @@
 # SAN=1 builds everything with -fsanitize=address,undefined into build-san/.
 
 CC      ?= cc
-PKGS    := libuv hiredis libnats rdkafka inih libcrypto
+PKGS    := libuv hiredis libnats rdkafka inih libcrypto libjwt jansson
 LLHTTP  := /usr/share/llhttp
 ifeq ($(SAN),1)
 BUILD   := build-san
