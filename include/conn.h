@@ -84,6 +84,7 @@ struct conn {
     size_t pre_len;
     struct outq out;             /* owned: bytes to write, in order */
     struct outq early;           /* owned: frames delivered before the 101 went out */
+    char *ip;                    /* owned: client IP counted by max_connections_per_ip, or NULL */
 };
 
 /* --- conn.c --- */

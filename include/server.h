@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "iplimit.h"
+
 struct config;
 struct broker;
 struct conn;
@@ -21,6 +23,16 @@ enum conn_close_reason {
     CONN_CLOSE_TOO_BIG,          /* message or frame over max_message_size (1009) */
     CONN_CLOSE_IDLE,             /* idle_timeout (1001) */
     CONN_CLOSE_NREASONS
+};
+
+/* Requests refused by access control, for /metrics (wsgate_auth_refused_total{reason}). */
+enum auth_refused {
+    AUTH_REFUSED_PUSH = 0,   /* /push, /publish without a valid token (401) */
+    AUTH_REFUSED_METRICS,    /* /metrics without metrics_token (401) */
+    AUTH_REFUSED_TOKEN,      /* upgrade: JWT missing or invalid (401) */
+    AUTH_REFUSED_FORBIDDEN,  /* upgrade: valid JWT, wrong sub or topic (403) */
+    AUTH_REFUSED_ORIGIN,     /* upgrade: Origin not in allowed_origins (403) */
+    AUTH_REFUSED_N
 };
 
 struct metrics {
@@ -39,6 +51,9 @@ struct metrics {
     uint64_t closed[CONN_CLOSE_NREASONS]; /* closes the gateway decided, by reason */
     uint64_t refused_http_limit;  /* connections closed at accept: max_http_connections */
     uint64_t refused_queue_full;  /* pushes answered 429 */
+    uint64_t refused_per_ip;      /* upgrades over max_connections_per_ip (503) */
+    uint64_t refused_rate;        /* upgrades over max_handshakes_per_second_per_ip (429) */
+    uint64_t refused_auth[AUTH_REFUSED_N]; /* access control refusals by reason */
 };
 
 /* Intrusive doubly linked list of connections (head = oldest activity). */
@@ -52,6 +67,9 @@ struct server {
     uv_loop_t *loop;           /* borrowed: outlives the server */
     const struct config *cfg;  /* borrowed: outlives the server */
     struct broker *broker;     /* borrowed: opened before server_start, closed after stop */
+    struct auth *auth;         /* borrowed: built by the caller (auth_init), reloaded on SIGHUP */
+    struct iplimit iplimit;    /* owned: per-IP counters (iplimit_init in server_start) */
+    uv_signal_t sighup;        /* embedded: reload push_tokens_file */
     uv_tcp_t listener;         /* embedded */
     uv_timer_t sweep;          /* embedded: timeouts, pings (runs only while conns exist) */
     uv_prepare_t flush_prep;   /* embedded: flush dirty conns before the loop blocks */
@@ -84,7 +102,7 @@ struct server {
 
 /* Set up handles and bind/listen on cfg->listen. 0 or UV_E* (logged). */
 int server_start(struct server *srv, uv_loop_t *loop, const struct config *cfg,
-                 struct broker *b);
+                 struct broker *b, struct auth *auth);
 /* Begin shutdown: stop accepting, close WebSockets with 1001, drain, then close every
  * handle; uv_run returns once everything is closed (or at drain_timeout). */
 void server_shutdown(struct server *srv);

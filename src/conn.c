@@ -10,6 +10,7 @@
 #include "broker.h"
 #include "config.h"
 #include "conn.h"
+#include "iplimit.h"
 #include "log.h"
 #include "msg.h"
 #include "server.h"
@@ -566,6 +567,11 @@ void conn_close(struct conn *c)
     else
         srv->m.http_open--;
     conn_writing_remove(c);
+    if (c->ip != NULL) { /* counted by max_connections_per_ip */
+        iplimit_conn_release(&srv->iplimit, c->ip, uv_now(srv->loop));
+        free(c->ip);
+        c->ip = NULL;
+    }
     if (c->flags & CONN_F_ATTACHED)
         conn_detach(c); /* unacked messages go back */
     else if (c->sess != NULL && c->state == CONN_HTTP)

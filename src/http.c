@@ -7,13 +7,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <llhttp.h>
 #include <openssl/evp.h>
 
+#include "auth.h"
 #include "broker.h"
 #include "config.h"
 #include "conn.h"
+#include "iplimit.h"
 #include "log.h"
 #include "msg.h"
 #include "route.h"
@@ -53,6 +56,7 @@ struct http_pending {
     struct msg *resp;          /* ref: the answer once ready, NULL while waiting */
     uint8_t close_after;       /* close the connection after this answer */
     uint8_t upgrade;           /* this is the 101: switch to WebSocket after it */
+    char *cors_origin;         /* owned: origin granted CORS on this answer, or NULL */
 };
 
 struct http_state {
@@ -75,6 +79,8 @@ struct http_state {
     uint8_t te_other;           /* a Transfer-Encoding other than exactly "chunked" (501) */
     uint8_t obs_fold;           /* a header value continued on the next line (400) */
     uint8_t tail_lf;            /* the last feed ended in LF + blanks (obs-fold detection) */
+    uint8_t cors;               /* the request's Origin is in cors_origins (/push, /publish) */
+    uint8_t echo_bearer;        /* the 101 echoes "Sec-WebSocket-Protocol: bearer" */
     uint16_t err_status;        /* answer decided early (404/405/400...), 0 = none */
     const char *err_reason;     /* static string */
     const char *err_allow;      /* Allow header for 405, static */
@@ -108,6 +114,7 @@ static const char *status_text(int status)
     case 100: return "Continue";
     case 101: return "Switching Protocols";
     case 200: return "OK";
+    case 204: return "No Content";
     case 202: return "Accepted";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
@@ -124,6 +131,17 @@ static const char *status_text(int status)
     case 503: return "Service Unavailable";
     default: return "Error";
     }
+}
+
+/* A raw (unframed) msg holding a copy of data, refs 1; NULL on allocation failure. */
+static struct msg *msg_new_copy_raw(const char *data, size_t len)
+{
+    struct msg *m = msg_new(len);
+    if (m == NULL)
+        return NULL;
+    memcpy(m->data, data, len);
+    m->len = (uint32_t)len;
+    return m;
 }
 
 /* Render a full answer into a new raw msg (refs 1). extra: more header lines, each
@@ -148,17 +166,60 @@ struct msg *http_render(int status, const char *ctype, const char *extra,
     return m;
 }
 
+/* A JSON error answer. more: extra header lines (CORS), or NULL. */
+static struct msg *http_render_error_more(struct server *srv, int status, const char *reason,
+                                          const char *allow, const char *more, int close)
+{
+    char body[160], extra[768] = "";
+    int bl = snprintf(body, sizeof(body), "{\"error\":\"%s\"}", reason);
+    int n = 0;
+    if (status == 503 || status == 429)
+        n = snprintf(extra, sizeof(extra), "Retry-After: %llu\r\n",
+                     (unsigned long long)srv->cfg->retry_after_s);
+    else if (status == 405 && allow != NULL)
+        n = snprintf(extra, sizeof(extra), "Allow: %s\r\n", allow);
+    else if (status == 401)
+        n = snprintf(extra, sizeof(extra), "WWW-Authenticate: Bearer\r\n");
+    if (more != NULL && n >= 0 && (size_t)n < sizeof(extra))
+        snprintf(extra + n, sizeof(extra) - (size_t)n, "%s", more);
+    return http_render(status, "application/json", extra, body, (size_t)bl, close);
+}
+
 static struct msg *http_render_error(struct server *srv, int status, const char *reason,
                                      const char *allow, int close)
 {
-    char body[160], extra[96] = "";
-    int bl = snprintf(body, sizeof(body), "{\"error\":\"%s\"}", reason);
-    if (status == 503 || status == 429)
-        snprintf(extra, sizeof(extra), "Retry-After: %llu\r\n",
-                 (unsigned long long)srv->cfg->retry_after_s);
-    else if (status == 405 && allow != NULL)
-        snprintf(extra, sizeof(extra), "Allow: %s\r\n", allow);
-    return http_render(status, "application/json", extra, body, (size_t)bl, close);
+    return http_render_error_more(srv, status, reason, allow, NULL, close);
+}
+
+/* 204 No Content: no Content-Type, no Content-Length (RFC 9110 §8.6). */
+static struct msg *http_render_204(const char *extra, int close)
+{
+    char head[1200];
+    int n = snprintf(head, sizeof(head), "HTTP/1.1 204 No Content\r\n%s%s\r\n", extra,
+                     close ? "Connection: close\r\n" : "");
+    if (n < 0 || (size_t)n >= sizeof(head))
+        return NULL;
+    return msg_new_copy_raw(head, (size_t)n);
+}
+
+/* --- captured headers --- */
+
+/* The value of captured header id (trimmed by the caller's checks), or (NULL, 0). */
+static const char *http_hval(const struct http_state *h, int id, size_t *len)
+{
+    const struct http_hval *v = &h->hv[id - HDR_FIRST_CAPTURED];
+    *len = v->count ? v->len : 0;
+    return v->count ? h->hbuf + v->off : NULL;
+}
+
+/* "Access-Control-Allow-Origin: <origin>" lines for a CORS-granted request, or "". */
+static const char *http_cors_lines(const char *origin, size_t len, char *buf, size_t cap)
+{
+    if (origin == NULL)
+        return "";
+    snprintf(buf, cap, "Access-Control-Allow-Origin: %.*s\r\nVary: Origin\r\n", (int)len,
+             origin);
+    return buf;
 }
 
 /* --- answers in order --- */
@@ -256,6 +317,7 @@ void http_on_written(struct conn *c)
         conn_queue(c, p->resp, 0);
         msg_unref(p->resp);
         int close = p->close_after, upgrade = p->upgrade;
+        free(p->cors_origin);
         free(p);
         if (upgrade) {
             /* everything before the upgrade is answered: this connection is a WebSocket */
@@ -315,17 +377,23 @@ static void http_on_pushed(void *arg, int status)
         conn_unref(c);
         return;
     }
-    if (status == 0) {
+    char corsbuf[640];
+    const char *cors = p->cors_origin ? http_cors_lines(p->cors_origin, strlen(p->cors_origin),
+                                                        corsbuf, sizeof(corsbuf))
+                                      : NULL;
+    if (status == 0 && cors == NULL) {
         p->resp = msg_ref(srv->resp_202);
+    } else if (status == 0) {
+        p->resp = http_render(202, "application/json", cors, "{\"ok\":true}", 11, 0);
     } else if (status == UV_ENOBUFS) {
         srv->m.refused_queue_full++;
-        p->resp = http_render_error(srv, 429, "session queue full", NULL, 0);
+        p->resp = http_render_error_more(srv, 429, "session queue full", NULL, cors, 0);
     } else if (status == UV_ENOSPC) {
-        p->resp = http_render_error(srv, 503, "memory broker full", NULL, 0);
+        p->resp = http_render_error_more(srv, 503, "memory broker full", NULL, cors, 0);
     } else if (status == UV_E2BIG) {
-        p->resp = http_render_error(srv, 413, "message too large", NULL, 0);
+        p->resp = http_render_error_more(srv, 413, "message too large", NULL, cors, 0);
     } else {
-        p->resp = http_render_error(srv, 503, "broker unavailable", NULL, 0);
+        p->resp = http_render_error_more(srv, 503, "broker unavailable", NULL, cors, 0);
     }
     if (p->resp == NULL) {
         p->resp = msg_ref(srv->resp_202); /* placeholder so the order holds */
@@ -356,6 +424,11 @@ static void http_do_push(struct conn *c, int publish, const char *key)
         msg_unref(m);
         http_error(c, 500, "out of memory", 1);
         return;
+    }
+    if (h->cors) {
+        size_t olen;
+        const char *o = http_hval(h, HDR_ORIGIN, &olen);
+        p->cors_origin = strndup(o, olen); /* NULL on ENOMEM: the answer lacks CORS only */
     }
     int rc = publish ? broker_publish(srv->broker, key, m, http_on_pushed, p)
                      : broker_push(srv->broker, key, m, http_on_pushed, p);
@@ -430,6 +503,91 @@ static int topics_parse(struct session *s, const char *q, uint32_t max_topics)
     return 0;
 }
 
+/* Access control of an upgrade, before any broker work (DESIGN.md §8.1): Origin, the
+ * client's JWT (sub = key, topics within its claim), then the per-IP handshake rate and
+ * connection cap. 0 when allowed (c->ip then holds the counted address, if any), or -1
+ * after queueing the refusal. */
+static int http_upgrade_allowed(struct conn *c, const char *key, size_t key_len,
+                                const char *query)
+{
+    struct http_state *h = c->http;
+    struct server *srv = c->srv;
+    const struct config *cfg = srv->cfg;
+    struct auth *a = srv->auth;
+    size_t olen, alen, plen, xlen, toklen;
+    const char *origin = http_hval(h, HDR_ORIGIN, &olen);
+    const char *authz = http_hval(h, HDR_AUTHZ, &alen);
+    const char *proto = http_hval(h, HDR_WS_PROTO, &plen);
+    const char *xff = http_hval(h, HDR_XFF, &xlen);
+    const char *tok;
+    /* a browser's token rides as the subprotocol pair "bearer, <jwt>": the 101 must
+     * then select "bearer", or the browser fails the connection */
+    h->echo_bearer = proto != NULL && auth_ws_protocol_token(proto, plen, &tok, &toklen) == 0;
+    if (origin != NULL && !auth_origin_ok(a, origin, olen)) {
+        srv->m.refused_auth[AUTH_REFUSED_ORIGIN]++;
+        http_error(c, 403, "origin not allowed", 1);
+        return -1;
+    }
+    if (auth_client_required(a)) {
+        struct session probe; /* topics as the session will hold them */
+        memset(&probe, 0, sizeof(probe));
+        if (query != NULL && topics_parse(&probe, query, cfg->max_topics) < 0) {
+            http_error(c, 400, "invalid topics", 1);
+            return -1;
+        }
+        const char *why = "missing token";
+        enum auth_result r = AUTH_UNAUTHORIZED;
+        if (auth_client_token(authz, alen, query, query ? strlen(query) : 0, proto, plen, &tok,
+                              &toklen) != AUTH_FROM_NONE)
+            r = auth_jwt_check(a, tok, toklen, key, key_len, probe.topics, probe.ntopics,
+                               (int64_t)time(NULL), &why);
+        free(probe.topics);
+        if (r != AUTH_OK) {
+            srv->m.refused_auth[r == AUTH_FORBIDDEN ? AUTH_REFUSED_FORBIDDEN
+                                                    : AUTH_REFUSED_TOKEN]++;
+            log_debug("event=upgrade_refused status=%d reason=%s", (int)r, why);
+            http_error(c, (int)r, r == AUTH_FORBIDDEN ? "forbidden" : "invalid token", 1);
+            return -1;
+        }
+    }
+    if (cfg->max_connections_per_ip == 0 && cfg->max_handshakes_per_second_per_ip == 0)
+        return 0;
+    struct sockaddr_storage peer;
+    int plen_ = sizeof(peer);
+    char ip[INET6_ADDRSTRLEN];
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&peer, &plen_) < 0 ||
+        auth_client_ip(a, (struct sockaddr *)&peer, xff, xlen, ip) < 0) {
+        http_error(c, 400, "no client address", 1);
+        return -1;
+    }
+    uint64_t now = uv_now(srv->loop);
+    int rc = iplimit_handshake_take(&srv->iplimit, ip, now);
+    if (rc == UV_EAGAIN) {
+        char extra[64], body[] = "{\"error\":\"too many handshakes\"}";
+        srv->m.refused_rate++;
+        snprintf(extra, sizeof(extra), "Retry-After: %llu\r\n",
+                 (unsigned long long)iplimit_retry_after_s(&srv->iplimit, ip, now));
+        struct msg *m = http_render(429, "application/json", extra, body, sizeof(body) - 1, 1);
+        http_answer(c, m, 1);
+        msg_unref(m);
+        return -1;
+    }
+    if (rc == 0)
+        rc = iplimit_conn_acquire(&srv->iplimit, ip);
+    if (rc == UV_EBUSY)
+        srv->m.refused_per_ip++;
+    if (rc == 0 && cfg->max_connections_per_ip > 0 && (c->ip = strdup(ip)) == NULL) {
+        iplimit_conn_release(&srv->iplimit, ip, now);
+        rc = UV_ENOMEM;
+    }
+    if (rc < 0) {
+        http_error(c, 503, rc == UV_EBUSY ? "too many connections from this address"
+                                          : "out of memory", 1);
+        return -1;
+    }
+    return 0;
+}
+
 static void http_upgrade(struct conn *c, const char *key, size_t key_len, const char *query)
 {
     struct http_state *h = c->http;
@@ -459,6 +617,8 @@ static void http_upgrade(struct conn *c, const char *key, size_t key_len, const 
         http_error(c, 400, "invalid Sec-WebSocket-Key", 1);
         return;
     }
+    if (http_upgrade_allowed(c, key, key_len, query) < 0)
+        return;
     if (srv->draining) {
         http_error(c, 503, "shutting down", 1);
         return;
@@ -529,12 +689,12 @@ void session_attached(struct session *s, int status)
         h->upg = NULL;
         log_info("event=attach_failed session=%s err=%s", s->key, uv_err_name(status));
     } else {
-        char accept[29], head[160];
+        char accept[29], head[200];
         ws_accept_key(h->ws_key, 24, accept);
         int n = snprintf(head, sizeof(head),
                          "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                         "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
-                         accept);
+                         "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n",
+                         accept, h->echo_bearer ? "Sec-WebSocket-Protocol: bearer\r\n" : "");
         h->upgrade = UPG_ATTACHED;
         p->resp = msg_new((size_t)n);
         if (p->resp == NULL) {
@@ -581,9 +741,21 @@ static void http_check_head(struct http_state *h)
             h->err_status = 405;
         break;
     case ROUTE_PUSH:
-    case ROUTE_PUBLISH:
-        if (method != HTTP_POST) {
+    case ROUTE_PUBLISH: {
+        const struct auth *a = h->c->srv->auth;
+        size_t olen, alen;
+        const char *origin = http_hval(h, HDR_ORIGIN, &olen);
+        const char *authz = http_hval(h, HDR_AUTHZ, &alen);
+        h->cors = origin != NULL && auth_cors_ok(a, origin, olen);
+        if (method == HTTP_OPTIONS) {
+            break; /* a CORS preflight: answered 204, with grants only for cors_origins */
+        } else if (method != HTTP_POST) {
             h->err_status = 405;
+        } else if (!auth_push_ok(a, authz, alen)) {
+            /* before every other check: nothing about the target leaks to a stranger */
+            h->c->srv->m.refused_auth[AUTH_REFUSED_PUSH]++;
+            h->err_status = 401;
+            h->err_reason = authz == NULL ? "missing token" : "invalid token";
         } else if (!key_valid(r.key, r.key_len)) {
             h->err_status = 400;
             h->err_reason = r.id == ROUTE_PUSH ? "invalid session key" : "invalid topic";
@@ -596,11 +768,21 @@ static void http_check_head(struct http_state *h)
             h->err_reason = "unsupported expectation";
         }
         break;
+    }
     case ROUTE_HEALTHZ:
     case ROUTE_READYZ:
     case ROUTE_METRICS:
-        if (method != HTTP_GET && method != HTTP_HEAD)
+        if (method != HTTP_GET && method != HTTP_HEAD) {
             h->err_status = 405;
+        } else if (r.id == ROUTE_METRICS) {
+            size_t alen;
+            const char *authz = http_hval(h, HDR_AUTHZ, &alen);
+            if (!auth_metrics_ok(h->c->srv->auth, authz, alen)) {
+                h->c->srv->m.refused_auth[AUTH_REFUSED_METRICS]++;
+                h->err_status = 401;
+                h->err_reason = authz == NULL ? "missing token" : "invalid token";
+            }
+        }
         break;
     default:
         h->err_status = 404;
@@ -621,14 +803,31 @@ static void http_dispatch(struct conn *c)
     http_route(h, &r);
     const char *key = r.key, *query = r.query;
     size_t key_len = r.key_len;
+    char corsbuf[640];
+    size_t olen;
+    const char *origin = http_hval(h, HDR_ORIGIN, &olen);
+    const char *cors = h->cors ? http_cors_lines(origin, olen, corsbuf, sizeof(corsbuf)) : NULL;
     if (h->err_status != 0) {
-        struct msg *m = http_render_error(srv, h->err_status, h->err_reason, h->err_allow,
-                                          !keep || h->err_status == 413);
+        struct msg *m = http_render_error_more(srv, h->err_status, h->err_reason, h->err_allow,
+                                               cors, !keep || h->err_status == 413);
         http_answer(c, m, !keep || h->err_status == 413);
         msg_unref(m);
         return;
     }
     int head = h->parser.method == HTTP_HEAD;
+    if (h->parser.method == HTTP_OPTIONS) { /* preflight of /push or /publish */
+        char extra[1024];
+        snprintf(extra, sizeof(extra),
+                 "Allow: POST, OPTIONS\r\n%s%s", cors ? cors : "",
+                 cors ? "Access-Control-Allow-Methods: POST\r\n"
+                        "Access-Control-Allow-Headers: Authorization, Content-Type\r\n"
+                        "Access-Control-Max-Age: 600\r\n"
+                      : "");
+        struct msg *m = http_render_204(extra, !keep);
+        http_answer(c, m, !keep);
+        msg_unref(m);
+        return;
+    }
     switch (h->route) {
     case ROUTE_WS: {
         char k[KEY_MAX_LEN + 1];
@@ -1156,6 +1355,7 @@ void http_free(struct http_state *h)
     while (p != NULL) {
         struct http_pending *n = p->next;
         msg_unref(p->resp);
+        free(p->cors_origin);
         free(p);
         p = n;
     }

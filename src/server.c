@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth.h"
 #include "broker.h"
 #include "config.h"
 #include "conn.h"
@@ -140,6 +141,7 @@ static void server_finish(struct server *srv)
     uv_close((uv_handle_t *)&srv->flush_check, NULL);
     uv_close((uv_handle_t *)&srv->sigterm, NULL);
     uv_close((uv_handle_t *)&srv->sigint, NULL);
+    uv_close((uv_handle_t *)&srv->sighup, NULL);
     uv_close((uv_handle_t *)&srv->drain_timer, NULL);
     broker_close(srv->broker, server_on_broker_closed);
     log_info("event=stopped");
@@ -210,8 +212,25 @@ static int server_parse_listen(const char *s, struct sockaddr_storage *ss)
     return uv_ip4_addr(host, port, (struct sockaddr_in *)ss);
 }
 
+static void server_on_sighup(uv_signal_t *h, int signum)
+{
+    struct server *srv = h->data;
+    char err[256] = "";
+    (void)signum;
+    if (srv->cfg->push_tokens_file[0] == '\0') {
+        log_info("event=reload what=nothing");
+        return;
+    }
+    int rc = auth_reload(srv->auth, err, sizeof(err));
+    if (rc < 0)
+        log_error("event=reload_failed what=push_tokens_file err=%s detail=\"%s\"",
+                  uv_err_name(rc), err);
+    else
+        log_info("event=reload what=push_tokens_file tokens=%zu", srv->auth->npush);
+}
+
 int server_start(struct server *srv, uv_loop_t *loop, const struct config *cfg,
-                 struct broker *b)
+                 struct broker *b, struct auth *auth)
 {
     int rc;
     struct sockaddr_storage ss;
@@ -219,6 +238,10 @@ int server_start(struct server *srv, uv_loop_t *loop, const struct config *cfg,
     srv->loop = loop;
     srv->cfg = cfg;
     srv->broker = b;
+    srv->auth = auth;
+    if ((rc = iplimit_init(&srv->iplimit, cfg->max_connections_per_ip,
+                           cfg->max_handshakes_per_second_per_ip)) < 0)
+        return rc;
     uint64_t p = min_nz(min_nz(cfg->handshake_timeout_ms, cfg->keepalive_timeout_ms),
                         min_nz(min_nz(cfg->ping_interval_ms, cfg->idle_timeout_ms),
                                cfg->close_timeout_ms));
@@ -244,14 +267,17 @@ int server_start(struct server *srv, uv_loop_t *loop, const struct config *cfg,
     uv_check_init(loop, &srv->flush_check);
     uv_signal_init(loop, &srv->sigterm);
     uv_signal_init(loop, &srv->sigint);
+    uv_signal_init(loop, &srv->sighup);
     srv->sweep.data = srv->drain_timer.data = srv->flush_prep.data = srv->flush_check.data =
-        srv->sigterm.data = srv->sigint.data = srv;
+        srv->sigterm.data = srv->sigint.data = srv->sighup.data = srv;
     uv_prepare_start(&srv->flush_prep, server_on_prepare);
     uv_check_start(&srv->flush_check, server_on_check);
     uv_unref((uv_handle_t *)&srv->flush_prep);
     uv_unref((uv_handle_t *)&srv->flush_check);
     uv_signal_start(&srv->sigterm, server_on_signal, SIGTERM);
     uv_signal_start(&srv->sigint, server_on_signal, SIGINT);
+    uv_signal_start(&srv->sighup, server_on_sighup, SIGHUP);
+    uv_unref((uv_handle_t *)&srv->sighup);
 
     if ((rc = uv_tcp_init(loop, &srv->listener)) < 0)
         goto fail;
@@ -284,6 +310,7 @@ fail:
 
 void server_free(struct server *srv)
 {
+    iplimit_free(&srv->iplimit);
     free(srv->rbuf);
     srv->rbuf = NULL;
     msg_unref(srv->resp_202);
@@ -305,7 +332,7 @@ static void metrics_append(struct msg *out, const char *fmt, ...)
 struct msg *server_metrics_render(struct server *srv)
 {
     const struct metrics *m = &srv->m;
-    struct msg *out = msg_new(4096);
+    struct msg *out = msg_new(8192);
     if (out == NULL)
         return NULL;
 #define METRIC(name, type, help, val)                                                              \
@@ -353,10 +380,24 @@ struct msg *server_metrics_render(struct server *srv)
     for (int i = 0; i < CONN_CLOSE_NREASONS; i++)
         metrics_append(out, "wsgate_connections_closed_total{reason=\"%s\"} %llu\n", reasons[i],
                        (unsigned long long)m->closed[i]);
-    metrics_append(out, "# HELP wsgate_connections_refused_total Connections refused, by "
-                        "reason.\n# TYPE wsgate_connections_refused_total counter\n"
-                        "wsgate_connections_refused_total{reason=\"http_limit\"} %llu\n",
-                   (unsigned long long)m->refused_http_limit);
+    metrics_append(out,
+                   "# HELP wsgate_connections_refused_total Connections refused, by "
+                   "reason.\n# TYPE wsgate_connections_refused_total counter\n"
+                   "wsgate_connections_refused_total{reason=\"http_limit\"} %llu\n"
+                   "wsgate_connections_refused_total{reason=\"per_ip\"} %llu\n"
+                   "wsgate_connections_refused_total{reason=\"handshake_rate\"} %llu\n",
+                   (unsigned long long)m->refused_http_limit,
+                   (unsigned long long)m->refused_per_ip, (unsigned long long)m->refused_rate);
+    static const char *const auth_reasons[AUTH_REFUSED_N] = {
+        [AUTH_REFUSED_PUSH] = "push_token",       [AUTH_REFUSED_METRICS] = "metrics_token",
+        [AUTH_REFUSED_TOKEN] = "client_token",    [AUTH_REFUSED_FORBIDDEN] = "forbidden",
+        [AUTH_REFUSED_ORIGIN] = "origin",
+    };
+    metrics_append(out, "# HELP wsgate_auth_refused_total Requests refused by access control, "
+                        "by reason.\n# TYPE wsgate_auth_refused_total counter\n");
+    for (int i = 0; i < AUTH_REFUSED_N; i++)
+        metrics_append(out, "wsgate_auth_refused_total{reason=\"%s\"} %llu\n", auth_reasons[i],
+                       (unsigned long long)m->refused_auth[i]);
     metrics_append(out, "# HELP wsgate_pushes_refused_total Pushes refused, by reason.\n"
                         "# TYPE wsgate_pushes_refused_total counter\n"
                         "wsgate_pushes_refused_total{reason=\"queue_full\"} %llu\n"

@@ -21,6 +21,7 @@
 #include <cmocka.h>
 #include <uv.h>
 
+#include "auth.h"
 #include "broker.h"
 #include "config.h"
 #include "msg.h"
@@ -34,6 +35,7 @@ struct fx {
     struct config cfg;
     struct broker b;
     struct server srv;
+    struct auth auth;
     uv_idle_t attach_idle;     /* completes the attach outside broker_attach */
     struct session *pending;   /* borrowed: session waiting for its attach completion */
     struct session *attached;  /* borrowed: the attached session */
@@ -140,7 +142,9 @@ static int setup(void **state)
     f->attach_idle.data = f;
     f->b.data = f;
     assert_int_equal(broker_open(&f->b, &fx_ops, &f->loop, &f->cfg), 0);
-    assert_int_equal(server_start(&f->srv, &f->loop, &f->cfg, &f->b), 0);
+    char err[256];
+    assert_int_equal(auth_init(&f->auth, &f->cfg, err, sizeof(err)), 0);
+    assert_int_equal(server_start(&f->srv, &f->loop, &f->cfg, &f->b, &f->auth), 0);
     *state = f;
     return 0;
 }
@@ -152,6 +156,7 @@ static int teardown(void **state)
     uv_close((uv_handle_t *)&f->attach_idle, NULL);
     uv_run(&f->loop, UV_RUN_DEFAULT);
     server_free(&f->srv);
+    auth_free(&f->auth);
     assert_int_equal(f->closed, 1);
     assert_int_equal(uv_loop_close(&f->loop), 0);
     free(f);
