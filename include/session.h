@@ -28,10 +28,12 @@ struct session {
 };
 
 /* Queue m on s's socket. m: borrowed (a ref is taken). msg_id: the backend's id for
- * ack(); 0 = no ack wanted (broadcast, at-most-once). Returns 0 when queued, or
- * UV_ENOBUFS when the client is over max_send_buffer (it is then closed with 1008 after
- * this call returns, and detach follows later), or UV_ECANCELED when s is closing.
- * On failure the message was not taken: a queue backend keeps it. */
+ * ack(); 0 = no ack wanted (broadcast, at-most-once). Returns 0 when queued; whether the
+ * client is slow is judged after the next write attempt (the kernel refused bytes and
+ * more than max_send_buffer waits: closed 1008, detach follows later). Before its 101 a
+ * client cannot be written to: then UV_ENOBUFS when the held frames would pass
+ * max_send_buffer (closed 1008 after this call returns). UV_ECANCELED when s is
+ * closing. On failure the message was not taken: a queue backend keeps it. */
 int session_deliver(struct session *s, uint64_t msg_id, struct msg *m);
 /* Would session_deliver take a message with a len-byte payload now (s not closing, and
  * within max_send_buffer)? Lets a queue backend leave a message in its broker instead of

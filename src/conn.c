@@ -439,12 +439,28 @@ static uint32_t conn_gather(struct conn *c, uv_buf_t *bufs, uint32_t *nbufs)
     return items;
 }
 
+/* A WebSocket is slow when the kernel refused its bytes (a write attempt left them, or a
+ * write is still in flight) and what waits is over max_send_buffer: not merely because
+ * a burst larger than that arrived within one loop iteration. Closes it 1008 (unsent
+ * message frames are dropped; queue brokers get theirs back at the detach). 1 if so. */
+static int conn_judge_slow(struct conn *c)
+{
+    if (c->state != CONN_WS || c->out.bytes <= c->srv->cfg->max_send_buffer)
+        return 0;
+    conn_count_close(c, CONN_CLOSE_SLOW);
+    log_info("event=slow_client session=%s queued=%zu", c->sess->key, c->out.bytes);
+    ws_close(c, 1008);
+    return 1;
+}
+
 void conn_flush(struct conn *c)
 {
     struct server *srv = c->srv;
     uv_buf_t bufs[FLUSH_MAX_ITEMS * 2];
     uint32_t nb;
 
+    if ((c->flags & CONN_F_WRITING) && conn_judge_slow(c))
+        return;
     while (!(c->flags & CONN_F_WRITING) && c->out.count > 0 && c->state != CONN_CLOSING) {
         uint32_t items = conn_gather(c, bufs, &nb);
         int n = uv_try_write((uv_stream_t *)&c->tcp, bufs, nb);
@@ -475,6 +491,8 @@ void conn_flush(struct conn *c)
             continue; /* more than FLUSH_MAX_ITEMS queued: next batch */
         if (c->out.count == 0)
             break;
+        if (conn_judge_slow(c))
+            return;
         /* the socket is full: hand the rest of this batch to libuv */
         items = conn_gather(c, bufs, &nb);
         uv_write_t *req = malloc(sizeof(*req));

@@ -338,14 +338,6 @@ void ws_feed(struct conn *c, const uint8_t *data, size_t len)
         (!wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws))) {
         c->flags |= CONN_F_CLOSE_AFTER;
         conn_read_pause(c, 1);
-    } else if (c->out.bytes > c->srv->cfg->max_send_buffer) {
-        /* what the client made us queue (pongs) and does not read is over the bound */
-        conn_count_close(c, CONN_CLOSE_SLOW);
-        log_info("event=slow_client session=%s queued=%zu", c->sess->key, c->out.bytes);
-        if (c->state == CONN_WS)
-            ws_close(c, 1008);
-        c->flags |= CONN_F_CLOSE_AFTER;
-        conn_read_pause(c, 1);
     } else if (c->state == CONN_WS && c->rx_frame_left == 0 && c->rx_hdr_len == 0 &&
                !c->rx_fragmented && !wslay_event_want_write(c->ws)) {
         ws_free(c); /* quiescent: nothing half read, nothing to send */
@@ -418,18 +410,19 @@ int session_deliver(struct session *s, uint64_t msg_id, struct msg *m)
     struct server *srv = c->srv;
     if ((c->state != CONN_WS && c->state != CONN_HTTP) || (c->flags & CONN_F_CLOSE_SOON))
         return UV_ECANCELED;
-    size_t queued = c->out.bytes + c->early.bytes;
+    if (c->state == CONN_WS) /* judged slow or not after the flush pass's write attempt */
+        return conn_queue(c, m, msg_id);
+    /* the 101 is not out yet: hold it behind, within max_send_buffer (nothing can be
+     * written before the 101, so this bound is the only one) */
+    size_t queued = c->early.bytes;
     if (queued > 0 && queued + m->hdr_len + m->len > srv->cfg->max_send_buffer) {
-        /* a slow client: close it rather than let memory grow (DESIGN.md §2) */
         conn_count_close(c, CONN_CLOSE_SLOW);
         log_info("event=slow_client session=%s queued=%zu", s->key, queued);
         c->close_code = 1008;
         conn_close_soon(c);
         return UV_ENOBUFS;
     }
-    if (c->state == CONN_HTTP) /* the 101 is not out yet: hold it behind */
-        return outq_push(&c->early, m, msg_id);
-    return conn_queue(c, m, msg_id);
+    return outq_push(&c->early, m, msg_id);
 }
 
 void session_close(struct session *s, uint16_t code)

@@ -401,4 +401,88 @@ def _():
         slow_client_check(srv, ws, statuses, rss0, "publish")
 
 
+
+@test("bursts of broadcasts larger than max_send_buffer do not close a healthy reader",
+      timeout=90)
+def _():
+    # A client is slow when the kernel refuses its bytes (judged after a write attempt),
+    # not when more than max_send_buffer arrives within one loop iteration. Bursts of 8
+    # pipelined 64 KiB publishes (512 KiB, twice max_send_buffer) reach the gateway in one
+    # read round; between bursts the publisher waits until the reader (an asyncio
+    # python3-websockets client in its own process) has caught up, so the reader is
+    # never behind by more than one burst. 100 bursts: it gets all 800; a subscriber
+    # that never reads (16 KiB receive buffer) is closed 1008.
+    import select
+    import subprocess
+    env = _asan_env({"WSGATE_WEBSOCKET_MAX_SEND_BUFFER": "256k"})
+    reader_src = (
+        "import asyncio, sys, websockets\n"
+        "async def main():\n"
+        "    n = 0\n"
+        "    try:\n"
+        "        async with websockets.connect(sys.argv[1], max_size=None) as ws:\n"
+        "            print('ready', flush=True)\n"
+        "            while n < 800:\n"
+        "                await asyncio.wait_for(ws.recv(), 20)\n"
+        "                n += 1\n"
+        "                print(n, flush=True)\n"
+        "    except Exception as e:\n"
+        "        print('error', repr(e), flush=True)\n"
+        "    print('got', n, flush=True)\n"
+        "asyncio.run(main())\n")
+    with Server(env=env) as srv:
+        reader = subprocess.Popen(
+            ["/usr/bin/python3", "-c", reader_src,
+             "ws://127.0.0.1:%d/ws/healthy?topics=burst" % srv.port],
+            stdout=subprocess.PIPE, text=True)
+        lines = []
+        try:
+            fd = reader.stdout.fileno()
+            pending = ""
+            ready = b""
+            while not ready.endswith(b"\n"):  # unbuffered: select() sees every line
+                b = os.read(fd, 1)
+                if not b:
+                    break
+                ready += b
+            check_eq(ready.strip(), b"ready", "healthy reader connected")
+            stuck = srv.ws("/ws/stuck?topics=burst", rcvbuf=16384)
+            body = b"B" * 65536
+            req = build_request("POST", "/publish/burst", body)
+            statuses = {}
+            with srv.http() as c:
+                for burst in range(100):
+                    c.sock.sendall(req * 8)
+                    for _ in range(8):
+                        r = c.read_response(timeout=10)
+                        statuses[r.status] = statuses.get(r.status, 0) + 1
+                    # wait for the reader to catch up (or give up on it)
+                    deadline = time.monotonic() + 10
+                    while time.monotonic() < deadline:
+                        if lines and not lines[-1].isdigit():
+                            break
+                        if lines and int(lines[-1]) >= 8 * (burst + 1):
+                            break
+                        if select.select([fd], [], [], 0.5)[0]:
+                            chunk = os.read(fd, 65536).decode()
+                            if not chunk:
+                                break
+                            pending += chunk
+                            *done, pending = pending.split("\n")
+                            lines += [x.strip() for x in done if x.strip()]
+                    if lines and not lines[-1].isdigit():
+                        break
+            out = reader.communicate(timeout=30)[0]
+            lines += (pending + out).split("\n")
+            lines = [x.strip() for x in lines if x.strip()]
+        finally:
+            reader.kill()
+        tail = " ".join(lines[-4:])
+        note("statuses %s, healthy reader ends: %s" % (statuses, tail))
+        check_eq(statuses, {202: 800}, "publish statuses")
+        check("got 800" in " ".join(lines[-2:]), "healthy reader did not get all 800: %s" % tail)
+        check(stuck.wait_eof(10), "the subscriber that never reads is still connected")
+        m = metrics(srv.port)
+        check(m['wsgate_connections_closed_total{reason="slow"}'] >= 1, "slow closes counted")
+
 run()
