@@ -8,6 +8,7 @@ set -eu
 BUILD="libuv1-dev libwslay-dev libhiredis-dev libnats-dev librdkafka-dev node-llhttp pkg-config \
 libinih-dev libjwt-dev libjansson-dev libssl-dev zlib1g-dev gcc make"
 TEST="$BUILD libcmocka-dev redis-server redis-tools nats-server kcat python3 python3-websockets \
+python3-jwt python3-cryptography \
 curl nodejs npm"
 BENCH="$TEST nginx-light libnginx-mod-nchan"
 

@@ -1,7 +1,8 @@
 // interop.js — wsgate against independent clients: Node's `ws` 8.23.0 (a widely used
 // RFC 6455 implementation we did not write) and curl. Prints TAP. Covers: push and
 // broadcast delivery (text/binary by the bytes), client frames (ping, fragments), close
-// codes 1009/1007/1001, and a curl push of 100 KiB byte-exact to a `ws` client.
+// codes 1009/1007/1001, a curl push of 100 KiB byte-exact to a `ws` client, and a client JWT
+// carried as the subprotocol pair ['bearer', token] (token from `wsgate --mint-token`).
 // Does NOT re-test every edge case (tests/integration/ does that with our own client).
 'use strict';
 
@@ -11,7 +12,7 @@ const fs = require('fs');
 const os = require('os');
 const path = require('path');
 const WebSocket = require('ws');
-const { startWsgate, request, tap, assert } = require('./wsgate');
+const { BIN, startWsgate, request, tap, assert } = require('./wsgate');
 
 const MAX = 128 * 1024; // WSGATE_SERVER_MAX_MESSAGE_SIZE below
 
@@ -194,6 +195,53 @@ async function main() {
             assert(same(m.data, body), `body ${i}: ${m.data.length} bytes differ from ${body.length}`);
         }
         c.ws.close();
+    });
+
+    t.add('JWT via subprotocol: protocols [bearer, token] gets 101 + protocol bearer; none gets 401', async () => {
+        const secret = 'interop-secret-' + crypto.randomBytes(8).toString('hex');
+        const env = {};
+        for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('WSGATE_')) env[k] = v;
+        env.WSGATE_AUTH_JWT_SECRET = secret;
+        const mint = spawnSync(BIN, ['--mint-token', 'node-auth', '--ttl', '5m'], { env, encoding: 'utf8' });
+        assert(mint.status === 0, `--mint-token exit ${mint.status}: ${mint.stderr}`);
+        const token = mint.stdout.trim();
+        assert(token.split('.').length === 3, 'minted token is not a JWT');
+        const asrv = await startWsgate({ WSGATE_AUTH_JWT_SECRET: secret, WSGATE_SERVER_DRAIN_TIMEOUT: '3s' });
+        try {
+            const ws = new WebSocket(`ws://${asrv.addr}/ws/node-auth`, ['bearer', token]);
+            const msg = new Promise((resolve) => ws.once('message', (d) => resolve(Buffer.from(d))));
+            await new Promise((resolve, reject) => {
+                ws.once('open', resolve);
+                ws.once('error', reject);
+                ws.once('unexpected-response', (req, res) =>
+                    reject(new Error(`HTTP ${res.statusCode} instead of 101`)));
+            });
+            assert(ws.protocol === 'bearer', `ws.protocol ${JSON.stringify(ws.protocol)}, want bearer`);
+            const r = await request(asrv.port, 'POST', '/push/node-auth', 'authorised');
+            assert(r.status === 202, `push status ${r.status}`);
+            const m = await Promise.race([msg, new Promise((_, rej) =>
+                setTimeout(() => rej(new Error('no message in 3 s')), 3000))]);
+            assert(m.toString() === 'authorised', `got ${m}`);
+            ws.close(1000);
+
+            const anon = new WebSocket(`ws://${asrv.addr}/ws/node-auth`);
+            const got = await new Promise((resolve) => {
+                anon.once('unexpected-response', (req, res) => {
+                    const www = res.headers['www-authenticate'];
+                    res.resume();
+                    req.destroy();
+                    resolve({ status: res.statusCode, www });
+                });
+                anon.once('open', () => resolve({ status: 101 }));
+                anon.once('error', (e) => resolve({ status: `error ${e.message}` }));
+            });
+            assert(got.status === 401, `without a token: ${got.status}, want 401`);
+            assert(got.www === 'Bearer', `WWW-Authenticate ${got.www}`);
+            assert(!asrv.log().includes(token), 'the token reached the server log');
+        } finally {
+            const ex = await asrv.stop();
+            assert(ex.code === 0, `auth server exit ${ex.code} signal ${ex.signal}`);
+        }
     });
 
     t.add('SIGTERM: ws clients see close 1001, wsgate exits 0', async () => {
