@@ -204,10 +204,16 @@ static struct msg *http_render_204(const char *extra, int close)
 
 /* --- captured headers --- */
 
-/* The value of captured header id (trimmed by the caller's checks), or (NULL, 0). */
+/* The value of captured header id (trimmed by the caller's checks), or (NULL, 0). An
+ * Origin or Authorization sent twice reads as "" (present, and matching nothing): which
+ * of two one would believe is exactly what an attacker would like to choose. */
 static const char *http_hval(const struct http_state *h, int id, size_t *len)
 {
     const struct http_hval *v = &h->hv[id - HDR_FIRST_CAPTURED];
+    if (v->count > 1 && (id == HDR_ORIGIN || id == HDR_AUTHZ)) {
+        *len = 0;
+        return "";
+    }
     *len = v->count ? v->len : 0;
     return v->count ? h->hbuf + v->off : NULL;
 }
@@ -528,6 +534,32 @@ static int http_upgrade_allowed(struct conn *c, const char *key, size_t key_len,
         http_error(c, 403, "origin not allowed", 1);
         return -1;
     }
+    /* the handshake rate comes before the token check: failed guesses cost budget, and
+     * a flood of tokens to verify (RS256 is not free) is cut off early */
+    char ip[INET6_ADDRSTRLEN] = "";
+    uint64_t now = uv_now(srv->loop);
+    int rc = 0;
+    if (cfg->max_connections_per_ip > 0 || cfg->max_handshakes_per_second_per_ip > 0) {
+        struct sockaddr_storage peer;
+        int plen_ = sizeof(peer);
+        if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&peer, &plen_) < 0 ||
+            auth_client_ip(a, (struct sockaddr *)&peer, xff, xlen, ip) < 0) {
+            http_error(c, 400, "no client address", 1);
+            return -1;
+        }
+        rc = iplimit_handshake_take(&srv->iplimit, ip, now);
+        if (rc == UV_EAGAIN) {
+            char extra[64], body[] = "{\"error\":\"too many handshakes\"}";
+            srv->m.refused_rate++;
+            snprintf(extra, sizeof(extra), "Retry-After: %llu\r\n",
+                     (unsigned long long)iplimit_retry_after_s(&srv->iplimit, ip, now));
+            struct msg *m =
+                http_render(429, "application/json", extra, body, sizeof(body) - 1, 1);
+            http_answer(c, m, 1);
+            msg_unref(m);
+            return -1;
+        }
+    }
     if (auth_client_required(a)) {
         struct session probe; /* topics as the session will hold them */
         memset(&probe, 0, sizeof(probe));
@@ -535,7 +567,7 @@ static int http_upgrade_allowed(struct conn *c, const char *key, size_t key_len,
             http_error(c, 400, "invalid topics", 1);
             return -1;
         }
-        const char *why = "missing token";
+        const char *why = "missing_token";
         enum auth_result r = AUTH_UNAUTHORIZED;
         if (auth_client_token(authz, alen, query, query ? strlen(query) : 0, proto, plen, &tok,
                               &toklen) != AUTH_FROM_NONE)
@@ -550,29 +582,7 @@ static int http_upgrade_allowed(struct conn *c, const char *key, size_t key_len,
             return -1;
         }
     }
-    if (cfg->max_connections_per_ip == 0 && cfg->max_handshakes_per_second_per_ip == 0)
-        return 0;
-    struct sockaddr_storage peer;
-    int plen_ = sizeof(peer);
-    char ip[INET6_ADDRSTRLEN];
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&peer, &plen_) < 0 ||
-        auth_client_ip(a, (struct sockaddr *)&peer, xff, xlen, ip) < 0) {
-        http_error(c, 400, "no client address", 1);
-        return -1;
-    }
-    uint64_t now = uv_now(srv->loop);
-    int rc = iplimit_handshake_take(&srv->iplimit, ip, now);
-    if (rc == UV_EAGAIN) {
-        char extra[64], body[] = "{\"error\":\"too many handshakes\"}";
-        srv->m.refused_rate++;
-        snprintf(extra, sizeof(extra), "Retry-After: %llu\r\n",
-                 (unsigned long long)iplimit_retry_after_s(&srv->iplimit, ip, now));
-        struct msg *m = http_render(429, "application/json", extra, body, sizeof(body) - 1, 1);
-        http_answer(c, m, 1);
-        msg_unref(m);
-        return -1;
-    }
-    if (rc == 0)
+    if (rc == 0 && cfg->max_connections_per_ip > 0)
         rc = iplimit_conn_acquire(&srv->iplimit, ip);
     if (rc == UV_EBUSY)
         srv->m.refused_per_ip++;
@@ -975,15 +985,15 @@ static int http_hbuf_add(struct http_state *h, const char *at, size_t len)
 }
 
 /* A captured header starts: its value goes to the end of hbuf. A repeated
- * X-Forwarded-For continues the list; another repeated header starts over (and its
- * count tells the checks it was repeated). */
+ * X-Forwarded-For or Sec-WebSocket-Protocol continues the list; a repeated Origin or
+ * Authorization starts over, and its count makes the checks refuse it (http_hval). */
 static int http_hval_begin(struct http_state *h)
 {
     struct http_hval *v = &h->hv[h->hdr - HDR_FIRST_CAPTURED];
     if (v->count < 0xff)
         v->count++;
-    if (v->count > 1 && h->hdr == HDR_XFF)
-        return v->len > 0 ? http_hbuf_add(h, ", ", 2) : 0;
+    if (v->count > 1 && (h->hdr == HDR_XFF || h->hdr == HDR_WS_PROTO))
+        return v->len > 0 ? http_hbuf_add(h, ", ", 2) : 0; /* lists: one value */
     v->off = (uint32_t)h->hbuf_len;
     v->len = 0;
     return 0;

@@ -691,6 +691,36 @@ def _():
         b.close_socket()
 
 
+@test("handshake rate: upgrades refused for a bad token use up the budget (no free guesses)")
+def _():
+    env = {"WSGATE_SERVER_MAX_HANDSHAKES_PER_SECOND_PER_IP": "2"}
+    with jwt_server(env) as srv:
+        refused(srv, "/ws/g1", 401, bearer(hs("g1", secret="wrong")), "guess 1")
+        refused(srv, "/ws/g1", 401, None, "guess 2 (no token)")
+        refused(srv, "/ws/g1", 429, bearer(hs("g1")), "a valid token after two guesses")
+        check_eq(conn_metric(srv, "handshake_rate"), 1.0, "handshake_rate refusals")
+        time.sleep(1.1)
+        with WS.connect(srv.port, "/ws/g1", extra_headers=bearer(hs("g1"))) as ws:
+            srv.delivered(ws, "g1", "after a second")
+
+
+@test("a repeated Origin or Authorization header is refused, whichever copy is good")
+def _():
+    good = "https://app.example.com"
+    with jwt_server({"WSGATE_SERVER_ALLOWED_ORIGINS": good}) as srv:
+        srv.bystander()
+        for pair in (("https://evil.example", good), (good, "https://evil.example"), (good, good)):
+            h = bearer(hs("d1")) + [("Origin", pair[0]), ("Origin", pair[1])]
+            refused(srv, "/ws/d1", 403, h, "two Origin headers %s" % (pair,))
+        srv.served()
+    with Server(env={"WSGATE_AUTH_PUSH_TOKENS": PUSH_TOKEN}) as srv:
+        two = [("Authorization", "Bearer nope"), ("Authorization", "Bearer " + PUSH_TOKEN)]
+        for hdrs in (two, two[::-1]):
+            r = http_request(srv.port, "POST", "/push/d1", b"x", hdrs)
+            check_json_error(r, 401, "push with two Authorization headers")
+        accepted(http_request(srv.port, "POST", "/push/d1", b"x", two[1:]), "one good header")
+
+
 @test("X-Forwarded-For ignored without trusted_proxies (socket peer counts)")
 def _():
     with Gw(env={"WSGATE_SERVER_MAX_CONNECTIONS_PER_IP": "2"}) as srv:
