@@ -955,14 +955,18 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
     struct http_state *h = p->data;
     if (head_grow(h, len + 4) < 0) /* + ": " and CRLF */
         return -1;
-    for (size_t i = 0; i < len && h->hname_len != 0xff; i++) {
-        if (h->hname_len >= sizeof(h->hname) - 1) {
-            h->hname_len = 0xff;
-            break;
-        }
-        char ch = at[i];
-        h->hname[h->hname_len++] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+    if (h->hname_len == 0xff)
+        return 0; /* too long to be a name that matters */
+    if (h->hname_len + len >= sizeof(h->hname)) {
+        h->hname_len = 0xff;
+        return 0;
     }
+    char *dst = h->hname + h->hname_len;
+    for (size_t i = 0; i < len; i++) { /* lower-case (names are tokens: ASCII) */
+        unsigned char ch = (unsigned char)at[i];
+        dst[i] = (char)(ch | (((unsigned)ch - (unsigned)'A' < 26u) << 5));
+    }
+    h->hname_len = (uint8_t)(h->hname_len + len);
     return 0;
 }
 
@@ -1004,25 +1008,29 @@ static int on_header_field_complete(llhttp_t *p)
     struct http_state *h = p->data;
     h->hdr = HDR_OTHER;
     if (h->hname_len != 0xff) {
-        h->hname[h->hname_len] = '\0';
-        if (strcmp(h->hname, "upgrade") == 0)
-            h->hdr = HDR_UPGRADE;
-        else if (strcmp(h->hname, "sec-websocket-key") == 0)
-            h->hdr = HDR_WS_KEY;
-        else if (strcmp(h->hname, "sec-websocket-version") == 0)
-            h->hdr = HDR_WS_VERSION;
-        else if (strcmp(h->hname, "expect") == 0)
-            h->hdr = HDR_EXPECT;
-        else if (strcmp(h->hname, "transfer-encoding") == 0)
-            h->hdr = HDR_TE;
-        else if (strcmp(h->hname, "authorization") == 0)
-            h->hdr = HDR_AUTHZ;
-        else if (strcmp(h->hname, "origin") == 0)
-            h->hdr = HDR_ORIGIN;
-        else if (strcmp(h->hname, "sec-websocket-protocol") == 0)
-            h->hdr = HDR_WS_PROTO;
-        else if (strcmp(h->hname, "x-forwarded-for") == 0)
-            h->hdr = HDR_XFF;
+        /* the names that matter, told apart by length first: one memcmp per header */
+#define HNAME(lit, id_)                                                                        \
+    if (memcmp(h->hname, lit, sizeof(lit) - 1) == 0)                                           \
+        h->hdr = id_;
+        switch (h->hname_len) {
+        case 6:
+            HNAME("origin", HDR_ORIGIN) else HNAME("expect", HDR_EXPECT) break;
+        case 7:
+            HNAME("upgrade", HDR_UPGRADE) break;
+        case 13:
+            HNAME("authorization", HDR_AUTHZ) break;
+        case 15:
+            HNAME("x-forwarded-for", HDR_XFF) break;
+        case 17:
+            HNAME("sec-websocket-key", HDR_WS_KEY) else HNAME("transfer-encoding", HDR_TE) break;
+        case 21:
+            HNAME("sec-websocket-version", HDR_WS_VERSION) break;
+        case 22:
+            HNAME("sec-websocket-protocol", HDR_WS_PROTO) break;
+        default:
+            break;
+        }
+#undef HNAME
         if (h->hdr >= HDR_FIRST_CAPTURED && http_hval_begin(h) < 0)
             return -1;
         if (h->hdr == HDR_WS_KEY && h->ws_keys < 0xff)
@@ -1038,7 +1046,7 @@ static int on_header_field_complete(llhttp_t *p)
  * misreads Content-Length / Transfer-Encoding: a request smuggled past a proxy that reads
  * it the other way. A value span otherwise follows ':' and blanks; a span can also start
  * a feed because the previous feed ended inside the value: then tail_lf tells. */
-static int http_value_folded(const struct http_state *h, const char *at)
+static inline int http_value_folded(const struct http_state *h, const char *at)
 {
     const char *q = at;
     while (q > h->feed_start && (q[-1] == ' ' || q[-1] == '\t'))

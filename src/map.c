@@ -27,7 +27,7 @@ static uint64_t map_rotl(uint64_t x, int b)
     return (x << b) | (x >> (64 - b));
 }
 
-static void map_sipround(uint64_t v[4])
+static inline __attribute__((always_inline)) void map_sipround(uint64_t v[4])
 {
     v[0] += v[1];
     v[1] = map_rotl(v[1], 13);
@@ -46,12 +46,18 @@ static void map_sipround(uint64_t v[4])
 }
 
 /* Eight bytes as a little-endian word, whatever the host's byte order and alignment. */
-static uint64_t map_load_le64(const uint8_t *p)
+static inline uint64_t map_load_le64(const uint8_t *p)
 {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    uint64_t w;
+    memcpy(&w, p, sizeof(w)); /* one unaligned load on little-endian hosts */
+    return w;
+#else
     uint64_t w = 0;
     for (int i = 7; i >= 0; i--)
         w = (w << 8) | p[i];
     return w;
+#endif
 }
 
 uint64_t map_siphash(const struct map_seed *seed, const void *data, size_t len)
