@@ -45,6 +45,11 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
+# The core sees its private headers (src/*.h); backends see only include/.
+$(BUILD)/src/%.o: src/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Isrc -c -o $@ $<
+
 $(BUILD)/llhttp/%.o: $(LLHTTP)/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(LLHTTP_CFLAGS) -c -o $@ $<
@@ -56,13 +61,13 @@ TEST_OBJS_test_memory := $(BUILD)/backends/memory.o $(BUILD)/src/map.o $(BUILD)/
                          $(BUILD)/src/util.o $(BUILD)/src/log.o
 $(BUILD)/tests/%: tests/unit/%.c $(CORE_OBJS) $(LLHTTP_OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(shell pkg-config --cflags cmocka) $(LDFLAGS) -o $@ $< \
+	$(CC) $(CFLAGS) -Isrc $(shell pkg-config --cflags cmocka) $(LDFLAGS) -o $@ $< \
 	    $(if $(TEST_OBJS_$*),$(TEST_OBJS_$*),$(CORE_OBJS) $(LLHTTP_OBJS)) \
 	    $(LDLIBS) $(shell pkg-config --libs cmocka)
 
 $(BUILD)/tools/%: tests/tools/%.c $(CORE_OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(CORE_OBJS) $(LLHTTP_OBJS) $(LDLIBS)
+	$(CC) $(CFLAGS) -Isrc $(LDFLAGS) -o $@ $< $(CORE_OBJS) $(LLHTTP_OBJS) $(LDLIBS)
 
 run: all
 	./wsgate
@@ -84,7 +89,7 @@ bench/loadgen: bench/loadgen.c
 	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -o $@ $< -lcrypto -lm
 
 format:
-	clang-format -i src/*.c include/*.h backends/*.c tests/unit/*.c bench/*.c
+	clang-format -i src/*.c src/*.h include/*.h backends/*.c tests/unit/*.c bench/*.c
 
 clean:
 	rm -rf build build-san wsgate bench/loadgen

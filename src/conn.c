@@ -13,89 +13,13 @@
 #include "iplimit.h"
 #include "log.h"
 #include "msg.h"
+#include "outq.h"
 #include "server.h"
 #include "session.h"
 
 #define FLUSH_MAX_ITEMS 256 /* messages gathered into one writev */
 
 static void conn_on_closed(uv_handle_t *h);
-
-/* --- output queue ring --- */
-
-static size_t item_bytes(const struct msg *m)
-{
-    return (size_t)m->hdr_len + m->len;
-}
-
-int outq_push(struct outq *q, struct msg *m, uint64_t msg_id)
-{
-    if (q->count == q->cap) {
-        uint32_t ncap = q->cap ? q->cap * 2 : 8;
-        struct outq_item *n = malloc(sizeof(*n) * ncap);
-        if (n == NULL)
-            return UV_ENOMEM;
-        /* unwrap the ring into the new storage, oldest first */
-        for (uint32_t i = 0; i < q->count; i++)
-            n[i] = q->items[(q->head + i) & (q->cap - 1)];
-        free(q->items);
-        q->items = n;
-        q->cap = ncap;
-        q->head = 0;
-    }
-    struct outq_item *it = &q->items[(q->head + q->count) & (q->cap - 1)];
-    it->m = msg_ref(m);
-    it->msg_id = msg_id;
-    q->count++;
-    q->bytes += item_bytes(m);
-    return 0;
-}
-
-static struct outq_item *outq_at(struct outq *q, uint32_t i)
-{
-    return &q->items[(q->head + i) & (q->cap - 1)];
-}
-
-static void outq_pop(struct outq *q)
-{
-    q->head = (q->head + 1) & (q->cap - 1);
-    q->count--;
-}
-
-uint32_t outq_drop_unsent(struct outq *q)
-{
-    uint32_t dropped = 0, kept;
-    /* items [0, writing) belong to an in-flight write and the head item may be half
-     * written: both must stay so the stream is never cut mid-frame */
-    uint32_t keep = q->writing;
-    if (keep == 0 && q->off > 0)
-        keep = 1;
-    /* of the rest, message frames go; raw bytes (a 101 not yet written, pongs, a close
-     * frame) stay, in order, so the client still reads a well-formed stream */
-    kept = keep;
-    for (uint32_t i = keep; i < q->count; i++) {
-        struct outq_item it = *outq_at(q, i);
-        if (it.m->hdr_len == 0) {
-            *outq_at(q, kept++) = it;
-            continue;
-        }
-        q->bytes -= item_bytes(it.m);
-        if (it.m->opcode <= 0x2)
-            dropped++;
-        msg_unref(it.m);
-    }
-    q->count = kept;
-    return dropped;
-}
-
-void outq_free(struct outq *q)
-{
-    while (q->count > 0) {
-        msg_unref(outq_at(q, 0)->m);
-        outq_pop(q);
-    }
-    free(q->items);
-    memset(q, 0, sizeof(*q));
-}
 
 /* --- lists --- */
 
@@ -195,17 +119,7 @@ static void conn_on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
     srv->m.bytes_in += (uint64_t)nread;
     srv->now_ms = uv_now(srv->loop);
     c->active_ms = srv->now_ms;
-    if (c->state == CONN_HTTP) {
-        http_feed(c, buf->base, (size_t)nread);
-    } else if (c->state == CONN_WS || c->state == CONN_WS_CLOSING) {
-        if (c->state == CONN_WS) {
-            /* activity: move to the tail of the LRU that drives pings and idle_timeout */
-            conn_list_remove(c);
-            conn_list_append(c, CONN_LIST_WS);
-            c->flags &= ~CONN_F_PINGED;
-        }
-        ws_feed(c, (const uint8_t *)buf->base, (size_t)nread);
-    }
+    c->proto->feed(c, (const uint8_t *)buf->base, (size_t)nread);
 }
 
 void conn_read_pause(struct conn *c, int pause)
@@ -293,7 +207,7 @@ static void conn_written(struct conn *c, uint32_t n)
     assert(n <= FLUSH_MAX_ITEMS);
     while (n-- > 0) {
         struct outq_item *it = outq_at(&c->out, 0);
-        size_t b = item_bytes(it->m) - c->out.off;
+        size_t b = outq_item_bytes(it->m) - c->out.off;
         c->out.bytes -= b;
         c->out.off = 0;
         if (it->m->hdr_len > 0 && it->m->opcode <= 0x2)
@@ -374,9 +288,9 @@ static void conn_on_write(uv_write_t *req, int status)
     if (c->state == CONN_WS_CLOSING && (c->flags & CONN_F_ATTACHED))
         ws_leave(c); /* closing waited for this write so its frames could be acked */
     if (c->state != CONN_CLOSING) {
-        if (c->state == CONN_HTTP)
-            http_on_written(c);
-        conn_flush(c);
+        c->proto->drained(c);
+        if (c->state != CONN_CLOSING)
+            conn_flush(c);
     }
     conn_unref(c);
 }
@@ -475,7 +389,7 @@ void conn_flush(struct conn *c)
         size_t left = (size_t)n;
         uint32_t done = 0;
         while (done < items) {
-            size_t b = item_bytes(outq_at(&c->out, done)->m) - (done == 0 ? c->out.off : 0);
+            size_t b = outq_item_bytes(outq_at(&c->out, done)->m) - (done == 0 ? c->out.off : 0);
             if (left < b)
                 break;
             left -= b;
@@ -528,10 +442,8 @@ void conn_flush(struct conn *c)
                 conn_linger(c);
             else
                 conn_close(c);
-        } else if (c->state == CONN_HTTP) {
-            http_on_written(c);
-        } else if (c->state == CONN_WS && c->pre != NULL) {
-            ws_feed_pre(c); /* the 101 and what came before it are out */
+        } else {
+            c->proto->drained(c); /* e.g. the 101 is out: read what came with it */
         }
     }
 }
@@ -557,8 +469,7 @@ void conn_flush_all(struct server *srv)
                 if (c->state == CONN_CLOSING)
                     continue;
             }
-            if (c->state == CONN_HTTP)
-                http_on_written(c); /* emits ready responses, may switch to WS */
+            c->proto->drained(c); /* emits ready answers, may switch to WS */
             if (c->state != CONN_CLOSING)
                 conn_flush(c);
         }
@@ -620,10 +531,7 @@ static void conn_free(struct conn *c)
         http_free(c->http);
     ws_free(c);
     free(c->pre);
-    if (c->sess != NULL) {
-        free(c->sess->topics);
-        free(c->sess);
-    }
+    session_free(c->sess);
     free(c);
 }
 

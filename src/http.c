@@ -228,6 +228,9 @@ static const char *http_cors_lines(const char *origin, size_t len, char *buf, si
     return buf;
 }
 
+static void http_feed(struct conn *c, const uint8_t *bytes, size_t len);
+static void http_check_timeout(struct conn *c, uint64_t now);
+
 /* --- answers in order --- */
 
 /* Parsing must stop before the next request: as many answers pending as max_pipeline,
@@ -309,7 +312,7 @@ void http_error(struct conn *c, int status, const char *reason, int close)
 }
 
 /* Emit ready answers from the head of the pending list (flush pass / write done). */
-void http_on_written(struct conn *c)
+static void http_drained(struct conn *c)
 {
     struct http_state *h = c->http;
     if (h == NULL)
@@ -352,7 +355,7 @@ void http_on_written(struct conn *c)
         h->blocked = 0;
         llhttp_resume(&h->parser);
         if (rest != NULL)
-            http_feed(c, (const char *)rest, len);
+            http_feed(c, rest, len);
         free(rest);
         if (c->state != CONN_HTTP || c->http != h)
             return;
@@ -461,53 +464,6 @@ static void http_do_push(struct conn *c, int publish, const char *key)
 
 /* --- upgrade --- */
 
-static int topics_parse(struct session *s, const char *q, uint32_t max_topics)
-{
-    /* q: the query string (after '?'); only topics= matters; others (token) ignored */
-    const char *v = NULL;
-    size_t vlen = 0;
-    while (*q) {
-        const char *amp = strchr(q, '&');
-        size_t len = amp ? (size_t)(amp - q) : strlen(q);
-        if (len > 7 && strncmp(q, "topics=", 7) == 0) {
-            v = q + 7;
-            vlen = len - 7;
-        }
-        q += len + (amp ? 1 : 0);
-    }
-    if (v == NULL || vlen == 0)
-        return 0;
-    uint32_t n = 1;
-    for (size_t i = 0; i < vlen; i++)
-        if (v[i] == ',')
-            n++;
-    if (n > max_topics)
-        return -1;
-    /* one allocation: pointer array then the strings */
-    char **arr = malloc(n * sizeof(char *) + vlen + 1);
-    if (arr == NULL)
-        return -1;
-    char *str = (char *)(arr + n);
-    memcpy(str, v, vlen);
-    str[vlen] = '\0';
-    uint32_t i = 0;
-    for (char *t = str;; i++) {
-        char *comma = strchr(t, ',');
-        if (comma)
-            *comma = '\0';
-        if (!key_valid(t, strlen(t))) {
-            free(arr);
-            return -1;
-        }
-        arr[i] = t;
-        if (!comma)
-            break;
-        t = comma + 1;
-    }
-    s->topics = arr;
-    s->ntopics = (uint16_t)n;
-    return 0;
-}
 
 /* Access control of an upgrade, before any broker work (DESIGN.md §8.1): Origin, the
  * client's JWT (sub = key, topics within its claim), then the per-IP handshake rate and
@@ -563,7 +519,7 @@ static int http_upgrade_allowed(struct conn *c, const char *key, size_t key_len,
     if (auth_client_required(a)) {
         struct session probe; /* topics as the session will hold them */
         memset(&probe, 0, sizeof(probe));
-        if (query != NULL && topics_parse(&probe, query, cfg->max_topics) < 0) {
+        if (query != NULL && session_topics_parse(&probe, query, cfg->max_topics) < 0) {
             http_error(c, 400, "invalid topics", 1);
             return -1;
         }
@@ -629,7 +585,7 @@ static void http_upgrade(struct conn *c, const char *key, size_t key_len, const 
     }
     if (http_upgrade_allowed(c, key, key_len, query) < 0)
         return;
-    if (srv->draining) {
+    if (srv->phase != SRV_RUNNING) {
         http_error(c, 503, "shutting down", 1);
         return;
     }
@@ -641,25 +597,16 @@ static void http_upgrade(struct conn *c, const char *key, size_t key_len, const 
         http_error(c, 503, "broker unavailable", 1);
         return;
     }
-    struct session *s = calloc(1, sizeof(*s));
+    int rc;
+    struct session *s = session_new(c, key, key_len, query, &rc);
     if (s == NULL) {
-        http_error(c, 503, "out of memory", 1);
-        return;
-    }
-    s->conn = c;
-    s->id = ++srv->next_session_id;
-    memcpy(s->key, key, key_len);
-    s->key[key_len] = '\0';
-    s->key_len = (uint8_t)key_len;
-    if (query != NULL && topics_parse(s, query, srv->cfg->max_topics) < 0) {
-        free(s);
-        http_error(c, 400, "invalid topics", 1);
+        http_error(c, rc == UV_EINVAL ? 400 : 503,
+                   rc == UV_EINVAL ? "invalid topics" : "out of memory", 1);
         return;
     }
     struct http_pending *p = http_slot_new(h);
     if (p == NULL) {
-        free(s->topics);
-        free(s);
+        session_free(s);
         http_error(c, 503, "out of memory", 1);
         return;
     }
@@ -670,7 +617,7 @@ static void http_upgrade(struct conn *c, const char *key, size_t key_len, const 
     h->upgrade = UPG_ATTACHING;
     srv->upgrades_pending++;
     conn_read_pause(c, 1);
-    int rc = broker_attach(srv->broker, s);
+    rc = broker_attach(srv->broker, s);
     if (rc < 0) {
         h->upgrade = UPG_FAILED;
         srv->upgrades_pending--;
@@ -682,9 +629,9 @@ static void http_upgrade(struct conn *c, const char *key, size_t key_len, const 
     }
 }
 
-void session_attached(struct session *s, int status)
+void http_upgrade_attached(struct conn *c, int status)
 {
-    struct conn *c = s->conn;
+    struct session *s = c->sess;
     struct http_state *h = c->http;
     struct server *srv = c->srv;
     if (c->state != CONN_HTTP || h == NULL || h->upgrade != UPG_ATTACHING)
@@ -869,14 +816,14 @@ static void http_dispatch(struct conn *c)
     }
     case ROUTE_HEALTHZ:
     case ROUTE_READYZ: {
-        int ok = h->route == ROUTE_HEALTHZ || (broker_ready(srv->broker) && !srv->draining);
+        int ok = h->route == ROUTE_HEALTHZ || (broker_ready(srv->broker) && srv->phase == SRV_RUNNING);
         struct msg *m = ok ? http_render(200, "application/json", "", "{\"ok\":true}", 11, !keep)
                            : http_render_error(srv, 503, "broker unavailable", NULL, !keep);
         http_answer_head(c, m, head, !keep);
         return;
     }
     case ROUTE_METRICS: {
-        struct msg *b = server_metrics_render(srv);
+        struct msg *b = metrics_render(srv);
         struct msg *m =
             b ? http_render(200, "text/plain; version=0.0.4", "", b->data, b->len, !keep) : NULL;
         msg_unref(b);
@@ -1239,6 +1186,13 @@ static const llhttp_settings_t *http_settings(void)
     return &s;
 }
 
+const struct conn_proto http_proto = {
+    .name = "http",
+    .feed = http_feed,
+    .drained = http_drained,
+    .timeout = http_check_timeout,
+};
+
 int http_start(struct conn *c)
 {
     struct http_state *h = calloc(1, sizeof(*h));
@@ -1249,6 +1203,7 @@ int http_start(struct conn *c)
     h->c = c;
     h->deadline = uv_now(c->srv->loop) + c->srv->cfg->handshake_timeout_ms;
     c->http = h;
+    c->proto = &http_proto;
     return 0;
 }
 
@@ -1276,8 +1231,9 @@ static void http_note_tail(struct http_state *h, const char *data, size_t len)
         h->tail_lf = q[-1] == '\n';
 }
 
-void http_feed(struct conn *c, const char *data, size_t len)
+static void http_feed(struct conn *c, const uint8_t *bytes, size_t len)
 {
+    const char *data = (const char *)bytes;
     struct http_state *h = c->http;
     if (h->stopped)
         return;
@@ -1316,7 +1272,7 @@ void http_feed(struct conn *c, const char *data, size_t len)
         else
             llhttp_resume(&h->parser);
         if (used < len)
-            http_feed(c, data + used, len - used);
+            http_feed(c, bytes + used, len - used);
         return;
     }
     /* a parse error or a limit: answer once and close, lingering so the client can read
@@ -1339,7 +1295,7 @@ void http_feed(struct conn *c, const char *data, size_t len)
     c->flags |= CONN_F_LINGER;
 }
 
-void http_check_timeout(struct conn *c, uint64_t now)
+static void http_check_timeout(struct conn *c, uint64_t now)
 {
     struct http_state *h = c->http;
     if (c->flags & CONN_F_LINGERING) {

@@ -145,7 +145,7 @@ int main(int argc, char **argv)
     rc = server_start(&srv, &loop, &cfg, &broker, &auth);
     if (rc < 0) {
         srv.exit_code = 1;
-        if (srv.draining != 2) /* failed before its handles existed: close the broker */
+        if (srv.phase != SRV_STOPPED) /* failed before its handles existed: close the broker */
             broker_close(&broker, NULL);
     }
     uv_run(&loop, UV_RUN_DEFAULT);

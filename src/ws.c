@@ -198,11 +198,41 @@ static uint16_t ws_scan(struct conn *c, const uint8_t *p, size_t len, size_t *go
     return 0;
 }
 
+static void ws_feed(struct conn *c, const uint8_t *data, size_t len);
+static void ws_feed_pre(struct conn *c);
+static void ws_check_timeout(struct conn *c, uint64_t now);
+
+/* Bytes from the client: activity (the LRU that drives pings and idle_timeout), then
+ * frames. */
+static void ws_proto_feed(struct conn *c, const uint8_t *data, size_t len)
+{
+    if (c->state == CONN_WS) {
+        conn_list_remove(c);
+        conn_list_append(c, CONN_LIST_WS);
+        c->flags &= ~CONN_F_PINGED;
+    }
+    ws_feed(c, data, len);
+}
+
+static void ws_drained(struct conn *c)
+{
+    if (c->state == CONN_WS && c->pre != NULL && c->out.count == 0)
+        ws_feed_pre(c);
+}
+
+const struct conn_proto ws_proto = {
+    .name = "websocket",
+    .feed = ws_proto_feed,
+    .drained = ws_drained,
+    .timeout = ws_check_timeout,
+};
+
 int ws_start(struct conn *c, uint8_t *pre, size_t pre_len)
 {
     struct server *srv = c->srv;
     conn_list_remove(c);
     c->state = CONN_WS;
+    c->proto = &ws_proto;
     c->flags |= CONN_F_ATTACHED;
     conn_list_append(c, CONN_LIST_WS);
     srv->m.http_open--;
@@ -211,7 +241,7 @@ int ws_start(struct conn *c, uint8_t *pre, size_t pre_len)
     c->active_ms = uv_now(srv->loop);
     /* frames delivered while the 101 was pending go right behind it, in order */
     for (uint32_t i = 0; i < c->early.count; i++) {
-        struct outq_item *it = &c->early.items[(c->early.head + i) & (c->early.cap - 1)];
+        struct outq_item *it = outq_at(&c->early, i);
         conn_queue(c, it->m, it->msg_id);
     }
     outq_free(&c->early);
@@ -227,7 +257,8 @@ int ws_start(struct conn *c, uint8_t *pre, size_t pre_len)
     return 0;
 }
 
-void ws_feed_pre(struct conn *c)
+/* The 101 and what was queued before it are written: read what came with the upgrade. */
+static void ws_feed_pre(struct conn *c)
 {
     uint8_t *pre = c->pre;
     size_t len = c->pre_len;
@@ -292,7 +323,7 @@ void ws_leave(struct conn *c)
     }
 }
 
-void ws_feed(struct conn *c, const uint8_t *data, size_t len)
+static void ws_feed(struct conn *c, const uint8_t *data, size_t len)
 {
     if (ws_ctx_get(c) < 0) {
         conn_close(c);
@@ -364,7 +395,7 @@ void ws_close(struct conn *c, uint16_t code)
         c->flags |= CONN_F_CLOSE_AFTER;
 }
 
-void ws_check_timeout(struct conn *c, uint64_t now)
+static void ws_check_timeout(struct conn *c, uint64_t now)
 {
     struct server *srv = c->srv;
     const struct config *cfg = srv->cfg;
@@ -391,43 +422,4 @@ void ws_free(struct conn *c)
     if (c->ws != NULL)
         wslay_event_context_free(c->ws);
     c->ws = NULL;
-}
-
-/* --- what backends call (session.h) --- */
-
-int session_can_take(const struct session *s, size_t len)
-{
-    const struct conn *c = s->conn;
-    size_t queued = c->out.bytes + c->early.bytes;
-    if ((c->state != CONN_WS && c->state != CONN_HTTP) || (c->flags & CONN_F_CLOSE_SOON))
-        return 0;
-    return queued == 0 || queued + MSG_HDR_MAX + len <= c->srv->cfg->max_send_buffer;
-}
-
-int session_deliver(struct session *s, uint64_t msg_id, struct msg *m)
-{
-    struct conn *c = s->conn;
-    struct server *srv = c->srv;
-    if ((c->state != CONN_WS && c->state != CONN_HTTP) || (c->flags & CONN_F_CLOSE_SOON))
-        return UV_ECANCELED;
-    if (c->state == CONN_WS) /* judged slow or not after the flush pass's write attempt */
-        return conn_queue(c, m, msg_id);
-    /* the 101 is not out yet: hold it behind, within max_send_buffer (nothing can be
-     * written before the 101, so this bound is the only one) */
-    size_t queued = c->early.bytes;
-    if (queued > 0 && queued + m->hdr_len + m->len > srv->cfg->max_send_buffer) {
-        conn_count_close(c, CONN_CLOSE_SLOW);
-        log_info("event=slow_client session=%s queued=%zu", s->key, queued);
-        c->close_code = 1008;
-        conn_close_soon(c);
-        return UV_ENOBUFS;
-    }
-    return outq_push(&c->early, m, msg_id);
-}
-
-void session_close(struct session *s, uint16_t code)
-{
-    struct conn *c = s->conn;
-    c->close_code = code;
-    conn_close_soon(c);
 }

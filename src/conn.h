@@ -2,7 +2,7 @@
  * WebSocket (wslay). Owns the socket, the HTTP state, the wslay context, the session
  * and the output queue of refcounted messages. Does NOT route messages or know which
  * broker runs: it calls session_* and broker_* only. Loop thread only.
- * Internal header shared by src/conn.c, src/http.c, src/ws.c and src/server.c. */
+ * Private header of the core (src/): backends never see it. */
 #ifndef WSGATE_CONN_H
 #define WSGATE_CONN_H
 
@@ -11,6 +11,7 @@
 #include <uv.h>
 #include <wslay/wslay.h>
 
+#include "outq.h"
 #include "server.h"
 
 struct server;
@@ -34,26 +35,25 @@ enum conn_flag {
     CONN_F_SETTLING = 1 << 10,    /* closing: waiting for broker_settle before the detach */
 };
 
-/* One queued item: a message ref, and the broker id to ack once written (0 = none). */
-struct outq_item {
-    struct msg *m;   /* ref: released when written or dropped */
-    uint64_t msg_id; /* for broker_ack after the write; 0 = no ack */
+/* The protocol spoken over a connection's transport (HTTP until a valid upgrade, then
+ * WebSocket): conn.c reads, writes and closes, and calls these; it never parses. */
+struct conn_proto {
+    const char *name;
+    /* Bytes read from the socket (borrowed for the call). May close c. */
+    void (*feed)(struct conn *c, const uint8_t *data, size_t len);
+    /* A write finished or a flush pass ran: queue answers that became ready, resume
+     * what waited for room. Nothing may have been written. May close c. */
+    void (*drained)(struct conn *c);
+    /* Sweep: deadlines of this protocol (request, keep-alive, ping, idle, close). */
+    void (*timeout)(struct conn *c, uint64_t now);
 };
-
-/* Ring of queued items; items [0, writing) are in the in-flight uv_write. */
-struct outq {
-    struct outq_item *items; /* owned: ring storage, NULL while never used */
-    uint32_t cap;            /* power of two */
-    uint32_t head;           /* index of the oldest item */
-    uint32_t count;          /* items queued */
-    uint32_t writing;        /* items covered by the in-flight write */
-    uint32_t off;            /* bytes of the head item already written */
-    size_t bytes;            /* unwritten bytes of all items */
-};
+extern const struct conn_proto http_proto; /* http.c */
+extern const struct conn_proto ws_proto;   /* ws.c */
 
 struct conn {
     uv_tcp_t tcp;                /* embedded: c is freed only in conn_on_closed() */
     struct server *srv;          /* borrowed: srv owns c via its lists */
+    const struct conn_proto *proto; /* borrowed: static table of the protocol spoken now */
     struct conn *prev;           /* list links (srv->http, srv->ws or srv->closing) */
     struct conn *next;
     struct conn *dirty_next;     /* link on srv->dirty */
@@ -116,24 +116,12 @@ void conn_unref(struct conn *c);
 void conn_read_pause(struct conn *c, int pause);
 /* Flush every dirty conn (flush pass). */
 void conn_flush_all(struct server *srv);
-/* Drop queued message frames of q not yet being written (closing); raw bytes (the 101,
- * control frames) stay so the stream remains well formed. Returns count dropped. */
-uint32_t outq_drop_unsent(struct outq *q);
-/* Append m (a ref is taken). 0 or UV_ENOMEM. */
-int outq_push(struct outq *q, struct msg *m, uint64_t msg_id);
-void outq_free(struct outq *q);
 
 /* --- http.c --- */
 int http_start(struct conn *c);
-void http_feed(struct conn *c, const char *data, size_t len);
 void http_free(struct http_state *h);
 /* c closes while its upgrade is attaching or attached without a 101: undo the attach. */
 void http_upgrade_abort(struct conn *c);
-/* Sweep: enforce handshake/keep-alive deadlines. */
-void http_check_timeout(struct conn *c, uint64_t now);
-/* Write finished for c: emit ready answers, resume parsing/reads paused for pipelining
- * or for max_send_buffer. */
-void http_on_written(struct conn *c);
 /* 1 while c has requests read but not answered (push callbacks pending). */
 int http_busy(const struct conn *c);
 /* Queue a JSON error answer. close=1 adds Connection: close and closes after. */
@@ -144,21 +132,28 @@ struct msg *http_render(int status, const char *ctype, const char *extra, const 
 /* Shutdown: close c now if idle, else after its pending answers. */
 void http_drain(struct conn *c);
 
+/* The broker finished attaching c->sess (session_attached): answer the upgrade. */
+void http_upgrade_attached(struct conn *c, int status);
+
+/* --- session.c --- */
+/* A session for c's upgrade: key (validated), topics from query (NULL: none). NULL with
+ * *err UV_EINVAL (bad ?topics=) or UV_ENOMEM. Owned by c from then on (session_free). */
+struct session *session_new(struct conn *c, const char *key, size_t key_len, const char *query,
+                            int *err);
+void session_free(struct session *s);
+/* Parse ?topics=a,b of query into s->topics (one allocation). 0 or -1 (invalid, too many). */
+int session_topics_parse(struct session *s, const char *query, uint32_t max_topics);
+
 /* --- ws.c --- */
 /* The 101 for c is queued: switch to WS. pre (moved, may be NULL): client bytes read after
  * the upgrade request; they are fed once what is queued before them is written. */
 int ws_start(struct conn *c, uint8_t *pre, size_t pre_len);
-/* Feed c->pre (the queue before it is written) and resume reads. */
-void ws_feed_pre(struct conn *c);
 /* Closing c has no write in flight: settle its acks with the broker, then detach. */
 void ws_leave(struct conn *c);
-void ws_feed(struct conn *c, const uint8_t *data, size_t len);
 /* Begin the closing handshake with code (1000-4999); the socket closes later. */
 void ws_close(struct conn *c, uint16_t code);
 void ws_free(struct conn *c);
 /* Compute Sec-WebSocket-Accept for a client key (base64 of 24 chars + NUL into out[29]). */
 void ws_accept_key(const char *client_key, size_t len, char out[29]);
-/* Sweep: pings, idle timeout, close timeout. */
-void ws_check_timeout(struct conn *c, uint64_t now);
 
 #endif
