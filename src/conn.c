@@ -135,7 +135,9 @@ void conn_read_pause(struct conn *c, int pause)
     }
 }
 
-struct conn *conn_accept(struct server *srv)
+/* A connection on srv speaking HTTP, with no socket yet (the transport comes from
+ * conn_accept; unit tests feed its protocol directly and read its output queue). */
+struct conn *conn_new(struct server *srv)
 {
     struct conn *c = calloc(1, sizeof(*c));
     if (c == NULL)
@@ -146,19 +148,30 @@ struct conn *conn_accept(struct server *srv)
         free(c);
         return NULL;
     }
-    if (uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)&c->tcp) < 0 ||
-        http_start(c) < 0) {
+    if (http_start(c) < 0) {
         c->state = CONN_CLOSING;
         uv_close((uv_handle_t *)&c->tcp, conn_on_closed);
         return NULL;
     }
-    uv_tcp_nodelay(&c->tcp, 1);
     c->state = CONN_HTTP;
     c->active_ms = uv_now(srv->loop);
     conn_list_append(c, CONN_LIST_HTTP);
     srv->m.http_open++;
-    uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read);
     server_sweep_arm(srv);
+    return c;
+}
+
+struct conn *conn_accept(struct server *srv)
+{
+    struct conn *c = conn_new(srv);
+    if (c == NULL)
+        return NULL;
+    if (uv_accept((uv_stream_t *)&srv->listener, (uv_stream_t *)&c->tcp) < 0) {
+        conn_close(c);
+        return NULL;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    uv_read_start((uv_stream_t *)&c->tcp, conn_on_alloc, conn_on_read);
     return c;
 }
 

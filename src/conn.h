@@ -88,7 +88,11 @@ struct conn {
 };
 
 /* --- conn.c --- */
+/* Accept the next connection from srv's listener; NULL on failure (nothing to undo). */
 struct conn *conn_accept(struct server *srv);
+/* A connection speaking HTTP with no socket (conn_accept adds it; tests drive the
+ * protocol through c->proto and read c->out). NULL on allocation failure. */
+struct conn *conn_new(struct server *srv);
 /* Queue m (a ref is taken) with an ack id. 0, or UV_ENOMEM. */
 int conn_queue(struct conn *c, struct msg *m, uint64_t msg_id);
 /* Queue a copy of bytes as a raw (unframed) message. 0 or UV_ENOMEM. */

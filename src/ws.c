@@ -359,7 +359,7 @@ static void ws_feed(struct conn *c, const uint8_t *data, size_t len)
     }
     if (!wslay_event_want_read(c->ws))
         ws_enter_closing(c); /* a close frame came in or wslay refused a frame */
-    if (c->flags & CONN_F_SETTLING) {
+    if ((c->flags & CONN_F_SETTLING) && wslay_event_get_close_received(c->ws)) {
         /* the close reply waits until the broker confirmed the acks (ws_on_settled): a
          * client that reconnects once it has it cannot be handed those messages again */
         conn_dirty(c);
