@@ -22,17 +22,17 @@ struct http_state;
 enum conn_state { CONN_HTTP = 0, CONN_WS, CONN_WS_CLOSING, CONN_CLOSING };
 
 enum conn_flag {
-    CONN_F_DIRTY = 1 << 0,        /* on srv->dirty */
-    CONN_F_WRITING = 1 << 1,      /* a uv_write is in flight (c is on srv->writing) */
-    CONN_F_CLOSE_AFTER = 1 << 2,  /* close the socket once the queue is written */
-    CONN_F_CLOSE_SOON = 1 << 3,   /* close at the next flush pass (deferred close) */
-    CONN_F_READ_PAUSED = 1 << 4,  /* reads stopped for backpressure */
-    CONN_F_PINGED = 1 << 5,       /* a ping went out since the last activity */
-    CONN_F_CLOSED_H = 1 << 6,     /* the uv handle is closed: free when refs reach 0 */
-    CONN_F_ATTACHED = 1 << 7,     /* the broker holds c->sess (101 sent, detach not yet) */
-    CONN_F_LINGER = 1 << 8,       /* at CLOSE_AFTER: shut the write side, drain input, close */
-    CONN_F_LINGERING = 1 << 9,    /* write side shut: input is read and discarded */
-    CONN_F_SETTLING = 1 << 10,    /* closing: waiting for broker_settle before the detach */
+    CONN_F_DIRTY = 1 << 0,       /* on srv->dirty */
+    CONN_F_WRITING = 1 << 1,     /* a uv_write is in flight (c is on srv->writing) */
+    CONN_F_CLOSE_AFTER = 1 << 2, /* close the socket once the queue is written */
+    CONN_F_CLOSE_SOON = 1 << 3,  /* close at the next flush pass (deferred close) */
+    CONN_F_READ_PAUSED = 1 << 4, /* reads stopped for backpressure */
+    CONN_F_PINGED = 1 << 5,      /* a ping went out since the last activity */
+    CONN_F_CLOSED_H = 1 << 6,    /* the uv handle is closed: free when refs reach 0 */
+    CONN_F_ATTACHED = 1 << 7,    /* the broker holds c->sess (101 sent, detach not yet) */
+    CONN_F_LINGER = 1 << 8,      /* at CLOSE_AFTER: shut the write side, drain input, close */
+    CONN_F_LINGERING = 1 << 9,   /* write side shut: input is read and discarded */
+    CONN_F_SETTLING = 1 << 10,   /* closing: waiting for broker_settle before the detach */
 };
 
 /* The protocol spoken over a connection's transport (HTTP until a valid upgrade, then
@@ -51,40 +51,40 @@ extern const struct conn_proto http_proto; /* http.c */
 extern const struct conn_proto ws_proto;   /* ws.c */
 
 struct conn {
-    uv_tcp_t tcp;                /* embedded: c is freed only in conn_on_closed() */
-    struct server *srv;          /* borrowed: srv owns c via its lists */
+    uv_tcp_t tcp;                   /* embedded: c is freed only in conn_on_closed() */
+    struct server *srv;             /* borrowed: srv owns c via its lists */
     const struct conn_proto *proto; /* borrowed: static table of the protocol spoken now */
-    struct conn *prev;           /* list links (srv->http, srv->ws or srv->closing) */
+    struct conn *prev;              /* list links (srv->http, srv->ws or srv->closing) */
     struct conn *next;
-    struct conn *dirty_next;     /* link on srv->dirty */
-    struct conn *wprev;          /* links on srv->writing while CONN_F_WRITING */
+    struct conn *dirty_next; /* link on srv->dirty */
+    struct conn *wprev;      /* links on srv->writing while CONN_F_WRITING */
     struct conn *wnext;
-    uint8_t state;               /* enum conn_state */
-    uint16_t flags;              /* enum conn_flag */
-    uint16_t close_code;         /* WebSocket close code to send at the deferred close */
-    uint32_t refs;               /* async ops holding c (push callbacks); free at 0 after close */
-    uint32_t upstream_inflight;  /* upstream publishes not yet called back */
-    uint64_t active_ms;          /* last activity (ws: any frame; http: deadline base) */
-    uint64_t wr_ms;              /* last write progress of the in-flight write (write_timeout) */
-    size_t wr_left;              /* libuv's write queue size when wr_ms was taken */
-    struct http_state *http;     /* owned: NULL after the upgrade */
-    wslay_event_context_ptr ws;  /* owned: exists only while a client frame is half read or
-                                  * a close is under way (idle sockets hold none: ~9 KiB) */
-    struct session *sess;        /* owned: from the upgrade request until conn_on_closed */
-    const uint8_t *rx;           /* borrowed: unread bytes of the current read (wslay pulls) */
+    uint8_t state;              /* enum conn_state */
+    uint16_t flags;             /* enum conn_flag */
+    uint16_t close_code;        /* WebSocket close code to send at the deferred close */
+    uint32_t refs;              /* async ops holding c (push callbacks); free at 0 after close */
+    uint32_t upstream_inflight; /* upstream publishes not yet called back */
+    uint64_t active_ms;         /* last activity (ws: any frame; http: deadline base) */
+    uint64_t wr_ms;             /* last write progress of the in-flight write (write_timeout) */
+    size_t wr_left;             /* libuv's write queue size when wr_ms was taken */
+    struct http_state *http;    /* owned: NULL after the upgrade */
+    wslay_event_context_ptr ws; /* owned: exists only while a client frame is half read or
+                                 * a close is under way (idle sockets hold none: ~9 KiB) */
+    struct session *sess;       /* owned: from the upgrade request until conn_on_closed */
+    const uint8_t *rx;          /* borrowed: unread bytes of the current read (wslay pulls) */
     size_t rx_len;
-    uint64_t rx_frame_left;      /* payload bytes of the client frame being read */
-    uint8_t rx_hdr[14];          /* partial client frame header */
-    uint8_t rx_hdr_len;          /* bytes in rx_hdr */
-    uint8_t rx_fragmented;       /* inside a fragmented client message */
-    uint32_t rx_frags;           /* frames of the current fragmented message (max_fragments) */
-    uint64_t rx_msg_len;         /* payload bytes of the current client message so far */
-    uint8_t *pre;                /* owned: client bytes that came with the upgrade request,
-                                  * fed once everything queued before them is written */
+    uint64_t rx_frame_left; /* payload bytes of the client frame being read */
+    uint8_t rx_hdr[14];     /* partial client frame header */
+    uint8_t rx_hdr_len;     /* bytes in rx_hdr */
+    uint8_t rx_fragmented;  /* inside a fragmented client message */
+    uint32_t rx_frags;      /* frames of the current fragmented message (max_fragments) */
+    uint64_t rx_msg_len;    /* payload bytes of the current client message so far */
+    uint8_t *pre;           /* owned: client bytes that came with the upgrade request,
+                             * fed once everything queued before them is written */
     size_t pre_len;
-    struct outq out;             /* owned: bytes to write, in order */
-    struct outq early;           /* owned: frames delivered before the 101 went out */
-    char *ip;                    /* owned: client IP counted by max_connections_per_ip, or NULL */
+    struct outq out;   /* owned: bytes to write, in order */
+    struct outq early; /* owned: frames delivered before the 101 went out */
+    char *ip;          /* owned: client IP counted by max_connections_per_ip, or NULL */
 };
 
 /* --- conn.c --- */

@@ -77,11 +77,11 @@ struct msg *metrics_render(const struct server *srv)
                    "wsgate_connections_refused_total{reason=\"http_limit\"} %llu\n"
                    "wsgate_connections_refused_total{reason=\"per_ip\"} %llu\n"
                    "wsgate_connections_refused_total{reason=\"handshake_rate\"} %llu\n",
-                   (unsigned long long)m->refused_http_limit,
-                   (unsigned long long)m->refused_per_ip, (unsigned long long)m->refused_rate);
+                   (unsigned long long)m->refused_http_limit, (unsigned long long)m->refused_per_ip,
+                   (unsigned long long)m->refused_rate);
     static const char *const auth_reasons[AUTH_REFUSED_N] = {
-        [AUTH_REFUSED_PUSH] = "push_token",       [AUTH_REFUSED_METRICS] = "metrics_token",
-        [AUTH_REFUSED_TOKEN] = "client_token",    [AUTH_REFUSED_FORBIDDEN] = "forbidden",
+        [AUTH_REFUSED_PUSH] = "push_token",    [AUTH_REFUSED_METRICS] = "metrics_token",
+        [AUTH_REFUSED_TOKEN] = "client_token", [AUTH_REFUSED_FORBIDDEN] = "forbidden",
         [AUTH_REFUSED_ORIGIN] = "origin",
     };
     metrics_append(out, "# HELP wsgate_auth_refused_total Requests refused by access control, "
@@ -89,10 +89,11 @@ struct msg *metrics_render(const struct server *srv)
     for (int i = 0; i < AUTH_REFUSED_N; i++)
         metrics_append(out, "wsgate_auth_refused_total{reason=\"%s\"} %llu\n", auth_reasons[i],
                        (unsigned long long)m->refused_auth[i]);
-    metrics_append(out, "# HELP wsgate_pushes_refused_total Pushes refused, by reason.\n"
-                        "# TYPE wsgate_pushes_refused_total counter\n"
-                        "wsgate_pushes_refused_total{reason=\"queue_full\"} %llu\n"
-                        "wsgate_pushes_refused_total{reason=\"memory_full\"} %llu\n",
+    metrics_append(out,
+                   "# HELP wsgate_pushes_refused_total Pushes refused, by reason.\n"
+                   "# TYPE wsgate_pushes_refused_total counter\n"
+                   "wsgate_pushes_refused_total{reason=\"queue_full\"} %llu\n"
+                   "wsgate_pushes_refused_total{reason=\"memory_full\"} %llu\n",
                    (unsigned long long)m->refused_queue_full,
                    (unsigned long long)srv->broker->refused_full);
     return out;

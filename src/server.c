@@ -42,8 +42,7 @@ static void server_on_accept(uv_stream_t *listener, int status)
         uint64_t now = uv_now(srv->loop);
         if (srv->refused_logged_ms == 0 || now - srv->refused_logged_ms >= 1000) {
             log_warn("event=http_connection_limit max=%u refused=%llu",
-                     srv->cfg->max_http_connections,
-                     (unsigned long long)srv->refused_unlogged);
+                     srv->cfg->max_http_connections, (unsigned long long)srv->refused_unlogged);
             srv->refused_logged_ms = now;
             srv->refused_unlogged = 0;
         }
@@ -113,8 +112,7 @@ static void server_on_sweep(uv_timer_t *t)
 void server_sweep_arm(struct server *srv)
 {
     if (!uv_is_active((uv_handle_t *)&srv->sweep))
-        uv_timer_start(&srv->sweep, server_on_sweep, srv->sweep_period_ms,
-                       srv->sweep_period_ms);
+        uv_timer_start(&srv->sweep, server_on_sweep, srv->sweep_period_ms, srv->sweep_period_ms);
 }
 
 static void server_finish(struct server *srv);
@@ -223,14 +221,14 @@ static void server_on_sighup(uv_signal_t *h, int signum)
     }
     int rc = auth_reload(srv->auth, err, sizeof(err));
     if (rc < 0)
-        log_error("event=reload_failed what=push_tokens_file err=%s detail=\"%s\"",
-                  uv_err_name(rc), err);
+        log_error("event=reload_failed what=push_tokens_file err=%s detail=\"%s\"", uv_err_name(rc),
+                  err);
     else
         log_info("event=reload what=push_tokens_file tokens=%zu", srv->auth->npush);
 }
 
-int server_start(struct server *srv, uv_loop_t *loop, const struct config *cfg,
-                 struct broker *b, struct auth *auth)
+int server_start(struct server *srv, uv_loop_t *loop, const struct config *cfg, struct broker *b,
+                 struct auth *auth)
 {
     int rc;
     struct sockaddr_storage ss;
@@ -242,9 +240,9 @@ int server_start(struct server *srv, uv_loop_t *loop, const struct config *cfg,
     if ((rc = iplimit_init(&srv->iplimit, cfg->max_connections_per_ip,
                            cfg->max_handshakes_per_second_per_ip)) < 0)
         return rc;
-    uint64_t p = min_nz(min_nz(cfg->handshake_timeout_ms, cfg->keepalive_timeout_ms),
-                        min_nz(min_nz(cfg->ping_interval_ms, cfg->idle_timeout_ms),
-                               cfg->close_timeout_ms));
+    uint64_t p =
+        min_nz(min_nz(cfg->handshake_timeout_ms, cfg->keepalive_timeout_ms),
+               min_nz(min_nz(cfg->ping_interval_ms, cfg->idle_timeout_ms), cfg->close_timeout_ms));
     p /= 4;
     srv->sweep_period_ms = p < 10 ? 10 : p > 1000 ? 1000 : p;
     srv->rbuf_size = RBUF_SIZE;

@@ -7,9 +7,9 @@
 #ifndef WSGATE_FAKE_CONN_H
 #define WSGATE_FAKE_CONN_H
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,14 +32,14 @@ struct fake {
     struct broker b;
     struct server srv;
     struct auth auth;
-    struct session *attaching;  /* borrowed: waiting for fake_attach_done */
-    broker_push_cb push_cb;     /* the last push's callback, not yet called */
+    struct session *attaching; /* borrowed: waiting for fake_attach_done */
+    broker_push_cb push_cb;    /* the last push's callback, not yet called */
     void *push_arg;
-    int pushes;                 /* push + publish calls */
-    struct session *settling;   /* borrowed: waiting for fake_settle_done */
+    int pushes;               /* push + publish calls */
+    struct session *settling; /* borrowed: waiting for fake_settle_done */
     broker_settle_cb settle_cb;
     int detaches;
-    char out[65536];            /* what fake_take read off the output queue */
+    char out[65536]; /* what fake_take read off the output queue */
     size_t out_len;
 };
 
@@ -70,8 +70,7 @@ static void fake_detach(struct broker *b, struct session *s)
         f->settling = NULL;
 }
 
-static int fake_push(struct broker *b, const char *key, struct msg *m, broker_push_cb cb,
-                     void *arg)
+static int fake_push(struct broker *b, const char *key, struct msg *m, broker_push_cb cb, void *arg)
 {
     struct fake *f = fake_of(b);
     (void)key, (void)m;
@@ -192,7 +191,8 @@ static inline int fake_count(const struct fake *f, const char *needle)
 }
 
 /* A masked client frame (mask 0x01020304) of opcode with payload into out; its length. */
-static inline size_t fake_frame(uint8_t *out, int fin, uint8_t opcode, const void *payload, size_t len)
+static inline size_t fake_frame(uint8_t *out, int fin, uint8_t opcode, const void *payload,
+                                size_t len)
 {
     static const uint8_t mask[4] = {1, 2, 3, 4};
     size_t n = 0;

@@ -26,7 +26,10 @@ static void test_ping_gets_pong(void **state)
     fake_feed(c, fr, fake_frame(fr, 1, 0x9, "abc", 3));
     fake_take(f, c);
     assert_int_equal(f->out_len, 5);
-    assert_memory_equal(f->out, "\x8a\x03" "abc", 5);
+    assert_memory_equal(f->out,
+                        "\x8a\x03"
+                        "abc",
+                        5);
     fake_free(f);
 }
 
