@@ -188,4 +188,8 @@ int auth_client_ip(const struct auth *a, const struct sockaddr *peer, const char
  * caller frees it. Any thread (no state). */
 char *auth_mint(const struct config *cfg, const char *sub, uint64_t ttl_s, int64_t now_s);
 
+/* --- shared by auth.c and auth_jwt.c --- */
+/* 1 when s[0..len) equals w[0..wl) exactly. */
+int auth_eq(const char *s, size_t len, const char *w, size_t wl);
+
 #endif
