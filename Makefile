@@ -25,7 +25,7 @@ LLHTTP_CFLAGS := -std=c11 $(OPT) -Wall -Wextra -Wno-unused-parameter -Werror \
            -DLLHTTP_STRICT_MODE=1 -I/usr/share/include/llhttp
 
 CORE_SRCS := $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard backends/*.c)
-CORE_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(CORE_SRCS))
+CORE_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(CORE_SRCS)) $(BUILD)/gen/web_assets.o
 LLHTTP_OBJS := $(BUILD)/llhttp/llhttp.o $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o
 OBJS := $(BUILD)/src/main.o $(CORE_OBJS) $(LLHTTP_OBJS)
 
@@ -44,6 +44,13 @@ $(BIN): $(OBJS)
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
+
+# The browser client and demo page (web/) are compiled in as byte arrays.
+$(BUILD)/gen/web_assets.c: web/wsgate.js web/demo/index.html scripts/embed.sh
+	@mkdir -p $(dir $@)
+	scripts/embed.sh $@
+$(BUILD)/gen/web_assets.o: $(BUILD)/gen/web_assets.c src/web.h
+	$(CC) $(CFLAGS) -Isrc -c -o $@ $<
 
 # The core sees its private headers (src/*.h); backends see only include/.
 $(BUILD)/src/%.o: src/%.c
@@ -70,7 +77,8 @@ $(BUILD)/tools/%: tests/tools/%.c $(CORE_OBJS)
 	$(CC) $(CFLAGS) -Isrc $(LDFLAGS) -o $@ $< $(CORE_OBJS) $(LLHTTP_OBJS) $(LDLIBS)
 
 run: all
-	./wsgate
+	@echo "wsgate: demo page at http://127.0.0.1:8080/demo/?session=demo (browser client: /wsgate.js)"
+	WSGATE_SERVER_DEMO=$${WSGATE_SERVER_DEMO:-on} ./wsgate
 
 test:
 	@scripts/deps.sh test

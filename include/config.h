@@ -34,6 +34,7 @@ struct config {
     char allowed_origins[CFG_STR_MAX]; /* "*" or comma-separated exact origins for upgrades */
     char cors_origins[CFG_STR_MAX]; /* origins granted CORS on /push, /publish; "" = none */
     char trusted_proxies[CFG_STR_MAX]; /* CIDRs whose X-Forwarded-For is believed; "" = none */
+    int demo;                       /* serve /wsgate.js and /demo/ */
     enum log_level log_level;       /* [server] log_level */
     /* [websocket] */
     uint64_t ping_interval_ms;      /* server ping period; 0 = no pings */

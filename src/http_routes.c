@@ -24,6 +24,7 @@
 #include "server.h"
 #include "session.h"
 #include "util.h"
+#include "web.h"
 
 /* --- push / publish --- */
 
@@ -377,6 +378,15 @@ void http_check_head(struct http_state *h)
         }
         break;
     }
+    case ROUTE_CLIENT_JS:
+    case ROUTE_DEMO:
+        if (!h->c->srv->cfg->demo) {
+            h->err_status = 404;
+            h->err_reason = "not found";
+        } else if (method != HTTP_GET && method != HTTP_HEAD) {
+            h->err_status = 405;
+        }
+        break;
     case ROUTE_HEALTHZ:
     case ROUTE_READYZ:
     case ROUTE_METRICS:
@@ -470,6 +480,14 @@ void http_dispatch(struct conn *c)
             h->route == ROUTE_HEALTHZ || (broker_ready(srv->broker) && srv->phase == SRV_RUNNING);
         struct msg *m = ok ? http_render(200, "application/json", "", "{\"ok\":true}", 11, !keep)
                            : http_render_error(srv, 503, "broker unavailable", NULL, !keep);
+        http_answer_head(c, m, head, !keep);
+        return;
+    }
+    case ROUTE_CLIENT_JS:
+    case ROUTE_DEMO: {
+        const struct web_asset *a = web_asset_get(h->route == ROUTE_DEMO ? "demo" : "client");
+        struct msg *m = http_render(200, a->type, "Cache-Control: no-cache\r\n", a->data, a->len,
+                                    !keep);
         http_answer_head(c, m, head, !keep);
         return;
     }

@@ -12,7 +12,8 @@ void route_parse(const char *target, struct route *out)
     static const struct {
         const char *path;
         enum route_id id;
-    } fixed[] = {{"/healthz", ROUTE_HEALTHZ}, {"/readyz", ROUTE_READYZ}, {"/metrics", ROUTE_METRICS}};
+    } fixed[] = {{"/healthz", ROUTE_HEALTHZ}, {"/readyz", ROUTE_READYZ}, {"/metrics", ROUTE_METRICS},
+                 {"/wsgate.js", ROUTE_CLIENT_JS}, {"/demo/", ROUTE_DEMO}, {"/demo", ROUTE_DEMO}};
     const char *q = strchr(target, '?');
     size_t plen = q ? (size_t)(q - target) : strlen(target);
     out->query = q ? q + 1 : NULL;
@@ -47,6 +48,8 @@ const char *route_allow(enum route_id id)
     case ROUTE_HEALTHZ:
     case ROUTE_READYZ:
     case ROUTE_METRICS:
+    case ROUTE_CLIENT_JS:
+    case ROUTE_DEMO:
         return "GET, HEAD";
     default:
         return NULL;

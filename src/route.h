@@ -13,6 +13,8 @@ enum route_id {
     ROUTE_HEALTHZ,  /* /healthz */
     ROUTE_READYZ,   /* /readyz */
     ROUTE_METRICS,  /* /metrics */
+    ROUTE_CLIENT_JS, /* /wsgate.js ([server] demo = on) */
+    ROUTE_DEMO,      /* /demo/ and /demo ([server] demo = on) */
     ROUTE_NOTFOUND, /* anything else */
 };
 

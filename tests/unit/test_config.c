@@ -137,6 +137,7 @@ static const struct row rows[] = {
     {"server", "allowed_origins", "*", "https://a.example,https://b.example:8443", F(allowed_origins), 1, 0},
     {"server", "cors_origins", "", "https://a.example", F(cors_origins), 1, 0},
     {"server", "trusted_proxies", "", "10.0.0.0/8,::1", F(trusted_proxies), 1, 0},
+    {"server", "demo", "off", "on", F(demo), 0, 1},
     {"server", "log_level", "info", "debug", F(log_level), 0, LOG_LEVEL_DEBUG},
     {"websocket", "ping_interval", "30s", "10s", F(ping_interval_ms), 0, 10000},
     {"websocket", "idle_timeout", "75s", "100", F(idle_timeout_ms), 0, 100000},
@@ -218,7 +219,7 @@ static void test_defaults_match_key_table(void **state)
     memset(&c, 0x5a, sizeof c);
     config_defaults(&c);
 
-    assert_int_equal(NROWS, 56);
+    assert_int_equal(NROWS, 57);
     assert_string_equal(c.listen, "0.0.0.0:8080");
     assert_int_equal(c.backlog, 511);
     assert_int_equal(c.max_connections, 10000);

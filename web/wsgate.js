@@ -1,0 +1,1 @@
+/* wsgate.js — browser client for wsgate (placeholder being replaced by the full client). */
