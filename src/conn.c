@@ -223,7 +223,7 @@ static void conn_written(struct conn *c, uint32_t n)
         size_t b = outq_item_bytes(it->m) - c->out.off;
         c->out.bytes -= b;
         c->out.off = 0;
-        if (it->m->hdr_len > 0 && it->m->opcode <= 0x2)
+        if (it->m->opcode == 0x1 || it->m->opcode == 0x2) /* a message (frame or event) */
             srv->m.delivered++;
         if (it->msg_id != 0 && can_ack)
             acks[nacks++] = it->msg_id;
@@ -376,7 +376,7 @@ static int conn_judge_slow(struct conn *c)
         return 0;
     conn_count_close(c, CONN_CLOSE_SLOW);
     log_info("event=slow_client session=%s queued=%zu", c->sess->key, c->out.bytes);
-    ws_close(c, 1008);
+    c->proto->end(c, 1008);
     return 1;
 }
 
@@ -476,7 +476,7 @@ void conn_flush_all(struct server *srv)
             if (c->flags & CONN_F_CLOSE_SOON) {
                 c->flags &= ~CONN_F_CLOSE_SOON;
                 if (c->state == CONN_WS)
-                    ws_close(c, c->close_code ? c->close_code : 1011);
+                    c->proto->end(c, c->close_code ? c->close_code : 1011);
                 else if (c->state == CONN_HTTP)
                     conn_close(c);
                 if (c->state == CONN_CLOSING)

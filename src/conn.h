@@ -46,9 +46,13 @@ struct conn_proto {
     void (*drained)(struct conn *c);
     /* Sweep: deadlines of this protocol (request, keep-alive, ping, idle, close). */
     void (*timeout)(struct conn *c, uint64_t now);
+    /* The gateway ends the session (shutdown 1001, slow 1008, broker 1011): close the
+     * protocol's way (a close frame, or just the end of the stream). */
+    void (*end)(struct conn *c, uint16_t code);
 };
 extern const struct conn_proto http_proto; /* http.c */
 extern const struct conn_proto ws_proto;   /* ws.c */
+extern const struct conn_proto sse_proto;  /* sse.c */
 
 struct conn {
     uv_tcp_t tcp;                   /* embedded: c is freed only in conn_on_closed() */
@@ -154,6 +158,13 @@ int session_topics_parse(struct session *s, const char *query, uint32_t max_topi
 int ws_start(struct conn *c, uint8_t *pre, size_t pre_len);
 /* Closing c has no write in flight: settle its acks with the broker, then detach. */
 void ws_leave(struct conn *c);
+/* --- sse.c --- */
+/* The 200 text/event-stream head for c is queued: switch to Server-Sent Events. pre
+ * (moved, may be NULL) is discarded. */
+int sse_start(struct conn *c, uint8_t *pre, size_t pre_len);
+/* session_deliver for an SSE connection: m re-encoded as one event. 0 or UV_ENOMEM. */
+int sse_deliver(struct conn *c, uint64_t msg_id, struct msg *m);
+
 /* Begin the closing handshake with code (1000-4999); the socket closes later. */
 void ws_close(struct conn *c, uint16_t code);
 void ws_free(struct conn *c);

@@ -265,7 +265,10 @@ static void http_drained(struct conn *c)
             h->unread = NULL;
             c->http = NULL;
             http_free(h);
-            ws_start(c, pre, pre_len); /* pre moves */
+            if (upgrade == HTTP_UPGRADE_SSE)
+                sse_start(c, pre, pre_len); /* pre moves */
+            else
+                ws_start(c, pre, pre_len);
             return;
         }
         if (close) {
@@ -652,11 +655,18 @@ static const llhttp_settings_t *http_settings(void)
     return &s;
 }
 
+static void http_end(struct conn *c, uint16_t code)
+{
+    (void)code;
+    conn_close(c);
+}
+
 const struct conn_proto http_proto = {
     .name = "http",
     .feed = http_feed,
     .drained = http_drained,
     .timeout = http_check_timeout,
+    .end = http_end,
 };
 
 int http_start(struct conn *c)

@@ -39,13 +39,16 @@ struct http_hval {
 
 enum upgrade_state { UPG_NONE = 0, UPG_ATTACHING, UPG_ATTACHED, UPG_FAILED };
 
+/* What an answer slot switches the connection to once it is out (http_pending.upgrade). */
+enum http_upgrade_kind { HTTP_UPGRADE_NONE = 0, HTTP_UPGRADE_WS, HTTP_UPGRADE_SSE };
+
 /* One answer slot, in request order. Async answers (push) fill resp later. */
 struct http_pending {
     struct http_pending *next; /* owned list link (h->pend_head) */
     struct conn *c;            /* borrowed: c is ref'd while a callback may arrive */
     struct msg *resp;          /* ref: the answer once ready, NULL while waiting */
     uint8_t close_after;       /* close the connection after this answer */
-    uint8_t upgrade;           /* this is the 101: switch to WebSocket after it */
+    uint8_t upgrade;           /* enum http_upgrade_kind: switch protocols after this answer */
     char *cors_origin;         /* owned: origin granted CORS on this answer, or NULL */
 };
 

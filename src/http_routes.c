@@ -205,38 +205,61 @@ static int http_upgrade_allowed(struct conn *c, const char *key, size_t key_len,
     return 0;
 }
 
-static void http_upgrade(struct conn *c, const char *key, size_t key_len, const char *query)
+static int http_ws_handshake_ok(struct conn *c);
+static void http_attach(struct conn *c, const char *key, size_t key_len, const char *query,
+                        enum http_upgrade_kind kind);
+
+/* GET /ws/{S} (kind WS) or /sse/{S} (kind SSE): checks, access control, the session,
+ * the broker's attach; the answer (101, or 200 text/event-stream) waits in its slot for
+ * http_upgrade_attached. */
+static void http_upgrade(struct conn *c, const char *key, size_t key_len, const char *query,
+                         enum http_upgrade_kind kind)
 {
-    struct http_state *h = c->http;
-    struct server *srv = c->srv;
     if (!key_valid(key, key_len)) {
         http_error(c, 400, "invalid session key", 1);
         return;
     }
+    if (kind == HTTP_UPGRADE_WS && http_ws_handshake_ok(c) < 0)
+        return;
+    if (http_upgrade_allowed(c, key, key_len, query) < 0)
+        return;
+    http_attach(c, key, key_len, query, kind);
+}
+
+/* The WebSocket handshake headers (RFC 6455 4.2.1). 0, or -1 after a 400. */
+static int http_ws_handshake_ok(struct conn *c)
+{
+    struct http_state *h = c->http;
     if (!h->upgrade_ws || !h->parser.upgrade) {
         http_error(c, 400, "websocket upgrade required", 1);
-        return;
+        return -1;
     }
     if (h->parser.http_major != 1 || h->parser.http_minor < 1) {
         http_error(c, 400, "websocket upgrade requires HTTP/1.1", 1);
-        return;
+        return -1;
     }
     if (!h->ws_version_ok) {
         struct msg *m = http_render(400, "application/json", "Sec-WebSocket-Version: 13\r\n",
                                     "{\"error\":\"unsupported websocket version\"}", 41, 1);
         http_answer(c, m, 1);
         msg_unref(m);
-        return;
+        return -1;
     }
     uint8_t raw[20];
     if (h->ws_keys != 1 || h->ws_key_len != 24 ||
         EVP_DecodeBlock(raw, (const unsigned char *)h->ws_key, 24) != 18 || h->ws_key[22] != '=' ||
         h->ws_key[23] != '=') {
         http_error(c, 400, "invalid Sec-WebSocket-Key", 1);
-        return;
+        return -1;
     }
-    if (http_upgrade_allowed(c, key, key_len, query) < 0)
-        return;
+    return 0;
+}
+
+static void http_attach(struct conn *c, const char *key, size_t key_len, const char *query,
+                        enum http_upgrade_kind kind)
+{
+    struct http_state *h = c->http;
+    struct server *srv = c->srv;
     if (srv->phase != SRV_RUNNING) {
         http_error(c, 503, "shutting down", 1);
         return;
@@ -262,7 +285,7 @@ static void http_upgrade(struct conn *c, const char *key, size_t key_len, const 
         http_error(c, 503, "out of memory", 1);
         return;
     }
-    p->upgrade = 1;
+    p->upgrade = (uint8_t)kind;
     h->upg = p;
     h->stopped = 1;
     c->sess = s;
@@ -298,12 +321,20 @@ void http_upgrade_attached(struct conn *c, int status)
         h->upg = NULL;
         log_info("event=attach_failed session=%s err=%s", s->key, uv_err_name(status));
     } else {
-        char accept[29], head[200];
-        ws_accept_key(h->ws_key, 24, accept);
-        int n = snprintf(head, sizeof(head),
+        char accept[29], head[240];
+        int n;
+        if (p->upgrade == HTTP_UPGRADE_SSE) {
+            /* no length: the stream is the body until either side closes */
+            n = snprintf(head, sizeof(head),
+                         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                         "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\n\r\n");
+        } else {
+            ws_accept_key(h->ws_key, 24, accept);
+            n = snprintf(head, sizeof(head),
                          "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                          "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n%s\r\n",
                          accept, h->echo_bearer ? "Sec-WebSocket-Protocol: bearer\r\n" : "");
+        }
         h->upgrade = UPG_ATTACHED;
         p->resp = msg_new((size_t)n);
         if (p->resp == NULL) {
@@ -346,6 +377,7 @@ void http_check_head(struct http_state *h)
     h->route = (uint8_t)r.id;
     switch (r.id) {
     case ROUTE_WS:
+    case ROUTE_SSE:
         if (method != HTTP_GET)
             h->err_status = 405;
         break;
@@ -446,7 +478,8 @@ void http_dispatch(struct conn *c)
         return;
     }
     switch (h->route) {
-    case ROUTE_WS: {
+    case ROUTE_WS:
+    case ROUTE_SSE: {
         char k[KEY_MAX_LEN + 1];
         if (key_len > KEY_MAX_LEN) {
             http_error(c, 400, "invalid session key", 1);
@@ -454,7 +487,8 @@ void http_dispatch(struct conn *c)
         }
         memcpy(k, key, key_len);
         k[key_len] = '\0';
-        http_upgrade(c, k, key_len, query);
+        http_upgrade(c, k, key_len, query,
+                     h->route == ROUTE_SSE ? HTTP_UPGRADE_SSE : HTTP_UPGRADE_WS);
         return;
     }
     case ROUTE_PUSH:
@@ -486,8 +520,8 @@ void http_dispatch(struct conn *c)
     case ROUTE_CLIENT_JS:
     case ROUTE_DEMO: {
         const struct web_asset *a = web_asset_get(h->route == ROUTE_DEMO ? "demo" : "client");
-        struct msg *m = http_render(200, a->type, "Cache-Control: no-cache\r\n", a->data, a->len,
-                                    !keep);
+        struct msg *m =
+            http_render(200, a->type, "Cache-Control: no-cache\r\n", a->data, a->len, !keep);
         http_answer_head(c, m, head, !keep);
         return;
     }

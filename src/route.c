@@ -8,7 +8,7 @@ void route_parse(const char *target, struct route *out)
     static const struct {
         const char *prefix;
         enum route_id id;
-    } keyed[] = {{"/ws/", ROUTE_WS}, {"/push/", ROUTE_PUSH}, {"/publish/", ROUTE_PUBLISH}};
+    } keyed[] = {{"/ws/", ROUTE_WS}, {"/sse/", ROUTE_SSE}, {"/push/", ROUTE_PUSH}, {"/publish/", ROUTE_PUBLISH}};
     static const struct {
         const char *path;
         enum route_id id;
@@ -41,6 +41,7 @@ const char *route_allow(enum route_id id)
 {
     switch (id) {
     case ROUTE_WS:
+    case ROUTE_SSE:
         return "GET";
     case ROUTE_PUSH:
     case ROUTE_PUBLISH:

@@ -8,6 +8,7 @@
 enum route_id {
     ROUTE_NONE = 0,
     ROUTE_WS,       /* /ws/{session} */
+    ROUTE_SSE,      /* /sse/{session} (Server-Sent Events) */
     ROUTE_PUSH,     /* /push/{session} */
     ROUTE_PUBLISH,  /* /publish/{topic} */
     ROUTE_HEALTHZ,  /* /healthz */

@@ -172,7 +172,7 @@ void server_shutdown(struct server *srv)
     }
     for (c = srv->ws.head; c != NULL; c = next) {
         next = c->next;
-        ws_close(c, 1001);
+        c->proto->end(c, 1001);
     }
     for (c = srv->http.head; c != NULL; c = next) {
         next = c->next;

@@ -112,8 +112,11 @@ int session_deliver(struct session *s, uint64_t msg_id, struct msg *m)
     struct server *srv = c->srv;
     if ((c->state != CONN_WS && c->state != CONN_HTTP) || (c->flags & CONN_F_CLOSE_SOON))
         return UV_ECANCELED;
-    if (c->state == CONN_WS) /* judged slow or not after the flush pass's write attempt */
+    if (c->state == CONN_WS) { /* judged slow or not after the flush pass's write attempt */
+        if (c->proto == &sse_proto)
+            return sse_deliver(c, msg_id, m);
         return conn_queue(c, m, msg_id);
+    }
     /* the 101 is not out yet: hold it behind, within max_send_buffer (nothing can be
      * written before the 101, so this bound is the only one) */
     size_t queued = c->early.bytes;

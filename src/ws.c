@@ -225,6 +225,7 @@ const struct conn_proto ws_proto = {
     .feed = ws_proto_feed,
     .drained = ws_drained,
     .timeout = ws_check_timeout,
+    .end = ws_close,
 };
 
 int ws_start(struct conn *c, uint8_t *pre, size_t pre_len)
