@@ -88,6 +88,13 @@ test:
 test-san:
 	@$(MAKE) --no-print-directory SAN=1 test
 
+# Builds the Dockerfile with podman (chroot isolation) and runs the gateway from the
+# image's filesystem; see tests/container/test_image.py. Needs root. Not part of `test`.
+.PHONY: test-container
+test-container:
+	@scripts/deps.sh container
+	@/usr/bin/python3 tests/container/test_image.py
+
 bench:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory $(BIN) bench/loadgen
