@@ -1,0 +1,63 @@
+/* fuzz_http.c — libFuzzer target: the fuzz bytes are what one HTTP client sends to a fresh
+ * in-process gateway (fuzz_gw.h): llhttp and http.c's callbacks, routes, pipelining,
+ * Expect, chunked bodies, pushes and publishes into the memory broker, answers written by
+ * conn.c, and - when the bytes hold a valid upgrade - the WebSocket side too. The client
+ * half-closes after its last byte; the input fails if a sanitizer fires, if the server
+ * keeps the connection (hang), or if anything is left when the gateway stops.
+ * Does NOT check answer contents. Single thread.
+ *
+ * Input: byte 0 is the mode, the rest is sent.
+ *   bits 0-5  chunk size: the client sends that many bytes per loop turn, so the parser
+ *             sees split points (0 = as much as the socket takes)
+ *   bit 6     tiny limits (fz_config tiny: pipeline 1, 160-byte heads, 16-byte messages,
+ *             64-byte send buffer, forced text frames)
+ *   bit 7     a WebSocket for session "fz" on topic "t1" is open while the bytes are sent,
+ *             so /push/fz and /publish/t1 deliver to a live socket (fan-out, slow client)
+ * Reproduce: build-fuzz/fuzz_http FILE (WSGATE_FUZZ_LOG=debug: server log + one line per client).
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "fuzz_gw.h"
+
+static const char fz_upgrade[] = "GET /ws/fz?topics=t1 HTTP/1.1\r\n"
+                                 "Upgrade: websocket\r\n"
+                                 "Connection: Upgrade\r\n"
+                                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                                 "Sec-WebSocket-Version: 13\r\n\r\n";
+
+static int fz_eof(struct fz_client *c)
+{
+    return c->eof;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static struct fz_gw gw; /* large: the server embeds its handles */
+    struct fz_client ws, http;
+    struct fz_client *cl[2] = {&http, &ws};
+    if (size < 1)
+        return 0;
+    fz_init();
+    uint8_t mode = data[0];
+    int live_ws = (mode & 0x80) != 0;
+    fz_config(&gw.cfg, (mode & 0x40) != 0);
+    fz_gw_start(&gw);
+    if (live_ws) {
+        struct fz_client *w[1] = {&ws};
+        fz_client_open(&gw, &ws, (const uint8_t *)fz_upgrade, sizeof(fz_upgrade) - 1, 0, 0);
+        FZ_CHECK(&gw, fz_run(&gw, w, 1, fz_has_head, FZ_SETTLE_MS), "no answer to the upgrade");
+        FZ_CHECK(&gw, strncmp(ws.head, "HTTP/1.1 101 ", 13) == 0, "upgrade answered: %.60s",
+                 ws.head);
+    }
+    fz_client_open(&gw, &http, data + 1, size - 1, mode & 0x3f, 1);
+    /* the request stream first, with the socket still open; then both close */
+    FZ_CHECK(&gw, fz_run(&gw, cl, live_ws ? 2 : 1, fz_eof, FZ_SETTLE_MS),
+             "the server did not close the HTTP connection within %d ms of its half-close",
+             FZ_SETTLE_MS);
+    fz_settle(&gw, cl, live_ws ? 2 : 1);
+    fz_gw_stop(&gw);
+    return 0;
+}
