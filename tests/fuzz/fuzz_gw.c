@@ -9,7 +9,6 @@
 #include "fuzz_gw.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
@@ -211,13 +210,23 @@ void fz_client_open(struct fz_gw *gw, struct fz_client *c, const uint8_t *data, 
     c->len = len;
     c->chunk = chunk;
     c->shut_after = shut_after;
-    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     FZ_CHECK(gw, c->fd >= 0, "socket: %s", strerror(errno));
-    /* the kernel completes the handshake into the listener's backlog: no loop needed */
-    FZ_CHECK(gw, connect(c->fd, (struct sockaddr *)&gw->addr, sizeof(gw->addr)) == 0, "connect: %s",
-             strerror(errno));
+    /* The kernel completes the handshake into the listener's backlog, no loop turn needed.
+     * Non-blocking plus poll: libFuzzer's SIGALRM (its -timeout watchdog) would interrupt
+     * a blocking connect, which cannot simply be retried. */
+    if (connect(c->fd, (struct sockaddr *)&gw->addr, sizeof(gw->addr)) < 0) {
+        struct pollfd p = {.fd = c->fd, .events = POLLOUT};
+        int err = 0;
+        socklen_t elen = sizeof(err);
+        FZ_CHECK(gw, errno == EINPROGRESS, "connect: %s", strerror(errno));
+        while (poll(&p, 1, FZ_SETTLE_MS) < 0)
+            FZ_CHECK(gw, errno == EINTR, "poll: %s", strerror(errno));
+        FZ_CHECK(gw, p.revents != 0, "connect: no answer in %d ms", FZ_SETTLE_MS);
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &elen);
+        FZ_CHECK(gw, err == 0, "connect: %s", strerror(err));
+    }
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)); /* one chunk, one segment */
-    fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
 }
 
 void fz_client_close(struct fz_client *c)

@@ -64,7 +64,7 @@ void fz_gw_start(struct fz_gw *gw);
 /* Shut the server down, run the loop until every handle is closed, check that nothing is
  * left (no connection, uv_loop_close() == 0), restore libFuzzer's signal handlers. */
 void fz_gw_stop(struct fz_gw *gw);
-/* Connect c to the gateway (blocking connect, then non-blocking); data/len/chunk/
+/* Connect c to the gateway (a non-blocking socket); data/len/chunk/
  * shut_after as given. */
 void fz_client_open(struct fz_gw *gw, struct fz_client *c, const uint8_t *data, size_t len,
                     size_t chunk, int shut_after);
