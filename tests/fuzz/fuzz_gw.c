@@ -130,18 +130,47 @@ void fz_fail(struct fz_gw *gw, const char *file, int line, const char *fmt, ...)
 
 /* --- gateway --- */
 
-void fz_gw_start(struct fz_gw *gw)
+/* The listener's port, kept from the first input on. Every input binding a new port would
+ * leave that port held by TIME_WAIT sockets (the server closes first after an error
+ * answer) for a minute: at hundreds of inputs a second that exhausts the ephemeral range,
+ * for every process on the machine. One port takes them all; the clients' own TIME_WAIT
+ * sockets are reused by connect() on loopback (tcp_tw_reuse=2, the default). */
+static unsigned fz_port;
+
+static int fz_gw_try_start(struct fz_gw *gw)
 {
-    int rc, len = sizeof(gw->addr);
-    fz_started_ms = fz_now_ms();
+    int rc;
     memset(&gw->broker, 0, sizeof(gw->broker));
     FZ_CHECK(NULL, uv_loop_init(&gw->loop) == 0, "uv_loop_init failed");
     rc = broker_open(&gw->broker, broker_find("memory"), &gw->loop, &gw->cfg);
     FZ_CHECK(NULL, rc == 0, "broker_open(memory): %s", uv_err_name(rc));
     rc = server_start(&gw->srv, &gw->loop, &gw->cfg, &gw->broker);
+    if (rc == 0)
+        return 0;
+    /* server_start closed what it opened and the broker (as main.c relies on) */
+    while (uv_loop_alive(&gw->loop))
+        uv_run(&gw->loop, UV_RUN_ONCE);
+    server_free(&gw->srv);
+    FZ_CHECK(NULL, uv_loop_close(&gw->loop) == 0, "uv_loop_close after a failed start");
+    return rc;
+}
+
+void fz_gw_start(struct fz_gw *gw)
+{
+    int rc, len = sizeof(gw->addr);
+    fz_started_ms = fz_now_ms();
+    if (fz_port != 0)
+        snprintf(gw->cfg.listen, sizeof(gw->cfg.listen), "127.0.0.1:%u", fz_port);
+    rc = fz_gw_try_start(gw);
+    if (rc == UV_EADDRINUSE && fz_port != 0) {
+        /* someone took the port between two inputs: take another */
+        snprintf(gw->cfg.listen, sizeof(gw->cfg.listen), "127.0.0.1:0");
+        rc = fz_gw_try_start(gw);
+    }
     FZ_CHECK(NULL, rc == 0, "server_start: %s", uv_err_name(rc));
     rc = uv_tcp_getsockname(&gw->srv.listener, (struct sockaddr *)&gw->addr, &len);
     FZ_CHECK(NULL, rc == 0, "getsockname: %s", uv_err_name(rc));
+    fz_port = ntohs(gw->addr.sin_port);
 }
 
 struct fz_count {

@@ -59,7 +59,9 @@ void fz_init(void);
 /* The fuzzing configuration: defaults, 127.0.0.1:0, short timeouts, small limits.
  * tiny = 1: the smallest limits (pipeline 1, 64-byte heads, 16-byte messages, ...). */
 void fz_config(struct config *cfg, int tiny);
-/* Fresh loop, memory broker and server on gw->cfg. Aborts on failure. */
+/* Fresh loop, memory broker and server on gw->cfg, listening on the port of the previous
+ * input (cfg->listen is overwritten; the first input takes one from the kernel). Aborts on
+ * failure. */
 void fz_gw_start(struct fz_gw *gw);
 /* Shut the server down, run the loop until every handle is closed, check that nothing is
  * left (no connection, uv_loop_close() == 0), restore libFuzzer's signal handlers. */
