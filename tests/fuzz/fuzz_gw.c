@@ -52,7 +52,7 @@ void fz_init(void)
     log_init(lvl);
 }
 
-void fz_config(struct config *cfg, int tiny)
+void fz_config(struct config *cfg, int flags)
 {
     config_defaults(cfg);
     snprintf(cfg->listen, sizeof(cfg->listen), "127.0.0.1:0");
@@ -79,16 +79,27 @@ void fz_config(struct config *cfg, int tiny)
     cfg->max_queue = 4;
     cfg->memory_max_bytes = 64 * 1024;
     cfg->upstream = 1; /* memory has no upstream: the core's drop path */
-    if (tiny) {
-        cfg->max_header_size = 160; /* fz_upgrade (http target) still fits */
-        cfg->max_message_size = 16;
-        cfg->max_pipeline = 1;
-        cfg->max_send_buffer = 64;
+    if (flags & FZ_CFG_TINY) {
+        cfg->max_header_size = 160; /* the upgrade requests of the targets still fit */
+        cfg->max_message_size = 48;
+        cfg->max_pipeline = 2;
+        cfg->max_send_buffer = 64; /* two pipelined pushes to a live socket: a slow client */
         cfg->max_topics = 1;
         cfg->max_inflight = 1;
         cfg->max_fragments = 1;
         cfg->max_queue = 1;
         cfg->frame_type = MSG_FRAME_TEXT;
+    }
+    if (flags & FZ_CFG_FAST) {
+        cfg->handshake_timeout_ms = 20;
+        cfg->keepalive_timeout_ms = 20;
+        cfg->request_timeout_ms = 30;
+        cfg->write_timeout_ms = 30;
+        cfg->linger_timeout_ms = 10;
+        cfg->ping_interval_ms = 10;
+        cfg->idle_timeout_ms = 30;
+        cfg->close_timeout_ms = 20;
+        cfg->ttl_ms = 10;
     }
 }
 
@@ -231,16 +242,19 @@ void fz_gw_stop(struct fz_gw *gw)
 /* --- clients --- */
 
 void fz_client_open(struct fz_gw *gw, struct fz_client *c, const uint8_t *data, size_t len,
-                    size_t chunk, int shut_after)
+                    size_t chunk, enum fz_end end, int flags)
 {
-    int one = 1;
+    int one = 1, small = 2048;
     memset(c, 0, sizeof(*c));
     c->data = data;
     c->len = len;
     c->chunk = chunk;
-    c->shut_after = shut_after;
+    c->end = end;
+    c->flags = flags;
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     FZ_CHECK(gw, c->fd >= 0, "socket: %s", strerror(errno));
+    if (flags & FZ_SLOW_READER) /* before connect: the window is negotiated from it */
+        setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
     /* The kernel completes the handshake into the listener's backlog, no loop turn needed.
      * Non-blocking plus poll: libFuzzer's SIGALRM (its -timeout watchdog) would interrupt
      * a blocking connect, which cannot simply be retried. */
@@ -277,7 +291,7 @@ static int fz_client_sending(const struct fz_client *c)
     return c->fd >= 0 && !c->shut && !c->eof && c->off < c->len;
 }
 
-/* Send the next chunk (or as much as fits), half-close when done. */
+/* Send the next chunk (or as much as fits); then end as c->end says. */
 static void fz_client_write(struct fz_client *c)
 {
     if (fz_client_sending(c)) {
@@ -285,20 +299,38 @@ static void fz_client_write(struct fz_client *c)
         if (c->chunk > 0 && n > c->chunk)
             n = c->chunk;
         ssize_t w = send(c->fd, c->data + c->off, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        c->blocked = w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
         if (w > 0)
             c->off += (size_t)w;
         else if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
             c->shut = 1; /* reset by the server: nothing more goes out */
     }
-    if (c->fd >= 0 && !c->shut && (c->off == c->len || c->eof) && c->shut_after) {
+    if (c->fd < 0 || c->shut || (c->off < c->len && !c->eof))
+        return;
+    if (c->end == FZ_END_FIN) {
         shutdown(c->fd, SHUT_WR);
         c->shut = 1;
+    } else if (c->end == FZ_END_RST) {
+        c->reset_turn = 1; /* after the loop has seen the last bytes */
     }
+}
+
+/* The reset of FZ_END_RST, one loop turn after the last byte. */
+static void fz_client_reset(struct fz_client *c)
+{
+    struct linger lg = {1, 0};
+    if (c->fd < 0 || !c->reset_turn)
+        return;
+    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    c->eof = 1;
+    fz_client_close(c);
 }
 
 static void fz_client_read(struct fz_client *c)
 {
     char buf[16384];
+    if ((c->flags & FZ_SLOW_READER) && fz_client_sending(c) && !c->blocked)
+        return;
     while (c->fd >= 0 && !c->eof) {
         ssize_t r = recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT);
         if (r > 0) {
@@ -321,6 +353,11 @@ int fz_has_head(struct fz_client *c)
     return c->eof || strstr(c->head, "\r\n\r\n") != NULL;
 }
 
+int fz_closed(struct fz_client *c)
+{
+    return c->eof || c->fd < 0;
+}
+
 static int fz_done(struct fz_gw *gw, struct fz_client **c, int n)
 {
     for (int i = 0; i < n; i++)
@@ -340,15 +377,17 @@ int fz_run(struct fz_gw *gw, struct fz_client **c, int n, int (*stop)(struct fz_
             fz_client_write(c[i]);
         /* the loop runs between writes: each chunk is one read on the server side */
         uv_run(&gw->loop, UV_RUN_NOWAIT);
-        for (int i = 0; i < n; i++)
+        for (int i = 0; i < n; i++) {
             fz_client_read(c[i]);
+            fz_client_reset(c[i]);
+        }
         if (stop != NULL ? stop(c[0]) : fz_done(gw, c, n))
             return 1;
         if (fz_now_ms() >= end)
             return 0;
         int busy = 0;
         for (int i = 0; i < n; i++) {
-            pfd[i].fd = c[i]->fd;
+            pfd[i].fd = c[i]->fd; /* -1 once closed: poll ignores it */
             pfd[i].events = (short)(POLLIN | (fz_client_sending(c[i]) ? POLLOUT : 0));
             pfd[i].revents = 0;
             busy |= fz_client_sending(c[i]);
@@ -359,8 +398,6 @@ int fz_run(struct fz_gw *gw, struct fz_client **c, int n, int (*stop)(struct fz_
 
 void fz_settle(struct fz_gw *gw, struct fz_client **c, int n)
 {
-    for (int i = 0; i < n; i++)
-        c[i]->shut_after = 1;
     if (!fz_run(gw, c, n, NULL, FZ_SETTLE_MS))
         fz_fail(gw, __FILE__, __LINE__,
                 "the server still holds %u connection(s) %d ms after the client(s) finished "

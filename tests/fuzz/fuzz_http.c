@@ -7,9 +7,14 @@
  * Does NOT check answer contents. Single thread.
  *
  * Input: byte 0 is the mode, the rest is sent.
- *   bits 0-5  chunk size: the client sends that many bytes per loop turn, so the parser
- *             sees split points (0 = as much as the socket takes)
- *   bit 6     tiny limits (fz_config tiny: pipeline 1, 160-byte heads, 16-byte messages,
+ *   bits 0-4  chunk: the client sends that many bytes per loop turn, so the parser sees
+ *             split points (0 = as much as the socket takes), then half-closes; two values
+ *             end otherwise (all bytes at once): 30 = a reset one loop turn after the last
+ *             byte; 31 = the socket stays open and the server's timeouts must close it
+ *             (FZ_CFG_FAST: 10-30 ms timeouts, so the input stays fast)
+ *   bit 5     slow reader: 2 KiB receive buffer, answers read only after the last byte
+ *             (the server's uv_write path, pipelining paused on output)
+ *   bit 6     tiny limits (FZ_CFG_TINY: pipeline 2, 160-byte heads, 48-byte messages,
  *             64-byte send buffer, forced text frames)
  *   bit 7     a WebSocket for session "fz" on topic "t1" is open while the bytes are sent,
  *             so /push/fz and /publish/t1 deliver to a live socket (fan-out, slow client)
@@ -26,11 +31,6 @@ static const char fz_upgrade[] = "GET /ws/fz?topics=t1 HTTP/1.1\r\n"
                                  "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                                  "Sec-WebSocket-Version: 13\r\n\r\n";
 
-static int fz_eof(struct fz_client *c)
-{
-    return c->eof;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -43,20 +43,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fz_init();
     uint8_t mode = data[0];
     int live_ws = (mode & 0x80) != 0;
-    fz_config(&gw.cfg, (mode & 0x40) != 0);
+    size_t chunk = mode & 0x1f;
+    enum fz_end end = chunk == 30 ? FZ_END_RST : chunk == 31 ? FZ_END_NONE : FZ_END_FIN;
+    if (end != FZ_END_FIN)
+        chunk = 0;
+    fz_config(&gw.cfg, ((mode & 0x40) ? FZ_CFG_TINY : 0) | (end == FZ_END_NONE ? FZ_CFG_FAST : 0));
     fz_gw_start(&gw);
     if (live_ws) {
         struct fz_client *w[1] = {&ws};
-        fz_client_open(&gw, &ws, (const uint8_t *)fz_upgrade, sizeof(fz_upgrade) - 1, 0, 0);
+        fz_client_open(&gw, &ws, (const uint8_t *)fz_upgrade, sizeof(fz_upgrade) - 1, 0,
+                       FZ_END_NONE, 0);
         FZ_CHECK(&gw, fz_run(&gw, w, 1, fz_has_head, FZ_SETTLE_MS), "no answer to the upgrade");
         FZ_CHECK(&gw, strncmp(ws.head, "HTTP/1.1 101 ", 13) == 0, "upgrade answered: %.60s",
                  ws.head);
     }
-    fz_client_open(&gw, &http, data + 1, size - 1, mode & 0x3f, 1);
-    /* the request stream first, with the socket still open; then both close */
-    FZ_CHECK(&gw, fz_run(&gw, cl, live_ws ? 2 : 1, fz_eof, FZ_SETTLE_MS),
-             "the server did not close the HTTP connection within %d ms of its half-close",
+    fz_client_open(&gw, &http, data + 1, size - 1, chunk, end, (mode & 0x20) ? FZ_SLOW_READER : 0);
+    /* the request stream first, with the WebSocket still open; then it half-closes too */
+    FZ_CHECK(&gw, fz_run(&gw, cl, live_ws ? 2 : 1, fz_closed, FZ_SETTLE_MS),
+             "the server did not close the HTTP connection within %d ms after the client's "
+             "last byte (a hang)",
              FZ_SETTLE_MS);
+    ws.end = FZ_END_FIN;
     fz_settle(&gw, cl, live_ws ? 2 : 1);
     fz_gw_stop(&gw);
     return 0;

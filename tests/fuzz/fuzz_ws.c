@@ -6,13 +6,18 @@
  * (hang), or if anything is left when the gateway stops. Single thread.
  *
  * Input: byte 0 is the mode, the rest is the stream.
- *   bits 0-4  chunk size: bytes per loop turn (0 = as much as the socket takes)
+ *   bits 0-4  chunk: bytes per loop turn (0 = as much as the socket takes), then the
+ *             half-close; two values end otherwise (all bytes at once): 30 = a reset one
+ *             loop turn after the last byte; 31 = the socket stays open: pings, the idle
+ *             timeout, the close timeout (FZ_CFG_FAST: 10-30 ms, so the input stays fast)
  *   bit 5     send the upgrade request and the stream in one write, without waiting for
  *             the 101 (http.c keeps the bytes after the head while the attach runs)
  *   bit 6     a message is pushed to "fz" before the upgrade: the broker hands it over at
  *             attach, before the 101 is out (the early queue)
  *   bit 7     a second client pushes to "fz" and publishes to its topic "t1" while the
  *             stream is sent (server frames interleaved with pongs and the close)
+ * WSGATE_FUZZ_STRICT=1 adds a protocol check: whatever the stream holds, the client's
+ * first bytes are the 101 (off by default while the bit-5 case is known to fail it).
  * Reproduce: build-fuzz/fuzz_ws FILE (WSGATE_FUZZ_LOG=debug: server log + one line per client). */
 #include <stdint.h>
 #include <stdlib.h>
@@ -44,17 +49,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct fz_client ws, push;
     struct fz_client *cl[2] = {&ws, &push};
     uint8_t *joined = NULL;
+    static int strict = -1;
     if (size < 1)
         return 0;
     fz_init();
+    if (strict < 0)
+        strict = getenv("WSGATE_FUZZ_STRICT") != NULL;
     uint8_t mode = data[0];
     size_t chunk = mode & 0x1f;
+    enum fz_end end = chunk == 30 ? FZ_END_RST : chunk == 31 ? FZ_END_NONE : FZ_END_FIN;
+    if (end != FZ_END_FIN)
+        chunk = 0;
     const uint8_t *stream = data + 1;
     size_t len = size - 1;
-    fz_config(&gw.cfg, 0);
+    fz_config(&gw.cfg, end == FZ_END_NONE ? FZ_CFG_FAST : 0);
     fz_gw_start(&gw);
     if (mode & 0x40) {
-        fz_client_open(&gw, &push, (const uint8_t *)fz_push_early, sizeof(fz_push_early) - 1, 0, 1);
+        fz_client_open(&gw, &push, (const uint8_t *)fz_push_early, sizeof(fz_push_early) - 1, 0,
+                       FZ_END_FIN, 0);
         fz_settle(&gw, cl + 1, 1);
     }
     if (mode & 0x20) {
@@ -63,25 +75,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FZ_CHECK(&gw, joined != NULL, "out of memory");
         memcpy(joined, fz_upgrade, sizeof(fz_upgrade) - 1);
         memcpy(joined + sizeof(fz_upgrade) - 1, stream, len);
-        fz_client_open(&gw, &ws, joined, sizeof(fz_upgrade) - 1 + len, 0, 1);
+        fz_client_open(&gw, &ws, joined, sizeof(fz_upgrade) - 1 + len, 0, end, 0);
     } else {
-        fz_client_open(&gw, &ws, (const uint8_t *)fz_upgrade, sizeof(fz_upgrade) - 1, 0, 0);
+        fz_client_open(&gw, &ws, (const uint8_t *)fz_upgrade, sizeof(fz_upgrade) - 1, 0,
+                       FZ_END_NONE, 0);
         FZ_CHECK(&gw, fz_run(&gw, cl, 1, fz_has_head, FZ_SETTLE_MS), "no answer to the upgrade");
         FZ_CHECK(&gw, strncmp(ws.head, "HTTP/1.1 101 ", 13) == 0, "upgrade answered: %.60s",
                  ws.head);
-        ws.data = stream; /* now the frames, chunk by chunk, then the half-close */
+        ws.data = stream; /* now the frames, chunk by chunk, then the end */
         ws.len = len;
         ws.off = 0;
         ws.chunk = chunk;
-        ws.shut_after = 1;
+        ws.end = end;
     }
     if (mode & 0x80) {
         fz_client_open(&gw, &push, (const uint8_t *)fz_push_during, sizeof(fz_push_during) - 1, 0,
-                       1);
+                       FZ_END_FIN, 0);
         fz_settle(&gw, cl, 2);
     } else {
         fz_settle(&gw, cl, 1);
     }
+    if (strict && ws.rx > 0)
+        FZ_CHECK(&gw, strncmp(ws.head, "HTTP/1.1 101 ", 13) == 0,
+                 "the client's first bytes are not the 101 but: %.60s", ws.head);
     fz_gw_stop(&gw);
     free(joined);
     return 0;
