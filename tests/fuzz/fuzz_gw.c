@@ -99,6 +99,7 @@ void fz_config(struct config *cfg, int flags)
         cfg->ping_interval_ms = 10;
         cfg->idle_timeout_ms = 30;
         cfg->close_timeout_ms = 20;
+        cfg->drain_timeout_ms = 100;
         cfg->ttl_ms = 10;
     }
 }
@@ -310,17 +311,31 @@ static void fz_client_write(struct fz_client *c)
     if (c->end == FZ_END_FIN) {
         shutdown(c->fd, SHUT_WR);
         c->shut = 1;
-    } else if (c->end == FZ_END_RST) {
-        c->reset_turn = 1; /* after the loop has seen the last bytes */
+    } else if (c->end == FZ_END_RST || c->end == FZ_END_DRAIN) {
+        c->end_turn = 1; /* after the loop has seen the last bytes */
     }
 }
 
-/* The reset of FZ_END_RST, one loop turn after the last byte. */
-static void fz_client_reset(struct fz_client *c)
+/* 1 when the server has nothing to do right now: no deferred work (the broker's idle
+ * callbacks, closing handles) and no I/O event waiting (all readable bytes consumed). */
+static int fz_loop_quiet(struct fz_gw *gw)
+{
+    struct pollfd p = {.fd = uv_backend_fd(&gw->loop), .events = POLLIN};
+    return uv_backend_timeout(&gw->loop) != 0 && poll(&p, 1, 0) == 0;
+}
+
+/* The end of FZ_END_RST (a reset) or FZ_END_DRAIN (the gateway shuts down), once the
+ * server has taken in what it will take of the client's bytes and is waiting. */
+static void fz_client_end(struct fz_gw *gw, struct fz_client *c)
 {
     struct linger lg = {1, 0};
-    if (c->fd < 0 || !c->reset_turn)
+    if (c->fd < 0 || !c->end_turn || !fz_loop_quiet(gw))
         return;
+    c->end_turn = 0;
+    if (c->end == FZ_END_DRAIN) {
+        server_shutdown(&gw->srv); /* idempotent */
+        return;
+    }
     setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
     c->eof = 1;
     fz_client_close(c);
@@ -379,7 +394,7 @@ int fz_run(struct fz_gw *gw, struct fz_client **c, int n, int (*stop)(struct fz_
         uv_run(&gw->loop, UV_RUN_NOWAIT);
         for (int i = 0; i < n; i++) {
             fz_client_read(c[i]);
-            fz_client_reset(c[i]);
+            fz_client_end(gw, c[i]);
         }
         if (stop != NULL ? stop(c[0]) : fz_done(gw, c, n))
             return 1;

@@ -42,7 +42,10 @@ struct fz_gw {
 enum fz_end {
     FZ_END_NONE = 0, /* keep the socket open: the server's timeouts must close it */
     FZ_END_FIN,      /* shutdown(SHUT_WR): the half-close the server answers, then closes */
-    FZ_END_RST,      /* close with SO_LINGER 0 one loop turn after the last byte: a reset */
+    FZ_END_RST,      /* close with SO_LINGER 0 (a reset) once the server, after the last
+                      * byte, has nothing left to do but wait */
+    FZ_END_DRAIN,    /* keep the socket open; at the same point the gateway shuts down
+                      * (server_shutdown, as on SIGTERM) with c connected */
 };
 
 enum fz_client_flag {
@@ -55,7 +58,7 @@ enum fz_config_flag {
     FZ_CFG_TINY = 1 << 0, /* smallest limits: pipeline 2, 160-byte heads, 48-byte messages,
                            * 64-byte send buffer, 1 queued message, forced text frames */
     FZ_CFG_FAST = 1 << 1, /* timeouts of 10-30 ms (handshake, keep-alive, ping, idle,
-                           * close) and a 10 ms TTL, for inputs that wait for them */
+                           * close), 100 ms drain, 10 ms TTL, for inputs that wait for them */
 };
 
 /* One client socket: sends data[0..len) chunk bytes per loop turn (0 = as much as the
@@ -70,7 +73,7 @@ struct fz_client {
     int flags;           /* enum fz_client_flag */
     int shut;            /* FIN sent, or sending failed */
     int blocked;         /* the last send found the socket full */
-    int reset_turn;      /* FZ_END_RST: all sent, the reset follows the next loop turn */
+    int end_turn;        /* FZ_END_RST/DRAIN: all sent, the end comes when the loop is quiet */
     int eof;             /* the server closed: EOF or a reset seen (or we reset) */
     char head[512];      /* first bytes received (NUL-terminated), for the 101 check */
     size_t head_len;     /* bytes in head */

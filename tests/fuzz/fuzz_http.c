@@ -8,10 +8,12 @@
  *
  * Input: byte 0 is the mode, the rest is sent.
  *   bits 0-4  chunk: the client sends that many bytes per loop turn, so the parser sees
- *             split points (0 = as much as the socket takes), then half-closes; two values
- *             end otherwise (all bytes at once): 30 = a reset one loop turn after the last
- *             byte; 31 = the socket stays open and the server's timeouts must close it
- *             (FZ_CFG_FAST: 10-30 ms timeouts, so the input stays fast)
+ *             split points (0 = as much as the socket takes), then half-closes; three
+ *             values end otherwise (all bytes at once): 29 = the gateway shuts down (as on
+ *             SIGTERM) with the client connected, once the server has taken the bytes in
+ *             and waits; 30 = a reset at that point; 31 = the socket stays open
+ *             and the server's timeouts must close it (29 and 31 use FZ_CFG_FAST: 10-30 ms
+ *             timeouts, 100 ms drain, so the input stays fast)
  *   bit 5     slow reader: 2 KiB receive buffer, answers read only after the last byte
  *             (the server's uv_write path, pipelining paused on output)
  *   bit 6     tiny limits (FZ_CFG_TINY: pipeline 2, 160-byte heads, 48-byte messages,
@@ -44,10 +46,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t mode = data[0];
     int live_ws = (mode & 0x80) != 0;
     size_t chunk = mode & 0x1f;
-    enum fz_end end = chunk == 30 ? FZ_END_RST : chunk == 31 ? FZ_END_NONE : FZ_END_FIN;
+    enum fz_end end = chunk == 29   ? FZ_END_DRAIN
+                      : chunk == 30 ? FZ_END_RST
+                      : chunk == 31 ? FZ_END_NONE
+                                    : FZ_END_FIN;
     if (end != FZ_END_FIN)
         chunk = 0;
-    fz_config(&gw.cfg, ((mode & 0x40) ? FZ_CFG_TINY : 0) | (end == FZ_END_NONE ? FZ_CFG_FAST : 0));
+    fz_config(&gw.cfg, ((mode & 0x40) ? FZ_CFG_TINY : 0) |
+                           (end == FZ_END_NONE || end == FZ_END_DRAIN ? FZ_CFG_FAST : 0));
     fz_gw_start(&gw);
     if (live_ws) {
         struct fz_client *w[1] = {&ws};

@@ -7,9 +7,11 @@
  *
  * Input: byte 0 is the mode, the rest is the stream.
  *   bits 0-4  chunk: bytes per loop turn (0 = as much as the socket takes), then the
- *             half-close; two values end otherwise (all bytes at once): 30 = a reset one
- *             loop turn after the last byte; 31 = the socket stays open: pings, the idle
- *             timeout, the close timeout (FZ_CFG_FAST: 10-30 ms, so the input stays fast)
+ *             half-close; three values end otherwise (all bytes at once): 29 = the gateway
+ *             shuts down (close 1001, drain) once the server has taken the bytes in and
+ *             waits; 30 = a reset at that point; 31 = the socket stays open: pings,
+ *             the idle timeout, the close timeout (29 and 31 use FZ_CFG_FAST: 10-30 ms
+ *             timeouts, 100 ms drain, so the input stays fast)
  *   bit 5     send the upgrade request and the stream in one write, without waiting for
  *             the 101 (http.c keeps the bytes after the head while the attach runs)
  *   bit 6     a message is pushed to "fz" before the upgrade: the broker hands it over at
@@ -57,12 +59,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         strict = getenv("WSGATE_FUZZ_STRICT") != NULL;
     uint8_t mode = data[0];
     size_t chunk = mode & 0x1f;
-    enum fz_end end = chunk == 30 ? FZ_END_RST : chunk == 31 ? FZ_END_NONE : FZ_END_FIN;
+    enum fz_end end = chunk == 29   ? FZ_END_DRAIN
+                      : chunk == 30 ? FZ_END_RST
+                      : chunk == 31 ? FZ_END_NONE
+                                    : FZ_END_FIN;
     if (end != FZ_END_FIN)
         chunk = 0;
     const uint8_t *stream = data + 1;
     size_t len = size - 1;
-    fz_config(&gw.cfg, end == FZ_END_NONE ? FZ_CFG_FAST : 0);
+    fz_config(&gw.cfg, end == FZ_END_NONE || end == FZ_END_DRAIN ? FZ_CFG_FAST : 0);
     fz_gw_start(&gw);
     if (mode & 0x40) {
         fz_client_open(&gw, &push, (const uint8_t *)fz_push_early, sizeof(fz_push_early) - 1, 0,
