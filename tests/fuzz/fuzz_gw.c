@@ -316,6 +316,28 @@ static void fz_client_write(struct fz_client *c)
     }
 }
 
+/* FZ_SLOW_READER: shrink the send buffer of the server's end of c (found by port) before
+ * the server writes to it, so output backs up into conn.c's queue and uv_write. Runs
+ * after each loop turn; the accept and the first read never share one. */
+static void fz_client_tune(struct fz_gw *gw, struct fz_client *c)
+{
+    struct sockaddr_in me, peer;
+    socklen_t len = sizeof(me);
+    int small = 4096;
+    if (!(c->flags & FZ_SLOW_READER) || c->tuned || c->fd < 0 ||
+        getsockname(c->fd, (struct sockaddr *)&me, &len) < 0)
+        return;
+    for (struct conn *sc = gw->srv.http.head; sc != NULL; sc = sc->next) {
+        uv_os_fd_t fd;
+        len = sizeof(peer);
+        if (uv_fileno((uv_handle_t *)&sc->tcp, &fd) == 0 &&
+            getpeername(fd, (struct sockaddr *)&peer, &len) == 0 && peer.sin_port == me.sin_port) {
+            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
+            c->tuned = 1;
+        }
+    }
+}
+
 /* 1 when the server has nothing to do right now: no deferred work (the broker's idle
  * callbacks, closing handles) and no I/O event waiting (all readable bytes consumed). */
 static int fz_loop_quiet(struct fz_gw *gw)
@@ -393,6 +415,7 @@ int fz_run(struct fz_gw *gw, struct fz_client **c, int n, int (*stop)(struct fz_
         /* the loop runs between writes: each chunk is one read on the server side */
         uv_run(&gw->loop, UV_RUN_NOWAIT);
         for (int i = 0; i < n; i++) {
+            fz_client_tune(gw, c[i]);
             fz_client_read(c[i]);
             fz_client_end(gw, c[i]);
         }

@@ -49,8 +49,10 @@ enum fz_end {
 };
 
 enum fz_client_flag {
-    FZ_SLOW_READER = 1 << 0, /* 2 KiB receive buffer; reads only once all is sent (or when
-                              * sending is blocked, so a large input cannot deadlock) */
+    FZ_SLOW_READER = 1 << 0, /* a slow network: 2 KiB receive buffer here, the server's
+                              * send buffer on this connection set to 4 KiB right after the
+                              * accept; reads only once all is sent (or when sending is
+                              * blocked, so a large input cannot deadlock) */
 };
 
 /* Config variants for fz_config. */
@@ -73,6 +75,7 @@ struct fz_client {
     int flags;           /* enum fz_client_flag */
     int shut;            /* FIN sent, or sending failed */
     int blocked;         /* the last send found the socket full */
+    int tuned;           /* FZ_SLOW_READER: the server's end has its small send buffer */
     int end_turn;        /* FZ_END_RST/DRAIN: all sent, the end comes when the loop is quiet */
     int eof;             /* the server closed: EOF or a reset seen (or we reset) */
     char head[512];      /* first bytes received (NUL-terminated), for the 101 check */

@@ -14,8 +14,9 @@
  *             and waits; 30 = a reset at that point; 31 = the socket stays open
  *             and the server's timeouts must close it (29 and 31 use FZ_CFG_FAST: 10-30 ms
  *             timeouts, 100 ms drain, so the input stays fast)
- *   bit 5     slow reader: 2 KiB receive buffer, answers read only after the last byte
- *             (the server's uv_write path, pipelining paused on output)
+ *   bit 5     slow readers (FZ_SLOW_READER: 2 KiB receive and 4 KiB server send buffers,
+ *             answers read only after the last byte): the server's uv_write path,
+ *             pipelining paused on output; the live WebSocket gets the small buffers too
  *   bit 6     tiny limits (FZ_CFG_TINY: pipeline 2, 160-byte heads, 48-byte messages,
  *             64-byte send buffer, forced text frames)
  *   bit 7     a WebSocket for session "fz" on topic "t1" is open while the bytes are sent,
@@ -58,7 +59,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (live_ws) {
         struct fz_client *w[1] = {&ws};
         fz_client_open(&gw, &ws, (const uint8_t *)fz_upgrade, sizeof(fz_upgrade) - 1, 0,
-                       FZ_END_NONE, 0);
+                       FZ_END_NONE, (mode & 0x20) ? FZ_SLOW_READER : 0);
         FZ_CHECK(&gw, fz_run(&gw, w, 1, fz_has_head, FZ_SETTLE_MS), "no answer to the upgrade");
         FZ_CHECK(&gw, strncmp(ws.head, "HTTP/1.1 101 ", 13) == 0, "upgrade answered: %.60s",
                  ws.head);
