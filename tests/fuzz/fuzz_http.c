@@ -21,9 +21,12 @@
  *             64-byte send buffer, forced text frames)
  *   bit 7     a WebSocket for session "fz" on topic "t1" is open while the bytes are sent,
  *             so /push/fz and /publish/t1 deliver to a live socket (fan-out, slow client)
+ * WSGATE_FUZZ_STRICT=1 adds a protocol check: the HTTP client's first bytes, if any, are
+ * an HTTP/1.1 status line (off by default, like fuzz_ws's).
  * Reproduce: build-fuzz/fuzz_http FILE (WSGATE_FUZZ_LOG=debug: server log + one line per client).
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fuzz_gw.h"
@@ -41,9 +44,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static struct fz_gw gw; /* large: the server embeds its handles */
     struct fz_client ws, http;
     struct fz_client *cl[2] = {&http, &ws};
+    static int strict = -1;
     if (size < 1)
         return 0;
     fz_init();
+    if (strict < 0)
+        strict = getenv("WSGATE_FUZZ_STRICT") != NULL;
     uint8_t mode = data[0];
     int live_ws = (mode & 0x80) != 0;
     size_t chunk = mode & 0x1f;
@@ -72,6 +78,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
              FZ_SETTLE_MS);
     ws.end = FZ_END_FIN;
     fz_settle(&gw, cl, live_ws ? 2 : 1);
+    if (strict && http.rx > 0)
+        FZ_CHECK(&gw, strncmp(http.head, "HTTP/1.1 ", 9) == 0,
+                 "the client's first bytes are not a status line but: %.60s", http.head);
     fz_gw_stop(&gw);
     return 0;
 }
