@@ -48,8 +48,9 @@ for t in "$@"; do
     [ -n "$kind" ] || kind="exit status $rc"
     echo "not ok - $t: $kind after $secs s (input: $dir/artifacts/$art; log: $dir/log)"
     # the cause in a few lines; "SUMMARY:" lines do not re-trigger run-tests.sh's scan
-    grep -E '^(SUMMARY: |fuzz_gw: |fuzz_config: )' "$dir/log" | head -n 6 | sed 's/^/# /'
-    grep -E '^    #[0-9]+ ' "$dir/log" | head -n 5 | sed -e 's/ (BuildId: [0-9a-f]*)//' -e 's/^/# /'
+    grep -aE '^(SUMMARY: |fuzz_gw: [^ ]+:[0-9]+: |fuzz_config: )' "$dir/log" | head -n 4 |
+        sed 's/^/# /'
+    grep -aE '^    #[0-9]+ ' "$dir/log" | head -n 5 | sed -e 's/ (BuildId: [0-9a-f]*)//' -e 's/^/# /'
     echo "# reproduce: $bin $dir/artifacts/$art"
     status=1
 done

@@ -275,13 +275,9 @@ void fz_client_open(struct fz_gw *gw, struct fz_client *c, const uint8_t *data, 
 
 void fz_client_close(struct fz_client *c)
 {
-    if (fz_trace && c->fd >= 0) {
-        char first[81];
-        size_t n = strcspn(c->head, "\r\n");
-        snprintf(first, sizeof(first), "%.*s", (int)(n < 80 ? n : 80), c->head);
+    if (fz_trace && c->fd >= 0)
         fprintf(stderr, "fuzz_gw: client sent %zu/%zu bytes, received %zu%s: %s\n", c->off, c->len,
-                c->rx, c->eof ? " + EOF" : "", first);
-    }
+                c->rx, c->eof ? " + EOF" : "", fz_client_head(c));
     if (c->fd >= 0)
         close(c->fd);
     c->fd = -1;
@@ -388,6 +384,16 @@ static void fz_client_read(struct fz_client *c)
 int fz_has_head(struct fz_client *c)
 {
     return c->eof || strstr(c->head, "\r\n\r\n") != NULL;
+}
+
+const char *fz_client_head(struct fz_client *c)
+{
+    static char out[81];
+    size_t n = 0;
+    for (const char *p = c->head; *p != '\0' && *p != '\r' && n + 1 < sizeof(out); p++)
+        out[n++] = (*p >= 0x20 && *p < 0x7f) ? *p : '.';
+    out[n] = '\0';
+    return out;
 }
 
 int fz_closed(struct fz_client *c)

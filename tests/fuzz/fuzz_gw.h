@@ -112,6 +112,8 @@ void fz_settle(struct fz_gw *gw, struct fz_client **c, int n);
 unsigned fz_server_conns(struct fz_gw *gw);
 /* 1 once a whole HTTP answer head (CRLFCRLF) has arrived, or EOF. */
 int fz_has_head(struct fz_client *c);
+/* The first line of what c received, non-printable bytes as '.', for messages. */
+const char *fz_client_head(struct fz_client *c);
 /* 1 once c is closed (EOF seen or reset). */
 int fz_closed(struct fz_client *c);
 void fz_fail(struct fz_gw *gw, const char *file, int line, const char *fmt, ...)

@@ -85,8 +85,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fz_client_open(&gw, &ws, (const uint8_t *)fz_upgrade, sizeof(fz_upgrade) - 1, 0,
                        FZ_END_NONE, 0);
         FZ_CHECK(&gw, fz_run(&gw, cl, 1, fz_has_head, FZ_SETTLE_MS), "no answer to the upgrade");
-        FZ_CHECK(&gw, strncmp(ws.head, "HTTP/1.1 101 ", 13) == 0, "upgrade answered: %.60s",
-                 ws.head);
+        FZ_CHECK(&gw, strncmp(ws.head, "HTTP/1.1 101 ", 13) == 0, "upgrade answered: %s",
+                 fz_client_head(&ws));
         ws.data = stream; /* now the frames, chunk by chunk, then the end */
         ws.len = len;
         ws.off = 0;
@@ -102,7 +102,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (strict && ws.rx > 0)
         FZ_CHECK(&gw, strncmp(ws.head, "HTTP/1.1 101 ", 13) == 0,
-                 "the client's first bytes are not the 101 but: %.60s", ws.head);
+                 "the client's first bytes are not the 101 but: %s", fz_client_head(&ws));
     fz_gw_stop(&gw);
     free(joined);
     return 0;
