@@ -2,6 +2,8 @@
 # defaults; `make test` builds and runs every test and ends "N passed, N failed";
 # `make bench` runs the load generator against wsgate and nchan side by side.
 # SAN=1 builds everything with -fsanitize=address,undefined into build-san/.
+# `make fuzz` builds the libFuzzer targets (tests/fuzz) into build-fuzz/ and runs each
+# for FUZZ_SECONDS (default 60); `make test` builds them too and runs them once.
 
 CC      ?= cc
 PKGS    := libuv hiredis libnats rdkafka inih libcrypto libjwt jansson
@@ -32,7 +34,7 @@ OBJS := $(BUILD)/src/main.o $(CORE_OBJS) $(LLHTTP_OBJS)
 UNIT_TESTS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 TOOLS := $(patsubst tests/tools/%.c,$(BUILD)/tools/%,$(wildcard tests/tools/*.c))
 
-.PHONY: all deps run test test-unit test-san bench clean format
+.PHONY: all deps run test test-unit test-san bench clean format fuzz fuzz-build
 all: deps $(BIN)
 
 deps:
@@ -82,8 +84,9 @@ run: all
 
 test:
 	@scripts/deps.sh test
-	@$(MAKE) --no-print-directory $(BIN) $(UNIT_TESTS) $(TOOLS)
-	@BUILD=$(BUILD) WSGATE_BIN=$(abspath $(BIN)) scripts/run-tests.sh
+	@$(MAKE) --no-print-directory $(BIN) $(UNIT_TESTS) $(TOOLS) fuzz-build
+	@BUILD=$(BUILD) WSGATE_BIN=$(abspath $(BIN)) FUZZ_BUILD=$(FUZZ_BUILD) \
+	    FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/run-tests.sh
 
 test-san:
 	@$(MAKE) --no-print-directory SAN=1 test
@@ -95,6 +98,54 @@ test-container:
 	@scripts/deps.sh container
 	@/usr/bin/python3 tests/container/test_image.py
 
+# Fuzzing: libFuzzer targets built with clang into build-fuzz/ (the core and llhttp are
+# compiled again there, instrumented; build/ and build-san/ are not touched). `make fuzz`
+# runs each target for FUZZ_SECONDS on a temp copy of tests/fuzz/corpus/<name>
+# (scripts/run-fuzz.sh: never writes into the repo) and fails on a crash, leak or timeout,
+# keeping the input in the temp dir it names.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD   := build-fuzz
+FUZZ_OPT     := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+                -fno-omit-frame-pointer
+FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE $(FUZZ_OPT) -Wall -Wextra -Werror -MMD -MP -Iinclude -Isrc \
+                -I/usr/share/include/llhttp $(PKG_CFLAGS)
+FUZZ_LLHTTP_CFLAGS := -std=c11 $(FUZZ_OPT) -Wall -Wextra -Wno-unused-parameter -Werror \
+                -DLLHTTP_STRICT_MODE=1 -I/usr/share/include/llhttp
+FUZZ_TARGETS := fuzz_http fuzz_ws fuzz_config
+FUZZ_BINS    := $(addprefix $(FUZZ_BUILD)/,$(FUZZ_TARGETS))
+FUZZ_CORE_OBJS := $(patsubst %.c,$(FUZZ_BUILD)/%.o,$(CORE_SRCS)) $(FUZZ_BUILD)/gen/web_assets.o
+FUZZ_LLHTTP_OBJS := $(FUZZ_BUILD)/llhttp/llhttp.o $(FUZZ_BUILD)/llhttp/api.o \
+                    $(FUZZ_BUILD)/llhttp/http.o
+FUZZ_GW_OBJS := $(FUZZ_BUILD)/tests/fuzz/fuzz_gw.o $(FUZZ_CORE_OBJS) $(FUZZ_LLHTTP_OBJS)
+
+fuzz-build:
+	@scripts/deps.sh test
+	@$(MAKE) --no-print-directory $(FUZZ_BINS)
+
+fuzz: fuzz-build
+	@FUZZ_BUILD=$(FUZZ_BUILD) FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/run-fuzz.sh $(FUZZ_TARGETS)
+
+$(FUZZ_BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c -o $@ $<
+
+$(FUZZ_BUILD)/gen/web_assets.o: $(BUILD)/gen/web_assets.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c -o $@ $<
+
+$(FUZZ_BUILD)/llhttp/%.o: $(LLHTTP)/%.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_LLHTTP_CFLAGS) -c -o $@ $<
+
+$(FUZZ_BUILD)/fuzz_http $(FUZZ_BUILD)/fuzz_ws: $(FUZZ_BUILD)/%: $(FUZZ_BUILD)/tests/fuzz/%.o \
+                                                $(FUZZ_GW_OBJS)
+	$(FUZZ_CC) $(FUZZ_OPT) -o $@ $^ $(LDLIBS)
+
+$(FUZZ_BUILD)/fuzz_config: $(FUZZ_BUILD)/tests/fuzz/fuzz_config.o $(FUZZ_BUILD)/src/config.o \
+                           $(FUZZ_BUILD)/src/util.o $(FUZZ_BUILD)/src/log.o
+	$(FUZZ_CC) $(FUZZ_OPT) -o $@ $^ $(LDLIBS)
+
 bench:
 	@scripts/deps.sh bench
 	@$(MAKE) --no-print-directory $(BIN) bench/loadgen
@@ -104,9 +155,10 @@ bench/loadgen: bench/loadgen.c
 	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -o $@ $< -lcrypto -lm
 
 format:
-	clang-format -i src/*.c src/*.h include/*.h backends/*.c tests/unit/*.c bench/*.c
+	clang-format -i src/*.c src/*.h include/*.h backends/*.c tests/unit/*.c tests/fuzz/*.[ch] \
+	    bench/*.c
 
 clean:
-	rm -rf build build-san wsgate bench/loadgen
+	rm -rf build build-san build-fuzz wsgate bench/loadgen
 
--include $(OBJS:.o=.d) $(UNIT_TESTS:=.d)
+-include $(OBJS:.o=.d) $(UNIT_TESTS:=.d) $(wildcard $(FUZZ_BUILD)/*/*.d $(FUZZ_BUILD)/*/*/*.d)

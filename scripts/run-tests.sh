@@ -2,7 +2,8 @@
 # run-tests.sh — runs every test program and counts test cases from their TAP output
 # ("ok N - name" / "not ok N - name"). A program that exits non-zero without reporting a
 # failing case counts as one failed case, so a crash never passes silently.
-# Called by `make test` with WSGATE_BIN (the binary under test) and BUILD (build dir).
+# Called by `make test` with WSGATE_BIN (the binary under test) and BUILD (build dir);
+# FUZZ_BUILD/FUZZ_SECONDS: the libFuzzer targets, run for that long each (plain pass only).
 # Ends with exactly one line: "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.."
@@ -58,6 +59,16 @@ for t in tests/integration/test_*.py; do
 done
 if [ -f tests/interop/run.sh ]; then
     run_one "interop" sh tests/interop/run.sh
+fi
+# libFuzzer targets (make fuzz-build), FUZZ_SECONDS each: one TAP line per target from
+# scripts/run-fuzz.sh. Only in the plain pass: they carry ASan+UBSan already, so the
+# build-san pass (make test-san) would only repeat them.
+: "${FUZZ_BUILD:=build-fuzz}"
+if [ "$BUILD" != build-san ]; then
+    for t in fuzz_http fuzz_ws fuzz_config; do
+        [ -x "$FUZZ_BUILD/$t" ] || continue
+        run_one "fuzz/$t" sh scripts/run-fuzz.sh "$t"
+    done
 fi
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]
