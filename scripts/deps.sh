@@ -3,13 +3,15 @@
 # Skips apt entirely when everything is present. As root it runs apt-get; otherwise it
 # prints exactly what is missing and the command to run, and fails.
 # Usage: scripts/deps.sh [build|test|bench]   (default: test = build + test servers)
+# test includes chromium-headless-shell (/usr/bin/chromium-headless-shell) for
+# tests/integration/test_browser.py, and a font so its screenshots show text.
 set -eu
 
 BUILD="libuv1-dev libwslay-dev libhiredis-dev libnats-dev librdkafka-dev node-llhttp pkg-config \
 libinih-dev libjwt-dev libjansson-dev libssl-dev zlib1g-dev gcc make"
 TEST="$BUILD libcmocka-dev redis-server redis-tools nats-server kcat python3 python3-websockets \
 python3-jwt python3-cryptography \
-curl nodejs npm"
+curl nodejs npm chromium-headless-shell fonts-dejavu-core"
 BENCH="$TEST nginx-light libnginx-mod-nchan"
 
 case "${1:-test}" in
