@@ -3,14 +3,15 @@
 # Skips apt entirely when everything is present. As root it runs apt-get; otherwise it
 # prints exactly what is missing and the command to run, and fails.
 # Usage: scripts/deps.sh [build|test|bench|container]   (default: test = build + test
-# servers + clang and libFuzzer for the fuzz targets)
+# servers + clang and libFuzzer for the fuzz targets + chromium-headless-shell and a font
+# for tests/browser/test_browser.py)
 set -eu
 
 BUILD="libuv1-dev libwslay-dev libhiredis-dev libnats-dev librdkafka-dev node-llhttp pkg-config \
 libinih-dev libjwt-dev libjansson-dev libssl-dev zlib1g-dev gcc make"
 TEST="$BUILD libcmocka-dev redis-server redis-tools nats-server kcat python3 python3-websockets \
 python3-jwt python3-cryptography python3-yaml \
-curl nodejs npm clang libclang-rt-14-dev"
+curl nodejs npm clang libclang-rt-14-dev chromium-headless-shell fonts-dejavu-core"
 BENCH="$TEST nginx-light libnginx-mod-nchan"
 # container: `make test-container` (build the image with podman, check its filesystem)
 CONTAINER="$TEST podman mmdebstrap"

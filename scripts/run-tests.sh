@@ -57,6 +57,10 @@ for t in tests/integration/test_*.py; do
     [ -f "$t" ] || continue
     run_one "integration/$(basename "$t")" "$PY" "$t"
 done
+for t in tests/browser/test_*.py; do # headless Chromium against /demo/ (deps.sh installs it)
+    [ -f "$t" ] || continue
+    run_one "browser/$(basename "$t")" "$PY" "$t"
+done
 if [ -f tests/interop/run.sh ]; then
     run_one "interop" sh tests/interop/run.sh
 fi

@@ -2,7 +2,8 @@
 // RFC 6455 implementation we did not write) and curl. Prints TAP. Covers: push and
 // broadcast delivery (text/binary by the bytes), client frames (ping, fragments), close
 // codes 1009/1007/1001, a curl push of 100 KiB byte-exact to a `ws` client, and a client JWT
-// carried as the subprotocol pair ['bearer', token] (token from `wsgate --mint-token`).
+// carried as the subprotocol pair ['bearer', token] (token from `wsgate --mint-token`);
+// and web/wsgate.js, the browser client, driven by `ws` (client_test.js).
 // Does NOT re-test every edge case (tests/integration/ does that with our own client).
 'use strict';
 
@@ -243,6 +244,9 @@ async function main() {
             assert(ex.code === 0, `auth server exit ${ex.code} signal ${ex.signal}`);
         }
     });
+
+    // web/wsgate.js (the browser client) under Node: its own gateways, see client_test.js
+    require('./client_test').add(t);
 
     t.add('SIGTERM: ws clients see close 1001, wsgate exits 0', async () => {
         const cs = [];
