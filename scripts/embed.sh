@@ -26,7 +26,7 @@ const struct web_asset *web_asset_get(const char *name)
     for (size_t i = 0; i < sizeof(assets) / sizeof(assets[0]); i++)
         if (strcmp(assets[i].name, name) == 0)
             return &assets[i];
-    return &assets[0];
+    return NULL;
 }
 C
 } >"$out.tmp"

@@ -520,8 +520,11 @@ void http_dispatch(struct conn *c)
     case ROUTE_CLIENT_JS:
     case ROUTE_DEMO: {
         const struct web_asset *a = web_asset_get(h->route == ROUTE_DEMO ? "demo" : "client");
-        struct msg *m =
-            http_render(200, a->type, "Cache-Control: no-cache\r\n", a->data, a->len, !keep);
+        struct msg *m = a == NULL ? NULL /* out of memory is not possible; keep NULL safe */
+                                  : http_render(200, a->type,
+                                                "Cache-Control: no-cache\r\n"
+                                                "X-Content-Type-Options: nosniff\r\n",
+                                                a->data, a->len, !keep);
         http_answer_head(c, m, head, !keep);
         return;
     }

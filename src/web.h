@@ -13,7 +13,7 @@ struct web_asset {
     size_t len;
 };
 
-/* The asset called name; never NULL for "client" and "demo". */
+/* The asset called name ("client", "demo"), or NULL. */
 const struct web_asset *web_asset_get(const char *name);
 
 #endif
