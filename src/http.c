@@ -389,6 +389,8 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
 /* Append to hbuf (the head limit bounds it). 0 or -1. */
 static int http_hbuf_add(struct http_state *h, const char *at, size_t len)
 {
+    if (len == 0)
+        return 0; /* an empty value: nothing to keep (and hbuf may still be NULL) */
     if (h->hbuf_len + len > h->hbuf_cap) {
         size_t cap = h->hbuf_cap ? h->hbuf_cap : 256;
         while (cap < h->hbuf_len + len)
@@ -477,7 +479,8 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
     struct http_state *h = p->data;
     if (head_grow(h, len) < 0)
         return -1;
-    if (h->feed_start != NULL && http_value_folded(h, at))
+    /* (an empty value gives an empty span that may sit at the next line's start) */
+    if (len > 0 && h->feed_start != NULL && http_value_folded(h, at))
         h->obs_fold = 1;
     if (h->hdr == HDR_WS_KEY) {
         for (size_t i = 0; i < len; i++)

@@ -141,6 +141,20 @@ static void test_push_answers_keep_request_order(void **state)
     fake_free(f);
 }
 
+static void test_empty_captured_header_value(void **state)
+{
+    (void)state;
+    /* an empty X-Forwarded-For as the first captured value: nothing to copy (the fuzzer
+     * found a memcpy onto the not yet allocated buffer; UBSan flags it in make test-san) */
+    struct fake *f = fake_new(NULL);
+    struct conn *c = fake_conn(f);
+    fake_feeds(c, "GET /healthz HTTP/1.1\r\nX-Forwarded-For:\r\nOrigin:\r\n\r\n");
+    fake_drained(c);
+    fake_take(f, c);
+    assert_memory_equal(f->out, "HTTP/1.1 200 ", 13);
+    fake_free(f);
+}
+
 static void test_upgrade_switches_to_websocket(void **state)
 {
     (void)state;
@@ -162,6 +176,7 @@ int main(void)
         cmocka_unit_test(test_strict_requests),
         cmocka_unit_test(test_request_deadline_not_pushed_back_by_bytes),
         cmocka_unit_test(test_push_answers_keep_request_order),
+        cmocka_unit_test(test_empty_captured_header_value),
         cmocka_unit_test(test_upgrade_switches_to_websocket),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
