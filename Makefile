@@ -60,7 +60,7 @@ $(BUILD)/tests/%: tests/unit/%.c $(CORE_OBJS) $(LLHTTP_OBJS)
 	    $(if $(TEST_OBJS_$*),$(TEST_OBJS_$*),$(CORE_OBJS) $(LLHTTP_OBJS)) \
 	    $(LDLIBS) $(shell pkg-config --libs cmocka)
 
-$(BUILD)/tools/%: tests/tools/%.c $(CORE_OBJS)
+$(BUILD)/tools/%: tests/tools/%.c $(CORE_OBJS) $(LLHTTP_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(CORE_OBJS) $(LLHTTP_OBJS) $(LDLIBS)
 
