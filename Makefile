@@ -77,7 +77,7 @@ test-san:
 
 bench:
 	@scripts/deps.sh bench
-	@$(MAKE) --no-print-directory $(BIN) bench/loadgen
+	@$(MAKE) --no-print-directory $(BIN) bench/loadgen $(BUILD)/tools/kafka_mock
 	@bench/run.sh
 
 bench/loadgen: bench/loadgen.c
