@@ -74,7 +74,7 @@ $(BUILD)/tests/%: tests/unit/%.c $(CORE_OBJS) $(LLHTTP_OBJS)
 	    $(if $(TEST_OBJS_$*),$(TEST_OBJS_$*),$(CORE_OBJS) $(LLHTTP_OBJS)) \
 	    $(LDLIBS) $(shell pkg-config --libs cmocka)
 
-$(BUILD)/tools/%: tests/tools/%.c $(CORE_OBJS)
+$(BUILD)/tools/%: tests/tools/%.c $(CORE_OBJS) $(LLHTTP_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Isrc $(LDFLAGS) -o $@ $< $(CORE_OBJS) $(LLHTTP_OBJS) $(LDLIBS)
 
@@ -148,7 +148,7 @@ $(FUZZ_BUILD)/fuzz_config: $(FUZZ_BUILD)/tests/fuzz/fuzz_config.o $(FUZZ_BUILD)/
 
 bench:
 	@scripts/deps.sh bench
-	@$(MAKE) --no-print-directory $(BIN) bench/loadgen
+	@$(MAKE) --no-print-directory $(BIN) bench/loadgen $(BUILD)/tools/kafka_mock
 	@bench/run.sh
 
 bench/loadgen: bench/loadgen.c

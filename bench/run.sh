@@ -11,11 +11,13 @@
 # Environment knobs:
 #   BENCH_SCENARIOS   "queue latency fanout idle" (default: all four)
 #   BENCH_TARGETS     "wsgate nchan"              (default: both)
-#   BENCH_BACKENDS    "memory"                    (also redis-list, redis-pubsub, nats)
+#   BENCH_BACKENDS    "memory"                    (also redis-list, redis-pubsub, nats, kafka)
 #   BENCH_ARGS_QUEUE, BENCH_ARGS_LATENCY, BENCH_ARGS_FANOUT, BENCH_ARGS_IDLE
 #                     extra loadgen options for one scenario, e.g. "--messages 20000"
 #   BENCH_TIMEOUT     seconds one loadgen run may take (default 90)
 #   WSGATE_BIN, LOADGEN, NGINX  binaries (defaults ./wsgate, bench/loadgen, nginx)
+#   KAFKA_MOCK        librdkafka mock cluster launcher (default build/tools/kafka_mock); kafka
+#                     runs against it with fetch_wait = 10ms (the mock has no fetch long-poll)
 # Exit status: 0 if every run passed its checks, 1 otherwise, 2 on setup errors.
 set -uo pipefail
 
@@ -27,6 +29,7 @@ BENCH_TIMEOUT=${BENCH_TIMEOUT:-90}
 WSGATE_BIN=${WSGATE_BIN:-$ROOT/wsgate}
 LOADGEN=${LOADGEN:-$ROOT/bench/loadgen}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+KAFKA_MOCK=${KAFKA_MOCK:-$ROOT/build/tools/kafka_mock}
 NCHAN_CONF_IN=$ROOT/bench/nchan.conf.in
 PY=/usr/bin/python3
 
@@ -109,6 +112,13 @@ backend_start() {
         case " $TARGETS " in *" nchan "*) redis_start || return 1 ;; esac
         NCHAN_STORE=redis
         ;;
+    kafka)
+        kafka_start || return 1
+        WSGATE_ENV="$WSGATE_ENV WSGATE_KAFKA_BROKERS=$KAFKA_BOOTSTRAP WSGATE_KAFKA_NODE=bench"
+        WSGATE_ENV="$WSGATE_ENV WSGATE_KAFKA_FETCH_WAIT=${BENCH_KAFKA_FETCH_WAIT:-10ms}"
+        case " $TARGETS " in *" nchan "*) redis_start || return 1 ;; esac
+        NCHAN_STORE=redis
+        ;;
     *)
         say "bench: backend '$1' is not wired into bench/run.sh yet"
         return 1
@@ -132,6 +142,18 @@ redis_start() {
     STARTED="$STARTED $pid"
     DEP_PIDS="$DEP_PIDS $pid"
     wait_cmd 10 redis-cli -p "$REDIS_PORT" ping || { say "bench: redis-server did not start"; return 1; }
+}
+
+kafka_start() {
+    local dir=$TMP/kafka.$RANDOM
+    mkdir -p "$dir"
+    [ -x "$KAFKA_MOCK" ] || { say "bench: $KAFKA_MOCK missing (make build/tools/kafka_mock)"; return 1; }
+    "$KAFKA_MOCK" -f "$dir/bootstrap" -t ws.recv:4 -t ws.send:4 -t ws.topic:4 >"$dir/log" 2>&1 &
+    local pid=$!
+    STARTED="$STARTED $pid"
+    DEP_PIDS="$DEP_PIDS $pid"
+    wait_cmd 10 test -s "$dir/bootstrap" || { say "bench: kafka_mock did not start"; return 1; }
+    KAFKA_BOOTSTRAP=$(cat "$dir/bootstrap")
 }
 
 nats_start() {
@@ -159,7 +181,7 @@ wsgate_start() {
     TARGET_PIDS=$TARGET_PID
     TARGET_LABEL=wsgate+${WSGATE_ENV#WSGATE_BROKER_TYPE=}
     TARGET_LABEL=${TARGET_LABEL%% *}
-    wait_http "$TARGET_PORT" /healthz "$TARGET_PID" 10
+    wait_http "$TARGET_PORT" /readyz "$TARGET_PID" 10 # broker connected too
 }
 
 nchan_start() {

@@ -78,7 +78,12 @@ struct config {
     char jwt_issuer[256];           /* required iss, or "" */
     /* [kafka] */
     char kafka_brokers[CFG_STR_MAX];/* host:port[,host:port] */
-    char kafka_group[128];          /* consumer group id prefix */
+    char kafka_group[128];          /* consumer group id prefix: the group is <group>.<node> */
+    char kafka_node[128];           /* this node's name in its group id; "" = the host name */
+    uint64_t kafka_timeout_ms;      /* delivery report deadline (then 503), request deadline */
+    uint64_t kafka_replay_delay_ms; /* after a restart: wait before re-reading uncommitted records */
+    uint64_t kafka_max_buffered;    /* bytes produced and not yet acknowledged; over: 503 */
+    uint64_t kafka_fetch_wait_ms;   /* fetch.wait.max.ms: how long a fetch waits for data */
 };
 
 /* Fill every field with its built-in default. */

@@ -12,6 +12,7 @@
     X(broker_redis_list_ops, "redis-list")                                                         \
     X(broker_redis_pubsub_ops, "redis-pubsub")                                                     \
     X(broker_nats_ops, "nats")                                                                     \
+    X(broker_kafka_ops, "kafka")                                                                   \
     /* end of the backend list */
 
 #define BROKER_TABLE_ENTRY(table, name) &table,

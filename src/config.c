@@ -153,6 +153,12 @@ static int cfg_check_group(const char *v, char *why, size_t whylen)
     return 0;
 }
 
+/* [kafka] node: empty (the host name) or a group-id token as above. */
+static int cfg_check_node(const char *v, char *why, size_t whylen)
+{
+    return v[0] == '\0' ? 0 : cfg_check_group(v, why, whylen);
+}
+
 /* host[:port] in s[0..len): host is a name/IPv4 of [A-Za-z0-9.-] or an [IPv6] literal. */
 static int cfg_hostport_check(const char *s, size_t len, int port_required)
 {
@@ -458,11 +464,26 @@ static const struct cfg_key cfg_keys[] = {
      0, 0, NULL, NULL, 0},
     /* [kafka] */
     {"kafka", "brokers", CFG_STR, CFG_FIELD(kafka_brokers), "127.0.0.1:9092",
-     "Kafka bootstrap brokers: host:port[,host:port] (reserved: no kafka backend is built yet).",
+     "Kafka bootstrap brokers: host:port[,host:port].",
      0, 0, NULL, cfg_check_kafka_brokers, 0},
     {"kafka", "group", CFG_STR, CFG_FIELD(kafka_group), "wsgate",
-     "Kafka consumer group id prefix ([A-Za-z0-9._-]) (reserved).",
+     "Consumer group prefix ([A-Za-z0-9._-]): each node commits its ws.recv offsets as group <group>.<node>.",
      0, 0, NULL, cfg_check_group, 0},
+    {"kafka", "node", CFG_STR, CFG_FIELD(kafka_node), "",
+     "This node's stable name in its group id; empty = the host name. Two nodes must never share one.",
+     0, 0, NULL, cfg_check_node, 0},
+    {"kafka", "timeout", CFG_MS, CFG_FIELD(kafka_timeout_ms), "5s",
+     "A produce not acknowledged (acks=all) within this is answered 503; also the deadline of metadata and offset requests.",
+     100, 5 * MIN_MS, NULL, NULL, 0},
+    {"kafka", "replay_delay", CFG_MS, CFG_FIELD(kafka_replay_delay_ms), "2s",
+     "After a restart with uncommitted records, wait this long before reading them so reconnecting clients get them.",
+     0, 1 * MIN_MS, NULL, NULL, 0},
+    {"kafka", "max_buffered", CFG_SIZE, CFG_FIELD(kafka_max_buffered), "64m",
+     "Bytes produced and not yet acknowledged by Kafka; a push over it gets 503.",
+     1 * KIB, 1024 * MIB, NULL, NULL, 0},
+    {"kafka", "fetch_wait", CFG_MS, CFG_FIELD(kafka_fetch_wait_ms), "500ms",
+     "fetch.wait.max.ms. Kafka answers a fetch as soon as data arrives; librdkafka's mock cluster waits it out (use 10ms there).",
+     1, 1 * MIN_MS, NULL, NULL, 0},
 };
 /* clang-format on */
 

@@ -176,6 +176,11 @@ static const struct row rows[] = {
     {"auth", "jwt_issuer", "", "https://issuer.example", F(jwt_issuer), 1, 0},
     {"kafka", "brokers", "127.0.0.1:9092", "k1:9092,k2.example:9093", F(kafka_brokers), 1, 0},
     {"kafka", "group", "wsgate", "gw-group.1", F(kafka_group), 1, 0},
+    {"kafka", "node", "", "gw-1", F(kafka_node), 1, 0},
+    {"kafka", "timeout", "5s", "2s", F(kafka_timeout_ms), 0, 2000},
+    {"kafka", "replay_delay", "2s", "0", F(kafka_replay_delay_ms), 0, 0},
+    {"kafka", "max_buffered", "64m", "1m", F(kafka_max_buffered), 0, 1048576},
+    {"kafka", "fetch_wait", "500ms", "10ms", F(kafka_fetch_wait_ms), 0, 10},
 };
 #define NROWS (sizeof rows / sizeof rows[0])
 
@@ -219,7 +224,7 @@ static void test_defaults_match_key_table(void **state)
     memset(&c, 0x5a, sizeof c);
     config_defaults(&c);
 
-    assert_int_equal(NROWS, 57);
+    assert_int_equal(NROWS, 62);
     assert_string_equal(c.listen, "0.0.0.0:8080");
     assert_int_equal(c.backlog, 511);
     assert_int_equal(c.max_connections, 10000);
@@ -258,6 +263,11 @@ static void test_defaults_match_key_table(void **state)
     assert_int_equal(c.nats_timeout_ms, 2000);
     assert_string_equal(c.kafka_brokers, "127.0.0.1:9092");
     assert_string_equal(c.kafka_group, "wsgate");
+    assert_string_equal(c.kafka_node, "");
+    assert_int_equal(c.kafka_timeout_ms, 5000);
+    assert_int_equal(c.kafka_replay_delay_ms, 2000);
+    assert_int_equal(c.kafka_max_buffered, 64 * 1024 * 1024);
+    assert_int_equal(c.kafka_fetch_wait_ms, 500);
 
     /* deterministic: padding and string tails are zeroed, whatever was there before */
     struct config d;
@@ -771,6 +781,11 @@ static void test_names_and_urls(void **state)
         {"kafka", "group", "wsgate.gw-1_a", 1},
         {"kafka", "group", "", 0},
         {"kafka", "group", "a b", 0},
+        {"kafka", "node", "", 1},
+        {"kafka", "node", "gw-1.eu", 1},
+        {"kafka", "node", "a/b", 0},
+        {"kafka", "timeout", "50ms", 0},
+        {"kafka", "max_buffered", "512", 0},
     };
     char text[256];
     (void)state;
