@@ -134,19 +134,6 @@ struct msg *http_render_204(const char *extra, int close)
 
 /* --- captured headers --- */
 
-/* The value of captured header id (trimmed by the caller's checks), or (NULL, 0). An
- * Origin or Authorization sent twice reads as "" (present, and matching nothing): which
- * of two one would believe is exactly what an attacker would like to choose. */
-const char *http_hval(const struct http_state *h, int id, size_t *len)
-{
-    const struct http_hval *v = &h->hv[id - HDR_FIRST_CAPTURED];
-    if (v->count > 1 && (id == HDR_ORIGIN || id == HDR_AUTHZ)) {
-        *len = 0;
-        return "";
-    }
-    *len = v->count ? v->len : 0;
-    return v->count ? h->hbuf + v->off : NULL;
-}
 
 /* "Access-Control-Allow-Origin: <origin>" lines for a CORS-granted request, or "". */
 const char *http_cors_lines(const char *origin, size_t len, char *buf, size_t cap)

@@ -10,6 +10,8 @@
 
 #include <llhttp.h>
 
+#include "route.h"
+
 struct conn;
 struct msg;
 struct server;
@@ -56,6 +58,7 @@ struct http_state {
     llhttp_t parser;         /* embedded; settings are srv-wide (static const) */
     struct conn *c;          /* borrowed: owner */
     uint8_t route;           /* enum route of the current request */
+    struct route rt;         /* the current request's route (key, query point into url) */
     uint8_t hdr;             /* enum hdr_id of the header being read */
     uint8_t in_message;      /* between message_begin and message_complete */
     uint8_t upgrade_ws;      /* Upgrade: websocket seen */
@@ -110,8 +113,19 @@ struct msg *http_render_error(struct server *srv, int status, const char *reason
                               int close);
 /* 204 No Content with extra header lines (no body headers). */
 struct msg *http_render_204(const char *extra, int close);
-/* The value of a captured header of the current request, or NULL (len 0). */
-const char *http_hval(const struct http_state *h, int id, size_t *len);
+/* The value of captured header id (trimmed by the caller's checks), or (NULL, 0). An
+ * Origin or Authorization sent twice reads as "" (present, and matching nothing): which
+ * of two one would believe is exactly what an attacker would like to choose. */
+static inline const char *http_hval(const struct http_state *h, int id, size_t *len)
+{
+    const struct http_hval *v = &h->hv[id - HDR_FIRST_CAPTURED];
+    if (v->count > 1 && (id == HDR_ORIGIN || id == HDR_AUTHZ)) {
+        *len = 0;
+        return "";
+    }
+    *len = v->count ? v->len : 0;
+    return v->count ? h->hbuf + v->off : NULL;
+}
 /* "Access-Control-Allow-Origin: <origin>" lines into buf (origin NULL: ""). */
 const char *http_cors_lines(const char *origin, size_t len, char *buf, size_t cap);
 

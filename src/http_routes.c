@@ -374,6 +374,7 @@ void http_check_head(struct http_state *h)
     struct route r;
     int method = h->parser.method;
     http_route(h, &r);
+    h->rt = r; /* parsed once: http_dispatch uses it */
     h->route = (uint8_t)r.id;
     switch (r.id) {
     case ROUTE_WS:
@@ -449,8 +450,7 @@ void http_dispatch(struct conn *c)
     struct http_state *h = c->http;
     struct server *srv = c->srv;
     int keep = llhttp_should_keep_alive(&h->parser);
-    struct route r;
-    http_route(h, &r);
+    const struct route r = h->rt;
     const char *key = r.key, *query = r.query;
     size_t key_len = r.key_len;
     char corsbuf[640];

@@ -32,17 +32,6 @@ int outq_push(struct outq *q, struct msg *m, uint64_t msg_id)
     return 0;
 }
 
-struct outq_item *outq_at(struct outq *q, uint32_t i)
-{
-    return &q->items[(q->head + i) & (q->cap - 1)];
-}
-
-void outq_pop(struct outq *q)
-{
-    q->head = (q->head + 1) & (q->cap - 1);
-    q->count--;
-}
-
 uint32_t outq_drop_unsent(struct outq *q)
 {
     uint32_t dropped = 0, kept;

@@ -32,10 +32,17 @@ static inline size_t outq_item_bytes(const struct msg *m)
 }
 /* Append m (a ref is taken). 0 or UV_ENOMEM. */
 int outq_push(struct outq *q, struct msg *m, uint64_t msg_id);
-/* The i-th item from the oldest (i < q->count). */
-struct outq_item *outq_at(struct outq *q, uint32_t i);
+/* The i-th item from the oldest (i < q->count). Inline: the flush path walks items. */
+static inline struct outq_item *outq_at(struct outq *q, uint32_t i)
+{
+    return &q->items[(q->head + i) & (q->cap - 1)];
+}
 /* Forget the oldest item (its ref is the caller's to release). */
-void outq_pop(struct outq *q);
+static inline void outq_pop(struct outq *q)
+{
+    q->head = (q->head + 1) & (q->cap - 1);
+    q->count--;
+}
 /* Drop queued message frames of q not yet being written (closing); raw bytes (the 101,
  * control frames) stay so the stream remains well formed. Returns count dropped. */
 uint32_t outq_drop_unsent(struct outq *q);
