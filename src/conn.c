@@ -523,6 +523,20 @@ void conn_close(struct conn *c)
     uv_close((uv_handle_t *)&c->tcp, conn_on_closed); /* writes end with UV_ECANCELED first */
 }
 
+void conn_upgraded(struct conn *c, const struct conn_proto *proto)
+{
+    struct server *srv = c->srv;
+    conn_list_remove(c);
+    c->state = CONN_WS;
+    c->proto = proto;
+    c->flags |= CONN_F_ATTACHED;
+    conn_list_append(c, CONN_LIST_WS);
+    srv->m.http_open--;
+    srv->m.ws_open++;
+    srv->m.ws_total++;
+    c->active_ms = uv_now(srv->loop);
+}
+
 void conn_detach(struct conn *c)
 {
     if (!(c->flags & CONN_F_ATTACHED))

@@ -117,6 +117,9 @@ void conn_close_soon(struct conn *c);
 void conn_list_remove(struct conn *c);
 void conn_list_append(struct conn *c, int which);
 enum { CONN_LIST_HTTP, CONN_LIST_WS, CONN_LIST_CLOSING };
+/* c's session is attached and its answer (101, or the SSE head) queued: c now speaks
+ * proto, on the list of streaming connections (pings, idle, write_timeout). */
+void conn_upgraded(struct conn *c, const struct conn_proto *proto);
 /* The broker forgets c->sess (unacked go back); no ack after this. Idempotent. */
 void conn_detach(struct conn *c);
 void conn_ref(struct conn *c);

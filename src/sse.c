@@ -135,18 +135,9 @@ const struct conn_proto sse_proto = {
 
 int sse_start(struct conn *c, uint8_t *pre, size_t pre_len)
 {
-    struct server *srv = c->srv;
     (void)pre_len;
     free(pre);
-    conn_list_remove(c);
-    c->state = CONN_WS;
-    c->proto = &sse_proto;
-    c->flags |= CONN_F_ATTACHED;
-    conn_list_append(c, CONN_LIST_WS);
-    srv->m.http_open--;
-    srv->m.ws_open++;
-    srv->m.ws_total++;
-    c->active_ms = uv_now(srv->loop);
+    conn_upgraded(c, &sse_proto);
     /* messages delivered while the head was pending: as events, in order */
     for (uint32_t i = 0; i < c->early.count; i++) {
         struct outq_item *it = outq_at(&c->early, i);

@@ -230,16 +230,7 @@ const struct conn_proto ws_proto = {
 
 int ws_start(struct conn *c, uint8_t *pre, size_t pre_len)
 {
-    struct server *srv = c->srv;
-    conn_list_remove(c);
-    c->state = CONN_WS;
-    c->proto = &ws_proto;
-    c->flags |= CONN_F_ATTACHED;
-    conn_list_append(c, CONN_LIST_WS);
-    srv->m.http_open--;
-    srv->m.ws_open++;
-    srv->m.ws_total++;
-    c->active_ms = uv_now(srv->loop);
+    conn_upgraded(c, &ws_proto);
     /* frames delivered while the 101 was pending go right behind it, in order */
     for (uint32_t i = 0; i < c->early.count; i++) {
         struct outq_item *it = outq_at(&c->early, i);
