@@ -1,9 +1,8 @@
 /* iplimit.h — per-client-IP limits of DESIGN.md §8.1/§8.4: connections at once
  * ([server] max_connections_per_ip) and a token bucket of upgrades
  * ([server] max_handshakes_per_second_per_ip: capacity = rate, refilled at rate per
- * second). Keys are the client IP text from auth_client_ip(); the map is keyed by a
- * keyed digest of it (random per process), so addresses an attacker picks cannot be
- * aimed at one hash chain of map.h's unseeded FNV-1a.
+ * second). Keys are the client IP text from auth_client_ip(); map.h hashes keys with
+ * a per-map random SipHash key, so addresses an attacker picks cannot share a chain.
  * Memory: an entry exists only while its IP holds a connection or its bucket is not
  * full. A bucket refills within one second of its last take, so entries number at most
  * the open connections + the IPs that took a handshake in the last ~2 s: release frees an
@@ -19,13 +18,12 @@
 
 struct iplimit {
     struct map map;         /* owned entries (struct iplimit_entry, iplimit.c) by digest */
-    uint8_t seed[32];       /* random per process: HMAC key of the entry keys */
     uint32_t max_conns;     /* per IP; 0 = no limit (connections not counted) */
     uint32_t rate;          /* handshakes per second per IP; 0 = no limit */
     uint64_t last_sweep_ms; /* when the idle entries were last swept */
 };
 
-/* An empty limiter. Returns 0, or UV_EIO when no randomness is available. */
+/* An empty limiter. Returns 0. */
 int iplimit_init(struct iplimit *l, uint32_t max_conns, uint32_t rate_per_s);
 /* Free every entry and the map. */
 void iplimit_free(struct iplimit *l);
