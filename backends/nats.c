@@ -312,6 +312,7 @@ static int nats_err(natsStatus s)
     case NATS_CONNECTION_CLOSED:
     case NATS_CONNECTION_DISCONNECTED:
     case NATS_NOT_YET_CONNECTED:
+    case NATS_INSUFFICIENT_BUFFER: /* reconnecting: no reconnect buffer (nats_opts_set) */
         return UV_ENOTCONN;
     default:
         return UV_EIO;
@@ -788,14 +789,17 @@ static void nats_kick(struct nats_broker *p)
 static void nats_on_retry_timer(uv_timer_t *h);
 
 /* After a publish from the loop failed with s: a write deadline or socket error means the
- * connection is gone (nats.c shuts the socket down and reconnects), so stop calling into
- * nats.c from the loop at once, before its disconnected callback arrives: its reconnect
- * thread holds the connection lock through each connect attempt. The clean-up runs from
- * the async handler (callers may be iterating); the retry timer re-checks the connection
- * in case nats.c never reports a disconnect. */
+ * connection is gone (nats.c shuts the socket down and reconnects), and
+ * NATS_INSUFFICIENT_BUFFER means nats.c is already reconnecting (it has no reconnect
+ * buffer: nats_opts_set). Either way stop calling into nats.c from the loop at once,
+ * before its disconnected callback arrives: its reconnect thread holds the connection
+ * lock through each connect attempt. The clean-up runs from the async handler (callers
+ * may be iterating); the retry timer re-checks the connection in case nats.c never
+ * reports a disconnect. */
 static void nats_conn_check(struct nats_broker *p, natsStatus s)
 {
-    if ((s != NATS_TIMEOUT && s != NATS_IO_ERROR) || !p->connected || p->closing)
+    if ((s != NATS_TIMEOUT && s != NATS_IO_ERROR && s != NATS_INSUFFICIENT_BUFFER) ||
+        !p->connected || p->closing)
         return;
     log_warn("event=nats_write_failed err=\"%s\"", natsStatus_GetText(s));
     p->connected = 0;
@@ -1816,6 +1820,15 @@ static void nats_opts_set(struct nats_broker *p, const struct config *cfg, natsS
         s = natsOptions_SetSendAsap(o, false);
     if (s == NATS_OK) /* a stalled server never blocks the loop in write() for longer */
         s = natsOptions_SetWriteDeadline(o, (int64_t)cfg->nats_timeout_ms);
+    /* No reconnect buffer: by default nats.c keeps what is published while it reconnects
+     * (8 MB) and sends it once connected again. A push published in the moment between
+     * the connection's loss and our loop hearing of it would then be answered 503 (the
+     * request fails with the connection) and still be stored and delivered later. With
+     * size 0 such a publish fails at once (NATS_INSUFFICIENT_BUFFER): a 503 that was
+     * never sent. Acks, reads and nudges refused this way are redone after the reconnect
+     * (nats_resume). */
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectBufSize(o, 0);
     if (s == NATS_OK)
         s = natsOptions_SetRetryOnFailedConnect(o, true, nats_on_connected_thread_cb, &p->xq);
     if (s == NATS_OK)

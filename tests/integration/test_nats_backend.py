@@ -632,6 +632,89 @@ def _():
                          "202-acknowledged messages survived the restart (file store)")
 
 
+class Reader:
+    """Reads data messages of one WebSocket in a thread until stop(); .got: payloads."""
+
+    def __init__(self, ws):
+        self.ws, self.got, self._stop = ws, [], []
+        self.t = threading.Thread(target=self._run)
+        self.t.start()
+
+    def _run(self):
+        while not self._stop:
+            try:
+                self.got.append(self.ws.recv_message(0.1)[1])
+            except TestTimeout:
+                pass
+            except (Closed, OSError):
+                return
+
+    def wait_for(self, payload, timeout=10):
+        deadline = time.monotonic() + timeout
+        while payload not in self.got and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return payload in self.got
+
+    def stop(self):
+        self._stop.append(1)
+        self.t.join(10)
+        return self.got
+
+
+@test("a push answered 503 because nats-server died is never delivered later (nothing "
+      "replayed from nats.c's reconnect buffer)", timeout=60)
+def _():
+    with Nats() as n:
+        with gw(n) as srv:
+            ws = srv.ws("/ws/k503.s1")
+            accepted(push(srv.port, "k503.s1", b"first"))
+            check_eq(ws.recv_message(), (OP_TEXT, b"first"), "before the kill")
+            rd = Reader(ws)
+            refused = set()
+            try:
+                for cycle in range(3):  # the race below goes the bad way about 2 times in 3
+                    # Pushes the gateway reads only after nats-server died: the gateway is
+                    # stopped while they are sent and while the server is killed, so its
+                    # loop and nats.c's reader race when it resumes. None can be stored.
+                    conns = [srv.http() for _ in range(4)]
+                    srv.signal(signal.SIGSTOP)
+                    try:
+                        for c, h in enumerate(conns):
+                            h.send(b"".join(build_request(
+                                "POST", "/push/k503.s1", b"z.%d.%d.%d" % (cycle, c, i),
+                                port=srv.port) for i in range(64)))
+                        n.proc.kill()
+                        n.proc.wait(5)
+                        n.proc = None
+                    finally:
+                        srv.signal(signal.SIGCONT)
+                    for c, h in enumerate(conns):
+                        for i in range(64):
+                            check_eq(h.read_response(5).status, 503, "push after the kill")
+                            refused.add(b"z.%d.%d.%d" % (cycle, c, i))
+                        h.close()
+                    with srv.http() as h:  # and once the gateway knows: 503 at once
+                        for i in range(20):
+                            check_eq(h.request("POST", "/push/k503.s1",
+                                               b"late.%d.%d" % (cycle, i)).status, 503,
+                                     "push while down")
+                            refused.add(b"late.%d.%d" % (cycle, i))
+                    n.start()
+                    wait_for(lambda: http_request(srv.port, "GET", "/readyz").status == 200,
+                             10, what="/readyz 200 after the restart")
+                    accepted(push(srv.port, "k503.s1", b"last%d" % cycle))
+                    check(rd.wait_for(b"last%d" % cycle),
+                          "the push after restart %d did not arrive" % cycle)
+                time.sleep(0.2)
+            finally:
+                got = rd.stop()
+                ws.close_socket()
+            bad = [g for g in got if g in refused]
+            check_eq(bad[:5], [], "pushes answered 503, then delivered after the restart "
+                     "(%d of them)" % len(bad))
+            check_eq(got, [b"last0", b"last1", b"last2"], "messages after the kills")
+
+
 @test("nats-server down at start: not ready, then ready and delivering once it appears",
       timeout=30)
 def _():
