@@ -187,6 +187,7 @@ struct nats_pend {
     uint64_t id;          /* msg_id given to session_deliver; 0 once written */
     struct nats_sess *ns; /* borrowed: the socket it went to; NULL once written (its ack
                            * could not be sent: nats_resume sends it) */
+    uint32_t epoch;       /* nats_broker.epoch when it was read (nats_seq_reset) */
 };
 
 /* The backend's state for one socket (s->bpriv). Freed by detach (or a failed attach). */
@@ -257,6 +258,10 @@ struct nats_broker {
                                        * Written by the stream check (thread pool) only while
                                        * work_busy, read by the loop only when it is not. */
     int reprobe;                      /* reconnected: probe again with the next stream check */
+    uint32_t epoch;                   /* connections so far (pend entries carry theirs) */
+    uint64_t max_seq;                 /* highest stream sequence seen */
+    uint64_t seq_before;              /* max_seq when the connection was last lost */
+    uint64_t work_last_seq;           /* the stream's last sequence, from the stream check */
     struct map keys;                  /* name -> struct nats_key (owned) */
     struct map keys_by_id;            /* kid -> the same keys */
     struct map reqs;                  /* id -> struct nats_req (owned) */
@@ -654,7 +659,8 @@ static int nats_probe_acks_ahead(natsConnection *nc, jsCtx *js, int64_t replicas
  * another UV_E* when the server could not be asked (retry later). Any thread but the
  * loop once it serves (nats.c request/reply blocks for one round trip). */
 static int nats_stream_ensure(natsConnection *nc, const struct config *cfg, const char *subject,
-                              const char *deliver, int *acks_ahead, char *why, size_t whylen)
+                              const char *deliver, int *acks_ahead, uint64_t *last_seq, char *why,
+                              size_t whylen)
 {
     jsCtx *js = NULL;
     jsOptions jo;
@@ -762,6 +768,7 @@ static int nats_stream_ensure(natsConnection *nc, const struct config *cfg, cons
         }
     }
     replicas = si != NULL && si->Config != NULL ? si->Config->Replicas : 1;
+    *last_seq = si != NULL ? si->State.LastSeq : 0;
     jsStreamInfo_Destroy(si);
     if (rc == 0)
         rc = nats_acker_ensure(js, cfg, subject, why, whylen);
@@ -924,7 +931,7 @@ static uint64_t nats_header_seq(natsMsg *nm, const char *name)
 }
 
 static struct nats_pend *nats_pend_add(struct nats_key *k, uint64_t seq, uint64_t id,
-                                       struct nats_sess *ns)
+                                       struct nats_sess *ns, uint32_t epoch)
 {
     if (k->npend == k->pend_cap) {
         uint32_t cap = k->pend_cap ? k->pend_cap * 2 : 8;
@@ -934,7 +941,7 @@ static struct nats_pend *nats_pend_add(struct nats_key *k, uint64_t seq, uint64_
         k->pend = a;
         k->pend_cap = cap;
     }
-    k->pend[k->npend] = (struct nats_pend){.seq = seq, .id = id, .ns = ns};
+    k->pend[k->npend] = (struct nats_pend){.seq = seq, .id = id, .ns = ns, .epoch = epoch};
     return &k->pend[k->npend++];
 }
 
@@ -1059,7 +1066,7 @@ static int nats_key_deliver(struct nats_broker *p, struct nats_key *k, uint64_t 
             uint64_t id = ns->next_id + 1;
             if (m == NULL && (m = msg_new_copy(data, len, p->cfg->frame_type)) == NULL)
                 break;
-            if ((e = nats_pend_add(k, seq, id, ns)) == NULL)
+            if ((e = nats_pend_add(k, seq, id, ns, p->epoch)) == NULL)
                 break;
             if (session_deliver(ns->s, id, m) < 0) {
                 /* closing (over max_send_buffer, or going away): not taken */
@@ -1297,6 +1304,8 @@ static void nats_key_fetch_done(struct nats_broker *p, struct nats_req *r, int s
     k->fetching = 0;
     if (status == 0 && nm != NULL) {
         seq = nats_header_seq(nm, NATS_SEQ_HDR);
+        if (seq > p->max_seq)
+            p->max_seq = seq;
         if (seq == 0) {
             char desc[96];
             nats_header(nm, NATS_STATUS_HDR, code, sizeof(code));
@@ -1349,6 +1358,8 @@ static void nats_key_fetch_done(struct nats_broker *p, struct nats_req *r, int s
 static void nats_on_live_msg(struct nats_broker *p, struct nats_key *k, natsMsg *nm)
 {
     uint64_t seq = nats_header_seq(nm, NATS_SEQ_HDR);
+    if (seq > p->max_seq)
+        p->max_seq = seq;
     if (seq == 0) {
         k->next_seq = 0;
         k->dirty = 1;
@@ -1494,6 +1505,40 @@ static void nats_resume(struct nats_broker *p)
     nats_acker_pull(p);
 }
 
+/* The stream's last sequence is below one we saw before the connection was lost: the
+ * server lost the end of the stream (nats-server 2.9 restarts an empty stream's sequence
+ * at 1 after a kill -9 when its state was not yet written) or the stream was re-created,
+ * so sequences will be given out again. What we hold from before that is above last no
+ * longer exists: forget it (an ack for it would remove the new message that reuses the
+ * number; a socket still writing it gets its window slot back now), and read every key
+ * from the start of the stream. Entries read on this connection are kept. */
+static void nats_seq_reset(struct nats_broker *p, uint64_t last)
+{
+    struct map_iter it;
+    struct map_node *n;
+    log_warn("event=nats_stream_seq_reset stream=%s last_seq=%llu seen_seq=%llu",
+             p->cfg->nats_stream, (unsigned long long)last,
+             (unsigned long long)p->seq_before);
+    map_iter_init(&it, &p->keys);
+    while ((n = map_iter_next(&it)) != NULL) {
+        struct nats_key *k = map_entry(n, struct nats_key, node);
+        for (uint32_t i = 0; i < k->npend;) {
+            struct nats_pend *e = &k->pend[i];
+            if (e->epoch == p->epoch || e->seq <= last) {
+                i++;
+                continue;
+            }
+            if (e->ns != NULL && e->ns->live > 0)
+                e->ns->live--;
+            nats_pend_remove(k, e);
+        }
+        k->next_seq = 0;
+        k->gap_from = 0;
+        k->dirty = 1;
+    }
+    p->max_seq = last;
+}
+
 /* nats.c dropped messages for us (slow consumer): a live copy may be lost, so every key
  * reads from its oldest stored message again (the ones we hold are skipped). */
 static void nats_rescan(struct nats_broker *p)
@@ -1522,6 +1567,8 @@ static void nats_on_disconnected(struct nats_broker *p, int from_event)
     p->connected = 0;
     p->stream_ok = 0;
     p->pull_out = 0;
+    if (p->max_seq > p->seq_before)
+        p->seq_before = p->max_seq;
     uv_timer_stop(&p->pull_timer);
     nats_reqs_fail(p, UV_ECONNRESET);
 }
@@ -1530,6 +1577,7 @@ static void nats_on_connected(struct nats_broker *p)
 {
     if (!p->connected)
         log_info("event=nats_connected");
+    p->epoch++;
     p->connected = 1;
     p->lost_locally = 0;
     p->reprobe = 1; /* maybe another server (version) now: probe acks ahead again */
@@ -1545,7 +1593,8 @@ static void nats_on_stream_work(uv_work_t *w)
         return;
     }
     p->work_rc = nats_stream_ensure(p->nc, p->cfg, p->stream_subject, p->deliver_subject,
-                                    &p->acks_ahead, p->work_why, sizeof(p->work_why));
+                                    &p->acks_ahead, &p->work_last_seq, p->work_why,
+                                    sizeof(p->work_why));
 }
 
 static void nats_close_step(struct nats_broker *p);
@@ -1582,6 +1631,9 @@ static void nats_on_stream_done(uv_work_t *w, int status)
     if (p->connected) {
         p->stream_ok = 1;
         log_info("event=nats_ready");
+        if (p->work_last_seq < p->seq_before)
+            nats_seq_reset(p, p->work_last_seq);
+        p->seq_before = 0;
         nats_resume(p);
     }
 }
@@ -1975,7 +2027,7 @@ static int nats_open(struct broker *b, uv_loop_t *loop, const struct config *cfg
         /* The loop does not serve yet, so this one blocking check is fine here: an
          * incompatible stream stops the gateway at start with a clear message. */
         rc = nats_stream_ensure(p->nc, cfg, p->stream_subject, p->deliver_subject, &p->acks_ahead,
-                                p->work_why, sizeof(p->work_why));
+                                &p->max_seq, p->work_why, sizeof(p->work_why));
         if (rc == UV_EINVAL && strstr(p->work_why, "JetStream") != NULL) {
             log_error("event=nats_jetstream_disabled url=%s reason=\"%s\"", url, p->work_why);
             goto fail;
