@@ -1,7 +1,9 @@
 /* nats.c — the NATS JetStream backend (`[broker] type = nats`, DESIGN.md §3-4).
  *
  * What it does: one NATS connection per gateway node, no JetStream consumer per session.
- * At open it creates or verifies the stream ([nats] stream, default WSRECV) capturing
+ * At open (and after each reconnect) it creates or verifies the stream ([nats] stream,
+ * default WSRECV; an existing stream's max age and per-subject limit are updated to the
+ * configuration, nats_stream_limits) capturing
  * `<prefix>.recv.>`: work-queue retention, file storage, max age = [broker] ttl, at most
  * [broker] max_queue messages per subject (DiscardNew per subject: a full session queue
  * answers 429), direct get allowed, and RePublish `<prefix>.recv.>` -> `<prefix>.deliver.>`:
@@ -654,6 +656,53 @@ static int nats_probe_acks_ahead(natsConnection *nc, jsCtx *js, int64_t replicas
     return rc;
 }
 
+/* Bring an existing stream's limits to the configuration: max age = [broker] ttl, at most
+ * [broker] max_queue messages per subject with DiscardNew per subject (the 429). JetStream
+ * updates both in place; the node that checks last sets them, and each change is logged
+ * at warn with the old and new values (two nodes with different values show up in both
+ * logs). Lowering them makes the server apply the new limits to what is stored: expired
+ * messages go, and a subject holding more than the new limit keeps only its newest ones.
+ * *si is replaced by the updated info. Same return convention as nats_stream_ensure. */
+static int nats_stream_limits(jsCtx *js, const struct config *cfg, jsStreamInfo **si,
+                              int64_t max_age, char *why, size_t whylen)
+{
+    jsStreamConfig *c = (*si)->Config;
+    jsStreamInfo *nsi = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s;
+    int64_t old_age = c->MaxAge, old_per = c->MaxMsgsPerSubject;
+    int old_dnps = c->DiscardNewPerSubject, old_discard = c->Discard == js_DiscardNew;
+    if (old_age == max_age && old_per == (int64_t)cfg->max_queue && old_discard && old_dnps)
+        return 0;
+    c->MaxAge = max_age;
+    c->MaxMsgsPerSubject = cfg->max_queue;
+    c->Discard = js_DiscardNew;
+    c->DiscardNewPerSubject = true;
+    if (c->Duplicates > max_age) /* the server refuses a dedup window over the max age */
+        c->Duplicates = (int64_t)nats_min(cfg->ttl_ms, 120000) * 1000000;
+    s = js_UpdateStream(&nsi, js, c, NULL, &jerr);
+    if (s != NATS_OK && jerr == 0) {
+        snprintf(why, whylen, "stream update failed: %s", natsStatus_GetText(s));
+        return nats_err(s) == 0 ? UV_EIO : nats_err(s);
+    }
+    if (s != NATS_OK) {
+        snprintf(why, whylen,
+                 "cannot apply [broker] ttl=%llums and max_queue=%u to the stream "
+                 "(it has max_age %lldms, max_msgs_per_subject %lld): %s (err_code %d)",
+                 (unsigned long long)cfg->ttl_ms, cfg->max_queue, (long long)(old_age / 1000000),
+                 (long long)old_per, nats_GetLastError(NULL), (int)jerr);
+        return UV_EINVAL;
+    }
+    log_warn("event=nats_stream_updated stream=%s max_age_ms=%lld->%llu "
+             "max_msgs_per_subject=%lld->%u discard_new_per_subject=%d->1 "
+             "keys=\"broker.ttl broker.max_queue\"",
+             cfg->nats_stream, (long long)(old_age / 1000000), (unsigned long long)cfg->ttl_ms,
+             (long long)old_per, cfg->max_queue, old_dnps && old_discard);
+    jsStreamInfo_Destroy(*si);
+    *si = nsi;
+    return 0;
+}
+
 /* Create the stream or check the existing one. Returns 0; UV_EINVAL when the server has
  * something we cannot work with (why says what: incompatible stream, JetStream off);
  * another UV_E* when the server could not be asked (retry later). Any thread but the
@@ -750,21 +799,10 @@ static int nats_stream_ensure(natsConnection *nc, const struct config *cfg, cons
             snprintf(why, whylen, "allow_direct is off (we read stored messages with DIRECT.GET)");
             rc = UV_EINVAL;
         } else {
-            /* Operational limits may differ between deployments: the stream's own values
-             * win, but say so once per check. */
-            if (c->MaxAge != max_age)
-                log_warn("event=nats_stream_differs stream=%s field=max_age have_ms=%lld "
-                         "want_ms=%llu",
-                         cfg->nats_stream, (long long)(c->MaxAge / 1000000),
-                         (unsigned long long)cfg->ttl_ms);
-            if (c->MaxMsgsPerSubject != (int64_t)cfg->max_queue || c->Discard != js_DiscardNew ||
-                !c->DiscardNewPerSubject)
-                log_warn("event=nats_stream_differs stream=%s field=max_msgs_per_subject "
-                         "have=%lld want=%u discard_new_per_subject=%d",
-                         cfg->nats_stream, (long long)c->MaxMsgsPerSubject, cfg->max_queue,
-                         (int)c->DiscardNewPerSubject);
-            log_info("event=nats_stream_ok stream=%s subjects=%s republish=%s", cfg->nats_stream,
-                     subject, deliver);
+            rc = nats_stream_limits(js, cfg, &si, max_age, why, whylen);
+            if (rc == 0)
+                log_info("event=nats_stream_ok stream=%s subjects=%s republish=%s",
+                         cfg->nats_stream, subject, deliver);
         }
     }
     replicas = si != NULL && si->Config != NULL ? si->Config->Replicas : 1;

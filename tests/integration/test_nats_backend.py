@@ -257,6 +257,46 @@ def _():
         accepted(push(srv.port, "full", b"x4"), "push after the queue drained")
 
 
+@test("[broker] max_queue and ttl changed on an existing stream are applied (stream "
+      "update, logged), not ignored", timeout=40)
+def _():
+    with Nats() as n:
+        with gw(n, broker_max_queue="10") as srv:
+            for i in range(10):
+                accepted(push(srv.port, "lim.a", b"a%d" % i))
+            check_json_error(push(srv.port, "lim.a", b"a10"), 429, "11th push at max_queue=10")
+        # raised: the 11th offline push is accepted now, the 21st is not
+        with gw(n, broker_max_queue="20") as srv:
+            for i in range(10, 20):
+                accepted(push(srv.port, "lim.a", b"a%d" % i), "push %d at max_queue=20" % i)
+            check_json_error(push(srv.port, "lim.a", b"a20"), 429, "21st push at max_queue=20")
+            log = srv.log_text()
+            check("event=nats_stream_updated" in log and "max_msgs_per_subject=10->20" in log,
+                  "no stream update logged:\n" + srv.log_tail())
+        # lowered: a fresh session takes 5; nats-server trims lim.a to its newest 5
+        with gw(n, broker_max_queue="5") as srv:
+            for i in range(5):
+                accepted(push(srv.port, "lim.b", b"b%d" % i))
+            check_json_error(push(srv.port, "lim.b", b"b5"), 429, "6th push at max_queue=5")
+            with srv.ws("/ws/lim.a") as ws:
+                check_eq(recv_n(ws, 5), [b"a%d" % i for i in range(15, 20)],
+                         "lim.a after the limit went from 20 to 5 (the newest 5)")
+                check(ws.nothing_within(0.2), "more than 5 left in lim.a")
+        # ttl: 1h -> 2s; a message older than 2 s is not delivered, a fresh one is
+        with gw(n, broker_max_queue="5", broker_ttl="2s") as srv:
+            accepted(push(srv.port, "lim.t", b"old"))
+            time.sleep(3.0)
+            accepted(push(srv.port, "lim.t", b"new"))
+            with srv.ws("/ws/lim.t") as ws:
+                check_eq(ws.recv_message(), (OP_TEXT, b"new"), "first message after 3 s")
+                check(ws.nothing_within(0.2), "more after the fresh message")
+            log = srv.log_text()
+            check("event=nats_stream_updated" in log and "max_age_ms=3600000->2000" in log,
+                  "no stream update logged:\n" + srv.log_tail())
+        with gw(n, broker_max_queue="5", broker_ttl="2s") as srv:  # same values: no update
+            check("event=nats_stream_updated" not in srv.log_text(), "updated with no change")
+
+
 @test("two nodes: client on A, push via B; broadcast via B and via a core publish")
 def _():
     n = shared_nats()
