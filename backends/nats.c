@@ -59,7 +59,9 @@
  * makes one write per millisecond instead of one per message (measured: ~20% less gateway
  * CPU per message, up to 1 ms more push latency). A write has a deadline of
  * [nats] timeout; a server that stops reading can hold the connection lock (and so a
- * publish on the loop) at most that long, then counts as lost.
+ * publish on the loop) at most that long, then counts as lost. A server that goes silent
+ * counts as lost when a request waited [nats] timeout with nothing read meanwhile
+ * (nats_on_req_timer), or when nats.c's PINGs (every timeout / 2) go unanswered.
  *
  * Does NOT: parse or rewrap payloads, store broadcasts or client frames, remove anything
  * before its frame is written, or create a consumer per session. */
@@ -81,8 +83,8 @@
 #define NATS_CLOSE_CODE 1001         /* sockets still attached when the broker closes */
 #define NATS_RETRY_MS 1000           /* retry after a failed read or stream check */
 #define NATS_RECONNECT_WAIT_MS 250   /* between reconnect attempts to the same server */
-#define NATS_PING_MS 5000            /* dead-server detection: ping every, ... */
-#define NATS_PINGS_OUT 3             /* ... give up after this many unanswered */
+#define NATS_PINGS_OUT 2 /* dead-server detection: nats.c pings every [nats] timeout / 2 and
+                          * drops the connection when this many PINGs go unanswered */
 #define NATS_NAME_SUBJ 208           /* "<prefix>.<kind>.<key>": 63 + 8 + 128 + NUL fits */
 #define NATS_SUBJ_MAX 400            /* API subjects: "$JS.API....<stream>" */
 #define NATS_STATUS_HDR "Status"     /* nats.c's header for a status line (msg.h STATUS_HDR) */
@@ -296,6 +298,8 @@ struct nats_broker {
     int check_failed;                 /* the last stream check failed (log the first only) */
     int lost_locally;                 /* a write failed: disconnected before nats.c said so */
     int cleanup_pending;              /* ... and nats_on_disconnected has yet to run for it */
+    const char *lost_why;             /* static: why it was lost locally, for the log */
+    uint64_t last_rx;                 /* uv_now() ms when the loop last took a message */
     broker_close_cb close_cb;         /* the owner's close callback */
     char work_why[256];               /* why the stream check failed */
 };
@@ -841,12 +845,25 @@ static void nats_on_retry_timer(uv_timer_t *h);
  * lock through each connect attempt. The clean-up runs from the async handler (callers
  * may be iterating); the retry timer re-checks the connection in case nats.c never
  * reports a disconnect. */
+static void nats_conn_lost(struct nats_broker *p, const char *why);
+
 static void nats_conn_check(struct nats_broker *p, natsStatus s)
 {
     if ((s != NATS_TIMEOUT && s != NATS_IO_ERROR && s != NATS_INSUFFICIENT_BUFFER) ||
         !p->connected || p->closing)
         return;
     log_warn("event=nats_write_failed err=\"%s\"", natsStatus_GetText(s));
+    nats_conn_lost(p, s == NATS_INSUFFICIENT_BUFFER ? "reconnecting" : "write");
+}
+
+/* The connection counts as lost from now on, before nats.c says so (see above; why:
+ * "write", "reconnecting", "read_timeout"): no more calls into nats.c from the loop,
+ * /readyz and pushes 503 at once, requests in flight fail from the async handler. */
+static void nats_conn_lost(struct nats_broker *p, const char *why)
+{
+    if (!p->connected || p->closing)
+        return;
+    p->lost_why = why;
     p->connected = 0;
     p->stream_ok = 0;
     p->lost_locally = 1;
@@ -1485,11 +1502,24 @@ static void nats_on_reply_msg(struct nats_broker *p, natsMsg *nm, const char *ta
     free(r);
 }
 
+/* A request went unanswered for [nats] timeout. If nothing at all came from the server
+ * meanwhile either, the connection is taken as lost (a frozen server, or a partition
+ * that drops packets without a reset: TCP would wait for minutes): /readyz and new pushes
+ * answer 503 at once, and nothing more is written to it. nats.c's own PINGs (every
+ * timeout / 2, NATS_PINGS_OUT unanswered) then drop the socket and reconnect; an idle node
+ * notices that way. A reply that was only slow (the server answers other things) fails
+ * only its own request. */
 static void nats_on_req_timer(uv_timer_t *h)
 {
     struct nats_broker *p = h->data;
     uint64_t now = uv_now(p->b->loop);
     struct nats_req *r;
+    if (p->rhead != NULL && p->rhead->deadline <= now && p->connected &&
+        now - p->last_rx >= p->cfg->nats_timeout_ms) {
+        log_warn("event=nats_timeout waited_ms=%llu reason=\"no reply and nothing read\"",
+                 (unsigned long long)(now - p->last_rx));
+        nats_conn_lost(p, "read_timeout");
+    }
     while ((r = p->rhead) != NULL && r->deadline <= now) {
         nats_req_unlink(p, r);
         p->b->errors++;
@@ -1592,7 +1622,7 @@ static void nats_rescan(struct nats_broker *p)
     }
 }
 
-/* Connection lost (from_event: nats.c said so; else a write failed, nats_conn_check).
+/* Connection lost (from_event: nats.c said so; else nats_conn_lost decided it).
  * Requests in flight fail: pushes answer 503, attaches waiting for their read 503. */
 static void nats_on_disconnected(struct nats_broker *p, int from_event)
 {
@@ -1600,7 +1630,8 @@ static void nats_on_disconnected(struct nats_broker *p, int from_event)
         p->lost_locally = 0; /* confirmed: the connected event will follow */
     if (p->connected || !from_event) {
         p->b->errors++;
-        log_warn("event=nats_disconnected source=%s", from_event ? "client" : "write");
+        log_warn("event=nats_disconnected source=%s",
+                 from_event ? "client" : p->lost_why != NULL ? p->lost_why : "write");
     }
     p->connected = 0;
     p->stream_ok = 0;
@@ -1823,6 +1854,8 @@ static void nats_on_async(uv_async_t *h)
         p->b->errors += lost;
         log_warn("event=nats_events_lost count=%llu", (unsigned long long)lost);
     }
+    if (n > 0)
+        p->last_rx = uv_now(p->b->loop); /* read something (a message or a state change) */
     for (size_t i = 0; i < n; i++) {
         switch (evs[i].kind) {
         case NATS_EV_MSG:
@@ -1901,7 +1934,8 @@ static void nats_opts_set(struct nats_broker *p, const struct config *cfg, natsS
     if (s == NATS_OK)
         s = natsOptions_SetReconnectWait(o, NATS_RECONNECT_WAIT_MS);
     if (s == NATS_OK)
-        s = natsOptions_SetPingInterval(o, NATS_PING_MS);
+        s = natsOptions_SetPingInterval(o, (int64_t)(cfg->nats_timeout_ms / 2 > 0
+                                                         ? cfg->nats_timeout_ms / 2 : 1));
     if (s == NATS_OK)
         s = natsOptions_SetMaxPingsOut(o, NATS_PINGS_OUT);
     if (s == NATS_OK)
@@ -2041,6 +2075,7 @@ static int nats_open(struct broker *b, uv_loop_t *loop, const struct config *cfg
     p->async.data = p->req_timer.data = p->retry_timer.data = p->key_timer.data = p;
     p->pull_timer.data = p;
     p->open_handles = 5;
+    p->last_rx = uv_now(loop);
     nats_url_redact(cfg->nats_url, url, sizeof(url));
 
     s = natsInbox_Create(&inbox);

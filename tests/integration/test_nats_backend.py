@@ -826,6 +826,61 @@ def _():
                 check_eq(ws.recv_message(5), (OP_TEXT, b"resumed"), "same socket after SIGCONT")
 
 
+@test("silent partition (nats-server SIGSTOPped): /readyz 503 within ~[nats] timeout, then "
+      "pushes 503 at once and are never delivered; SIGCONT: reconnects, resumes", timeout=60)
+def _():
+    with Nats() as n:
+        with gw(n, nats_timeout="1s") as srv, gw(n, nats_timeout="1s") as idle:
+            ws = srv.ws("/ws/part.s1")
+            accepted(push(srv.port, "part.s1", b"before"))
+            check_eq(ws.recv_message(), (OP_TEXT, b"before"), "before the stop")
+            rd = Reader(ws)
+            refused, unknown = set(), []
+            try:
+                n.proc.send_signal(signal.SIGSTOP)
+                t0 = time.monotonic()
+                try:
+                    # this push owes a reply that cannot come: 503 after the timeout, its
+                    # outcome unknown (the server may store it when it wakes up)
+                    r = push(srv.port, "part.s1", b"unknown")
+                    check_json_error(r, 503, "push while stopped")
+                    unknown.append(b"unknown")
+                    wait_for(lambda: http_request(srv.port, "GET", "/readyz").status == 503,
+                             3.0 - (time.monotonic() - t0), interval=0.05,
+                             what="/readyz 503 within 3 s of the stop (node owing a reply)")
+                    t_busy = time.monotonic() - t0
+                    for i in range(20):  # known down: refused before anything is sent
+                        a = time.monotonic()
+                        r = push(srv.port, "part.s1", b"refused.%d" % i)
+                        check_json_error(r, 503, "push after the loss was noticed")
+                        check(time.monotonic() - a < 0.5, "push took %.2fs to fail"
+                              % (time.monotonic() - a))
+                        refused.add(b"refused.%d" % i)
+                    wait_for(lambda: http_request(idle.port, "GET", "/readyz").status == 503,
+                             4.0 - (time.monotonic() - t0), interval=0.05,
+                             what="/readyz 503 within 4 s of the stop on an idle node")
+                    t_idle = time.monotonic() - t0
+                    time.sleep(max(0.0, 4.0 - (time.monotonic() - t0)))
+                finally:
+                    n.proc.send_signal(signal.SIGCONT)
+                for s_ in (srv, idle):
+                    wait_for(lambda: http_request(s_.port, "GET", "/readyz").status == 200, 15,
+                             what="/readyz 200 after SIGCONT")
+                accepted(push(srv.port, "part.s1", b"after"))
+                check(rd.wait_for(b"after"), "the push after SIGCONT did not arrive")
+                time.sleep(0.3)
+            finally:
+                got = rd.stop()
+                ws.close_socket()
+            note("/readyz 503 after %.2fs (owing a reply), %.2fs (idle node); the push in "
+                 "flight at the stop was %sdelivered" % (t_busy, t_idle,
+                                                          "" if b"unknown" in got else "not "))
+            check_eq([g for g in got if g in refused][:5], [],
+                     "pushes answered 503 after the loss was noticed, delivered anyway")
+            check_eq([g for g in got if g not in unknown], [b"after"], "messages after the stop")
+            check("event=nats_timeout" in srv.log_text(), "no nats_timeout logged")
+
+
 @test("one consumer whatever the number of sessions; an idle socket keeps receiving; "
       "sessions that left leave nothing in the server", timeout=40)
 def _():
