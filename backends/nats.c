@@ -29,6 +29,12 @@
  * another node holding S read them back at once. A killed node leaves its unwritten
  * messages in the stream: the next attach of S reads them.
  *
+ * Leaving cleanly (settle): a socket that leaves with a close handshake has its last ack
+ * sent again with a reply subject; the server answers after processing it, and it
+ * processes the consumer's acks in order, so the reply confirms every removal for that
+ * socket. The core answers the client's close only then, so its reconnect, on any node,
+ * cannot be handed a message it already has.
+ *
  * Acks ahead. nats-server 2.9 and 2.10 remove a work-queue message on an ack for a
  * sequence the consumer has not handed out; 2.11+ ignore such acks. [nats] consumer_pull
  * = auto probes this once (nats_probe_acks_ahead) and, where needed (or with `always`),
@@ -131,7 +137,10 @@ struct nats_xq {
 enum nats_req_kind {
     NATS_REQ_PUSH,  /* a JetStream publish waiting for its ack */
     NATS_REQ_FETCH, /* a DIRECT.GET next_by_subj for one key */
+    NATS_REQ_SETTLE, /* an ack sent again with a reply subject: the settle barrier */
 };
+
+struct nats_settle;
 
 /* One request whose reply comes to <inbox>.r.<id>. Lives in nats_broker.reqs and in the
  * timeout FIFO (same timeout for all, so FIFO order is deadline order). */
@@ -145,6 +154,8 @@ struct nats_req {
     uint64_t seq;                 /* FETCH: the cursor it read from */
     uint64_t fetch_no;            /* FETCH: the key's fetch counter when it was sent */
     int rescue;                   /* FETCH: a gap rescue read (nats_key_rescue) */
+    struct nats_settle *settle;   /* borrowed: SETTLE: what its reply completes; NULL once
+                                   * the settle was cancelled (detach) */
     uint64_t deadline;            /* uv_now() ms after which it fails with UV_ETIMEDOUT */
     struct nats_req *prev, *next; /* borrowed: timeout FIFO neighbours */
 };
@@ -206,6 +217,19 @@ struct nats_sess {
     int refused;                     /* session_deliver refused: s is closing */
     uint16_t ntsubs;                 /* entries in tsubs (= s->ntopics) */
     struct nats_tsub *tsubs;         /* owned: one per topic of s */
+    uint64_t last_ack;               /* stream sequence of the last ack given for s, or 0 */
+    struct nats_settle *settle;      /* borrowed: its settle in progress (in the broker's
+                                      * lists), or NULL */
+};
+
+/* A settle in progress (broker_ops.settle): cb(s) runs when the barrier's reply comes
+ * (or it fails), or from the async handler when there is nothing to confirm. */
+struct nats_settle {
+    struct nats_settle *prev, *next; /* borrowed: neighbours in settle_due or settle_wait */
+    struct session *s;               /* borrowed: the leaving session */
+    struct nats_sess *ns;            /* borrowed: s's state here, or NULL (not ours) */
+    broker_settle_cb cb;             /* the core's callback */
+    uint64_t req;                    /* id of the barrier request, 0 when due now */
 };
 
 /* One session key with sockets on this node: what they share. */
@@ -282,6 +306,8 @@ struct nats_broker {
     size_t ngrave;                    /* entries in grave */
     size_t grave_cap;                 /* slots in grave */
     struct nats_ev *batch;            /* owned: the loop's half of the double buffer */
+    struct nats_settle *settle_due;   /* owned: settles to complete from the async handler */
+    struct nats_settle *settle_wait;  /* owned: settles waiting for their barrier's reply */
     size_t batch_cap;                 /* slots in batch */
     uint64_t next_kid;                /* last kid given out */
     uint64_t next_req;                /* last request id given out */
@@ -962,6 +988,52 @@ static void nats_req_unlink(struct nats_broker *p, struct nats_req *r)
     r->prev = r->next = NULL;
 }
 
+/* --- settle: confirm a leaving session's acks --- */
+
+static void nats_settle_push(struct nats_settle **list, struct nats_settle *st)
+{
+    st->prev = NULL;
+    st->next = *list;
+    if (*list != NULL)
+        (*list)->prev = st;
+    *list = st;
+}
+
+static void nats_settle_unlink(struct nats_broker *p, struct nats_settle *st)
+{
+    struct nats_settle **list = st->req != 0 ? &p->settle_wait : &p->settle_due;
+    if (st->prev != NULL)
+        st->prev->next = st->next;
+    else
+        *list = st->next;
+    if (st->next != NULL)
+        st->next->prev = st->prev;
+    if (st->ns != NULL)
+        st->ns->settle = NULL;
+}
+
+/* Forget st without calling back: its session was detached first. */
+static void nats_settle_cancel(struct nats_broker *p, struct nats_settle *st)
+{
+    if (st->req != 0) { /* its reply, if it still comes, completes nothing */
+        struct map_node *n = map_get(&p->reqs, (const char *)&st->req, sizeof(st->req));
+        if (n != NULL)
+            map_entry(n, struct nats_req, node)->settle = NULL;
+    }
+    nats_settle_unlink(p, st);
+    free(st);
+}
+
+/* st is complete: call back (the core detaches s inside). */
+static void nats_settle_done(struct nats_broker *p, struct nats_settle *st)
+{
+    struct session *s = st->s;
+    broker_settle_cb cb = st->cb;
+    nats_settle_unlink(p, st);
+    free(st);
+    cb(s);
+}
+
 /* --- keys and sockets --- */
 
 static void nats_key_fetch(struct nats_broker *p, struct nats_key *k);
@@ -1284,6 +1356,8 @@ static void nats_key_free(struct nats_broker *p, struct nats_key *k, int nudge)
 static void nats_sess_free(struct nats_broker *p, struct nats_sess *ns)
 {
     struct nats_key *k = ns->k;
+    if (ns->settle != NULL)
+        nats_settle_cancel(p, ns->settle); /* detach before the settle's end cancels it */
     for (uint16_t i = 0; i < ns->ntsubs; i++)
         nats_topic_unlink(p, &ns->tsubs[i]);
     if (k != NULL) {
@@ -1465,6 +1539,15 @@ static void nats_req_complete(struct nats_broker *p, struct nats_req *r, int sta
         status = UV_EHOSTUNREACH; /* no stream answers on that subject */
     if (r->kind == NATS_REQ_FETCH) {
         nats_key_fetch_done(p, r, status, nm);
+        return;
+    }
+    if (r->kind == NATS_REQ_SETTLE) {
+        /* The server answers an ack with a reply subject after it processed it, and it
+         * processes a consumer's acks in order: every earlier ack of ours is applied too.
+         * A failure (timeout, connection lost) cannot confirm anything, but holding the
+         * client's close longer would not either: complete it (at-least-once). */
+        if (r->settle != NULL)
+            nats_settle_done(p, r->settle);
         return;
     }
     if (status == 0 && data != NULL) {
@@ -1903,6 +1986,8 @@ static void nats_on_async(uv_async_t *h)
             d = next;
         }
     }
+    while (!p->closing && p->settle_due != NULL)
+        nats_settle_done(p, p->settle_due); /* nothing to confirm, or no way to */
     if (!p->closing)
         return;
     uv_mutex_lock(&p->xq.lock);
@@ -1995,6 +2080,11 @@ static void nats_url_redact(const char *url, char *out, size_t len)
 
 static void nats_free(struct nats_broker *p)
 {
+    struct nats_settle *st;
+    while ((st = p->settle_due) != NULL || (st = p->settle_wait) != NULL) {
+        nats_settle_unlink(p, st);
+        free(st);
+    }
     for (size_t i = 0; i < p->xq.n; i++)
         if (p->xq.evs[i].msg != NULL)
             natsMsg_Destroy(p->xq.evs[i].msg);
@@ -2303,6 +2393,13 @@ static void nats_detach(struct broker *b, struct session *s)
 {
     struct nats_broker *p = b->priv;
     struct nats_sess *ns = s->bpriv;
+    if (p != NULL && ns == NULL) { /* a settle of a session we had let go: cancel it */
+        for (struct nats_settle *st = p->settle_due; st != NULL; st = st->next)
+            if (st->s == s) {
+                nats_settle_cancel(p, st);
+                break;
+            }
+    }
     if (p == NULL || ns == NULL)
         return;            /* never attached, attach failed, or the broker already let it go */
     nats_sess_free(p, ns); /* a read in flight finds its socket gone */
@@ -2386,11 +2483,55 @@ static void nats_ack(struct broker *b, struct session *s, uint64_t msg_id)
         if (e->ns != ns || e->id != msg_id)
             continue;
         ns->live--;
+        ns->last_ack = e->seq;
         nats_pend_ack(p, k, e);
         if (k->dirty)
             nats_key_fetch(p, k);
         return;
     }
+}
+
+/* s is leaving (client close frame or server close): cb(s) once the server confirmed
+ * every ack given for s, so that the client, once it has its close reply, cannot be
+ * handed those messages again by any node. Acks are plain publishes (one per written
+ * frame, no round trip); here the last one goes out again with a reply subject, and its
+ * reply is the barrier (nats_req_complete). Nothing acked yet, or no connection to
+ * confirm on: cb from the async handler. Never blocks. cb never runs when detach(s) comes
+ * first, or when the broker is closing or out of memory (the core then closes the
+ * socket after its close timeout). */
+static void nats_settle(struct broker *b, struct session *s, broker_settle_cb cb)
+{
+    struct nats_broker *p = b->priv;
+    struct nats_sess *ns = s->bpriv;
+    struct nats_settle *st;
+    struct nats_req *r;
+    char subject[NATS_SUBJ_MAX + 64];
+    if (p == NULL || p->closing || (ns != NULL && ns->settle != NULL))
+        return;
+    if ((st = calloc(1, sizeof(*st))) == NULL) {
+        p->b->errors++;
+        return;
+    }
+    st->s = s;
+    st->ns = ns;
+    st->cb = cb;
+    if (ns != NULL && ns->last_ack != 0 && p->connected && p->stream_ok &&
+        (r = nats_req_new(p, NATS_REQ_SETTLE)) != NULL) {
+        snprintf(subject, sizeof(subject), "%s%" PRIu64 ".%" PRIu64 ".0.0", p->ack_prefix,
+                 ns->last_ack, ns->last_ack);
+        r->settle = st;
+        if (nats_req_send(p, r, subject, NULL, 0) == 0) {
+            st->req = r->id;
+            nats_settle_push(&p->settle_wait, st);
+            ns->settle = st;
+            return;
+        }
+        free(r);
+    }
+    nats_settle_push(&p->settle_due, st);
+    if (ns != NULL)
+        ns->settle = st;
+    nats_kick(p);
 }
 
 /* --- close --- */
@@ -2506,6 +2647,7 @@ const struct broker_ops broker_nats_ops = {
     .publish = nats_publish,
     .upstream = nats_upstream,
     .ack = nats_ack,
+    .settle = nats_settle,
     .ready = nats_ready,
     .close = nats_close,
 };
