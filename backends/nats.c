@@ -59,7 +59,10 @@
  * (DEPS.md); without it blocking calls (stream setup in open, close) are plain round trips.
  * nats-thread callbacks only append to one mutex-protected event queue (struct nats_xq) and
  * uv_async_send; every session_*, broker callback and map access happens on the loop
- * thread. Blocking calls after open run on the libuv thread pool (uv_queue_work).
+ * thread. That queue is bounded in bytes for messages anyone can publish (deliver and
+ * topic subjects): over the bound they are dropped on the nats thread and remembered
+ * per subscription, so a key reads the stream again (nothing stored is lost) and a
+ * broadcast is counted as dropped (nats_xq_push, nats_drops_apply). Blocking calls after open run on the libuv thread pool (uv_queue_work).
  * Publishes, acks and reads from the loop only append to nats.c's write buffer (no
  * SendAsap): the flusher thread writes it about 1 ms after the first append, so a busy node
  * makes one write per millisecond instead of one per message (measured: ~20% less gateway
@@ -101,6 +104,11 @@
 #define NATS_PULL_BATCH 1024               /* copies asked of NATS_ACKER per pull request */
 #define NATS_PULL_EXPIRES_MS 30000         /* its expiry (a 408 then asks for a new one) */
 #define NATS_PULL_MARGIN_MS 2000           /* no 408 by expiry + this: the request was lost */
+#define NATS_ACKED_RING 32      /* recently acked sequences remembered per key */
+#define NATS_EV_COST 256        /* bytes counted per queued message besides its payload */
+#define NATS_DROP_SLOTS 64      /* subscriptions whose drops are remembered per pass */
+#define NATS_QUEUE_FACTOR 4     /* the hand-over bound: this many times the larger of
+                                 * max_message_size and max_send_buffer (nats_open) */
 
 /* --- state shared with nats threads --- */
 
@@ -119,6 +127,14 @@ struct nats_ev {
     natsMsg *msg;   /* owned: NATS_EV_MSG only; the loop destroys it */
 };
 
+/* Live messages of one subscription dropped at the hand-over: how many, and the lowest
+ * stream sequence among them (0 when one had none: a nudge, or a broadcast). */
+struct nats_drop {
+    int64_t subid;  /* nats.c's subscription id */
+    uint64_t seq;   /* lowest Nats-Sequence dropped */
+    uint64_t count; /* messages dropped */
+};
+
 /* The only state nats threads touch. Every field is guarded by lock. */
 struct nats_xq {
     uv_mutex_t lock;
@@ -130,6 +146,11 @@ struct nats_xq {
     int live_subs;       /* our subscriptions whose completion callback has not run */
     int closed;          /* the connection's closed callback ran */
     uint64_t lost;       /* events dropped for lack of memory (redelivered after ack_wait) */
+    size_t bytes;        /* payloads + NATS_EV_COST each of the events in evs */
+    size_t max_bytes;    /* bound on bytes for live messages (set at open, then read-only) */
+    struct nats_drop drops[NATS_DROP_SLOTS]; /* live messages dropped since the last pass */
+    size_t ndrops;       /* entries in drops */
+    uint64_t drops_more; /* dropped on subscriptions that found no slot (then: rescan) */
 };
 
 /* --- loop-side state --- */
@@ -252,6 +273,11 @@ struct nats_key {
     uint64_t gap_at;              /* uv_now() ms of that rescue */
     uint32_t rescued;             /* messages the current rescue delivered (for the log) */
     struct nats_pend *pend;       /* owned: delivered and not yet removed, unordered */
+    uint64_t *acked;              /* owned: ring of the last NATS_ACKED_RING sequences acked
+                                   * (their removal may still be on its way: a read that
+                                   * returns one skips it), allocated at the first ack */
+    uint32_t nacked;              /* entries in acked */
+    uint32_t acked_next;          /* slot the next ack goes to */
     uint32_t npend;               /* entries in pend */
     uint32_t pend_cap;            /* slots in pend */
     char subject[NATS_NAME_SUBJ]; /* <prefix>.recv.<name> */
@@ -325,6 +351,9 @@ struct nats_broker {
     int lost_locally;                 /* a write failed: disconnected before nats.c said so */
     int cleanup_pending;              /* ... and nats_on_disconnected has yet to run for it */
     const char *lost_why;             /* static: why it was lost locally, for the log */
+    uint64_t ovl_dropped;             /* broadcasts dropped at the hand-over, not yet logged */
+    uint64_t ovl_held;                /* live copies dropped there (read back), not yet logged */
+    uint64_t ovl_logged;              /* uv_now() ms of the last event=nats_overload */
     uint64_t last_rx;                 /* uv_now() ms when the loop last took a message */
     broker_close_cb close_cb;         /* the owner's close callback */
     char work_why[256];               /* why the stream check failed */
@@ -408,12 +437,49 @@ static int nats_api_error(const char *data, size_t len, char *desc, size_t descl
 
 /* --- nats threads: callbacks only append to xq --- */
 
-/* Append one event and wake the loop, both under the lock: the loop frees the broker only
- * after it has seen the last event under the same lock, so nothing here runs after that. */
-static void nats_xq_push(struct nats_xq *xq, enum nats_ev_kind kind, int64_t subid, natsMsg *msg,
-                         natsStatus err)
+/* Remember that a live message of subid was dropped (lock held). */
+static void nats_xq_drop(struct nats_xq *xq, int64_t subid, natsMsg *msg)
 {
+    const char *v = NULL;
+    uint64_t seq = 0;
+    size_t i;
+    if (natsMsgHeader_Get(msg, NATS_SEQ_HDR, &v) == NATS_OK && v != NULL)
+        seq = strtoull(v, NULL, 10);
+    for (i = 0; i < xq->ndrops && xq->drops[i].subid != subid; i++)
+        ;
+    if (i == xq->ndrops && i == NATS_DROP_SLOTS) {
+        xq->drops_more++;
+        return;
+    }
+    if (i == xq->ndrops) {
+        xq->drops[i] = (struct nats_drop){.subid = subid, .seq = seq, .count = 0};
+        xq->ndrops++;
+    }
+    if (seq < xq->drops[i].seq)
+        xq->drops[i].seq = seq;
+    xq->drops[i].count++;
+}
+
+/* Append one event and wake the loop, both under the lock: the loop frees the broker only
+ * after it has seen the last event under the same lock, so nothing here runs after that.
+ * live: a message on a key's deliver subject or a topic, which anyone may publish: over
+ * xq->max_bytes queued it is dropped (and remembered: nats_xq_drop) rather than queued,
+ * so a publisher faster than the loop cannot grow our memory. A dropped stored message
+ * stays in the stream and is read back through the key's cursor; a dropped broadcast is
+ * lost (at-most-once). Replies to our own requests and the acker's copies are bounded by
+ * what we asked for and always queued. */
+static void nats_xq_push(struct nats_xq *xq, enum nats_ev_kind kind, int64_t subid, natsMsg *msg,
+                         natsStatus err, int live)
+{
+    size_t cost = NATS_EV_COST + (msg != NULL ? (size_t)natsMsg_GetDataLength(msg) : 0);
     uv_mutex_lock(&xq->lock);
+    if (live && xq->bytes + cost > xq->max_bytes) {
+        nats_xq_drop(xq, subid, msg);
+        uv_async_send(xq->async);
+        uv_mutex_unlock(&xq->lock);
+        natsMsg_Destroy(msg);
+        return;
+    }
     if (kind == NATS_EV_CLOSED) { /* a flag too: the close must not hang on a lost event */
         xq->closed = 1;
         uv_cond_broadcast(&xq->cond);
@@ -438,6 +504,7 @@ static void nats_xq_push(struct nats_xq *xq, enum nats_ev_kind kind, int64_t sub
     xq->evs[xq->n].subid = subid;
     xq->evs[xq->n].err = err;
     xq->n++;
+    xq->bytes += cost;
     uv_async_send(xq->async);
     uv_mutex_unlock(&xq->lock);
 }
@@ -449,7 +516,15 @@ static void nats_on_msg_thread_cb(natsConnection *nc, natsSubscription *sub, nat
     /* A message keeps its own subject on some subscriptions (a pulled copy comes as
      * ws.recv.S, not on our inbox): the subscription says what it is for. nats.c
      * never reuses a subscription id on a connection. */
-    nats_xq_push(closure, NATS_EV_MSG, natsSubscription_GetID(sub), msg, NATS_OK);
+    nats_xq_push(closure, NATS_EV_MSG, natsSubscription_GetID(sub), msg, NATS_OK, 0);
+}
+
+/* Same for a key's deliver subject or a topic: bounded (nats_xq_push). */
+static void nats_on_live_msg_thread_cb(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
+                                       void *closure)
+{
+    (void)nc;
+    nats_xq_push(closure, NATS_EV_MSG, natsSubscription_GetID(sub), msg, NATS_OK, 1);
 }
 
 /* A subscription is closed and its handler will never run again. */
@@ -465,19 +540,19 @@ static void nats_on_sub_done_thread_cb(void *closure)
 static void nats_on_connected_thread_cb(natsConnection *nc, void *closure)
 {
     (void)nc;
-    nats_xq_push(closure, NATS_EV_CONNECTED, 0, NULL, NATS_OK);
+    nats_xq_push(closure, NATS_EV_CONNECTED, 0, NULL, NATS_OK, 0);
 }
 
 static void nats_on_disconnected_thread_cb(natsConnection *nc, void *closure)
 {
     (void)nc;
-    nats_xq_push(closure, NATS_EV_DISCONNECTED, 0, NULL, NATS_OK);
+    nats_xq_push(closure, NATS_EV_DISCONNECTED, 0, NULL, NATS_OK, 0);
 }
 
 static void nats_on_closed_thread_cb(natsConnection *nc, void *closure)
 {
     (void)nc;
-    nats_xq_push(closure, NATS_EV_CLOSED, 0, NULL, NATS_OK);
+    nats_xq_push(closure, NATS_EV_CLOSED, 0, NULL, NATS_OK, 0);
 }
 
 static void nats_on_error_thread_cb(natsConnection *nc, natsSubscription *sub, natsStatus err,
@@ -485,25 +560,30 @@ static void nats_on_error_thread_cb(natsConnection *nc, natsSubscription *sub, n
 {
     (void)nc;
     (void)sub;
-    nats_xq_push(closure, NATS_EV_ERROR, 0, NULL, err);
+    nats_xq_push(closure, NATS_EV_ERROR, 0, NULL, err, 0);
 }
 
 static void nats_unsubscribe(struct nats_broker *p, natsSubscription **sub,
                              struct nats_subref *ref);
 
-/* Subscribe subject (in queue group queue unless NULL) with our one handler and
- * completion callback; counts live_subs. ref (may be NULL) is filled and put in p->subs so messages
- * find their owner. */
+/* Subscribe subject (in queue group queue unless NULL) with our handler and completion
+ * callback; counts live_subs. ref (may be NULL) is filled and put in p->subs so messages
+ * find their owner; a subscription with a ref (a key's or a topic's) is live: bounded at
+ * the hand-over, and in nats.c's own buffer (a backstop: nats.c drops over it and
+ * reports a slow consumer, and every key is read again). */
 static int nats_subscribe(struct nats_broker *p, const char *subject, const char *queue,
                           natsSubscription **out, struct nats_subref *ref)
 {
     natsSubscription *sub = NULL;
-    natsStatus s = queue != NULL ? natsConnection_QueueSubscribe(&sub, p->nc, subject, queue,
-                                                                 nats_on_msg_thread_cb, &p->xq)
-                                 : natsConnection_Subscribe(&sub, p->nc, subject,
-                                                            nats_on_msg_thread_cb, &p->xq);
+    natsMsgHandler cb = ref != NULL ? nats_on_live_msg_thread_cb : nats_on_msg_thread_cb;
+    natsStatus s = queue != NULL
+                       ? natsConnection_QueueSubscribe(&sub, p->nc, subject, queue, cb, &p->xq)
+                       : natsConnection_Subscribe(&sub, p->nc, subject, cb, &p->xq);
     if (s != NATS_OK)
         return nats_err(s);
+    if (ref != NULL)
+        (void)natsSubscription_SetPendingLimits(
+            sub, 65536, p->xq.max_bytes < INT32_MAX ? (int)p->xq.max_bytes : INT32_MAX);
     if (natsSubscription_SetOnCompleteCB(sub, nats_on_sub_done_thread_cb, &p->xq) != NATS_OK) {
         /* only if already closed: then it delivers nothing and needs no tracking */
         natsSubscription_Destroy(sub);
@@ -1085,6 +1165,31 @@ static struct nats_pend *nats_pend_find_seq(struct nats_key *k, uint64_t seq)
     return NULL;
 }
 
+/* Is the stored message seq one this node holds (delivered, unwritten) or acked lately?
+ * An ack is a plain publish: a read sent after it can still find the message, when the
+ * reader's cursor went back (a nudge, a socket leaving). Delivering it again would be a
+ * duplicate on a live socket. The ring forgets the oldest: by then its ack, sent
+ * NATS_ACKED_RING acks earlier on the same connection, has been processed. */
+static int nats_key_ours(struct nats_key *k, uint64_t seq)
+{
+    if (nats_pend_find_seq(k, seq) != NULL)
+        return 1;
+    for (uint32_t i = 0; i < k->nacked; i++)
+        if (k->acked[i] == seq)
+            return 1;
+    return 0;
+}
+
+static void nats_key_acked(struct nats_key *k, uint64_t seq)
+{
+    if (k->acked == NULL && (k->acked = malloc(NATS_ACKED_RING * sizeof(*k->acked))) == NULL)
+        return; /* only a duplicate is at stake */
+    k->acked[k->acked_next] = seq;
+    k->acked_next = (k->acked_next + 1) % NATS_ACKED_RING;
+    if (k->nacked < NATS_ACKED_RING)
+        k->nacked++;
+}
+
 /* Visit k again from the key timer (NATS_RETRY_MS): a failed read, a gap to rescue. */
 static void nats_key_later(struct nats_broker *p, struct nats_key *k)
 {
@@ -1158,6 +1263,7 @@ static void nats_pend_ack(struct nats_broker *p, struct nats_key *k, struct nats
         nats_conn_check(p, s);
         return;
     }
+    nats_key_acked(k, e->seq);
     nats_pend_remove(k, e);
 }
 
@@ -1294,7 +1400,7 @@ static void nats_key_rescue_done(struct nats_broker *p, struct nats_key *k, stru
         /* the gap was closed or moved meanwhile: read from where it is now */
     } else if (seq == 0 || seq >= k->next_seq) {
         k->gap_from = 0; /* nothing older than the cursor is left: the gap is closed */
-    } else if (nats_pend_find_seq(k, seq) != NULL) {
+    } else if (nats_key_ours(k, seq)) {
         k->gap_from = seq + 1;
     } else if (nats_key_deliver(p, k, seq, natsMsg_GetData(nm),
                                 (size_t)natsMsg_GetDataLength(nm))) {
@@ -1347,6 +1453,7 @@ static void nats_key_free(struct nats_broker *p, struct nats_key *k, int nudge)
     map_remove(&p->keys, &k->node);
     map_remove(&p->keys_by_id, &k->idnode);
     free(k->pend);
+    free(k->acked);
     free(k);
 }
 
@@ -1469,8 +1576,8 @@ static void nats_key_fetch_done(struct nats_broker *p, struct nats_req *r, int s
     if (seq != 0) {
         if (k->next_seq != r->seq) {
             k->dirty = 1; /* the cursor moved back while this read was out: read again */
-        } else if (nats_pend_find_seq(k, seq) != NULL) {
-            k->next_seq = seq + 1; /* ours already (unwritten, or its ack not yet sent) */
+        } else if (nats_key_ours(k, seq)) {
+            k->next_seq = seq + 1; /* ours already (unwritten, or acked: removal on its way) */
             k->dirty = 1;
         } else {
             k->dirty = 1; /* more may follow; with no room it waits for an ack */
@@ -1721,6 +1828,13 @@ static void nats_on_disconnected(struct nats_broker *p, int from_event)
     p->pull_out = 0;
     if (p->max_seq > p->seq_before)
         p->seq_before = p->max_seq;
+    {   /* acks written just before may not have reached the server: read them again */
+        struct map_iter it;
+        struct map_node *n;
+        map_iter_init(&it, &p->keys);
+        while ((n = map_iter_next(&it)) != NULL)
+            map_entry(n, struct nats_key, node)->nacked = 0;
+    }
     uv_timer_stop(&p->pull_timer);
     nats_reqs_fail(p, UV_ECONNRESET);
 }
@@ -1892,6 +2006,51 @@ static void nats_on_acker_msg(struct nats_broker *p, natsMsg *nm)
 
 /* --- the loop side of xq --- */
 
+/* Live messages were dropped at the hand-over (nats_xq_push) since the last pass: a key
+ * with a dropped copy reads the stream from its cursor, which delivers it (messages we
+ * hold or acked lately are skipped, removed ones are not returned); dropped broadcasts
+ * are lost. With
+ * more subscriptions than slots, every key reads again from the start. Counted in
+ * b->errors (copies held back in the stream) and b->dropped (broadcasts), logged at most
+ * once a second. */
+static void nats_drops_apply(struct nats_broker *p, const struct nats_drop *d, size_t nd,
+                             uint64_t more)
+{
+    uint64_t now = uv_now(p->b->loop);
+    for (size_t i = 0; i < nd; i++) {
+        struct map_node *n = map_get(&p->subs, (const char *)&d[i].subid, sizeof(d[i].subid));
+        struct nats_subref *ref = n != NULL ? map_entry(n, struct nats_subref, node) : NULL;
+        if (ref != NULL && ref->k != NULL) {
+            /* Copies come in stream order, and this runs before any later copy of the
+             * batch: a dropped one at or above the cursor is read from there; one below
+             * it was read already. A dropped nudge (no sequence) is a nudge. */
+            struct nats_key *k = ref->k;
+            p->ovl_held += d[i].count;
+            p->b->errors += d[i].count;
+            if (d[i].seq == 0)
+                k->next_seq = 0;
+            k->dirty = 1;
+            nats_key_fetch(p, k);
+        } else { /* a broadcast, or a subscription gone since (then stored ones stay) */
+            p->ovl_dropped += d[i].count;
+            p->b->dropped += d[i].count;
+        }
+    }
+    if (more > 0) {
+        p->ovl_dropped += more;
+        p->b->dropped += more;
+        nats_rescan(p);
+    }
+    if (now - p->ovl_logged >= 1000 || p->ovl_logged == 0) {
+        log_warn("event=nats_overload broadcasts_dropped=%llu copies_held_back=%llu "
+                 "limit_bytes=%zu reason=\"messages came faster than the loop took them\"",
+                 (unsigned long long)p->ovl_dropped, (unsigned long long)p->ovl_held,
+                 p->xq.max_bytes);
+        p->ovl_dropped = p->ovl_held = 0;
+        p->ovl_logged = now;
+    }
+}
+
 static void nats_on_event_msg(struct nats_broker *p, int64_t subid, natsMsg *nm)
 {
     struct map_node *n = map_get(&p->subs, (const char *)&subid, sizeof(subid));
@@ -1919,8 +2078,10 @@ static void nats_on_async(uv_async_t *h)
     struct nats_ev *evs;
     size_t n, cap;
     struct nats_done *d;
+    struct nats_drop drops[NATS_DROP_SLOTS];
     int subs_left, closed;
-    uint64_t lost;
+    uint64_t lost, drops_more;
+    size_t ndrops, bytes;
     uv_mutex_lock(&p->xq.lock);
     evs = p->xq.evs; /* swap buffers: nats threads fill the other one meanwhile */
     n = p->xq.n;
@@ -1930,6 +2091,12 @@ static void nats_on_async(uv_async_t *h)
     p->xq.n = 0;
     lost = p->xq.lost;
     p->xq.lost = 0;
+    bytes = p->xq.bytes; /* still counted against the bound until processed (below) */
+    ndrops = p->xq.ndrops;
+    memcpy(drops, p->xq.drops, ndrops * sizeof(drops[0]));
+    p->xq.ndrops = 0;
+    drops_more = p->xq.drops_more;
+    p->xq.drops_more = 0;
     uv_mutex_unlock(&p->xq.lock);
     p->batch = evs;
     p->batch_cap = cap;
@@ -1937,6 +2104,10 @@ static void nats_on_async(uv_async_t *h)
         p->b->errors += lost;
         log_warn("event=nats_events_lost count=%llu", (unsigned long long)lost);
     }
+    /* Drops first: a copy of this batch that came after a dropped one of its key must
+     * not be delivered ahead of it (the key is dirty now: the read delivers both). */
+    if ((ndrops > 0 || drops_more > 0) && !p->closing)
+        nats_drops_apply(p, drops, ndrops, drops_more);
     if (n > 0)
         p->last_rx = uv_now(p->b->loop); /* read something (a message or a state change) */
     for (size_t i = 0; i < n; i++) {
@@ -1963,6 +2134,14 @@ static void nats_on_async(uv_async_t *h)
             break;
         }
     }
+    if (n > 0) {
+        uv_mutex_lock(&p->xq.lock);
+        p->xq.bytes -= bytes;
+        uv_mutex_unlock(&p->xq.lock);
+        uv_update_time(p->b->loop); /* a long batch is reading too (nats_on_req_timer) */
+        p->last_rx = uv_now(p->b->loop);
+    }
+
     if (p->cleanup_pending && !p->closing) {
         p->cleanup_pending = 0;
         nats_on_disconnected(p, 0);
@@ -2156,6 +2335,11 @@ static int nats_open(struct broker *b, uv_loop_t *loop, const struct config *cfg
         return rc;
     }
     p->xq.async = &p->async;
+    /* The hand-over bound: no config key of its own (it would be [nats] max_pending), so
+     * a multiple of the limits that already size one message and one client's backlog. */
+    p->xq.max_bytes = NATS_QUEUE_FACTOR * (cfg->max_message_size > cfg->max_send_buffer
+                                               ? cfg->max_message_size
+                                               : cfg->max_send_buffer);
     /* None of these fails on Unix (libuv 1.44); from here on p is freed via the handles. */
     uv_async_init(loop, &p->async, nats_on_async);
     uv_timer_init(loop, &p->req_timer);

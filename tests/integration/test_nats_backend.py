@@ -13,6 +13,7 @@ Most tests share one nats-server (unique session keys keep them apart); the faul
 start their own."""
 
 import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -902,6 +903,87 @@ def _():
                      "pushes answered 503 after the loss was noticed, delivered anyway")
             check_eq([g for g in got if g not in unknown], [b"after"], "messages after the stop")
             check("event=nats_timeout" in srv.log_text(), "no nats_timeout logged")
+
+
+@test("a publisher flooding ws.topic.T and ws.deliver.S faster than the loop: gateway "
+      "memory stays bounded, every stored message still arrives in order", timeout=60)
+def _():
+    with Nats() as n:
+        with gw(n) as srv:
+            # 100 sockets on the topic make each broadcast 100 frames for the loop, so a
+            # publisher at 100k messages/s outruns it (not nats.c's reader, nor the
+            # server: flat out, the server's queue to the gateway delays the push acks past
+            # the timeout on a 2-core box); a raw reader keeps the sockets drained
+            socks = [srv.ws("/ws/fl.t%d?topics=fl.T" % i) for i in range(100)]
+            ws = srv.ws("/ws/fl.k")
+            rd = Reader(ws)
+            stop = []
+
+            def drain():
+                buf = bytearray(1 << 20)
+                sel = selectors.DefaultSelector()
+                for w in socks:
+                    w.sock.setblocking(False)
+                    sel.register(w.sock, selectors.EVENT_READ)
+                while not stop:
+                    for key, _ in sel.select(0.1):
+                        try:
+                            if key.fileobj.recv_into(buf) == 0:
+                                sel.unregister(key.fileobj)
+                        except BlockingIOError:
+                            pass
+                        except OSError:
+                            sel.unregister(key.fileobj)
+
+            dr = threading.Thread(target=drain)
+            dr.start()
+            base = srv.hwm_kb()
+            try:
+                floods = [subprocess.Popen([NATS_PUB, "-s", n.url, "flood", "3", "1", "100000",
+                                            "ws.topic.fl.T", "ws.deliver.fl.k"],
+                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
+                statuses = []
+
+                def pusher():  # stored messages while it floods
+                    try:
+                        with srv.http(timeout=20) as h:
+                            for i in range(100):
+                                statuses.append(h.request("POST", "/push/fl.k",
+                                                          b"k%03d" % i).status)
+                    except Exception as e:  # noqa: BLE001 — reported below
+                        statuses.append(repr(e))
+
+                time.sleep(0.5)
+                pt = threading.Thread(target=pusher)
+                pt.start()
+                sent = 0
+                for f in floods:
+                    out, err = f.communicate(timeout=20)
+                    check(f.returncode == 0, "flood: %s" % err.decode())
+                    sent += int(out.split(b"=")[1])
+                grown = (srv.hwm_kb() - base) // 1024
+                check(grown < 40, "gateway peak RSS grew by %d MB during the flood" % grown)
+                pt.join(30)
+                check_eq(statuses, [202] * 100, "pushes during the flood")
+                deadline = time.monotonic() + 15
+                while len(rd.got) < 100 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                time.sleep(0.2)
+            finally:
+                stop.append(1)
+                dr.join(10)
+                got = rd.stop()
+                for w in socks + [ws]:
+                    w.close_socket()
+            note("%d messages flooded; gateway peak RSS +%d MB; %s" % (
+                sent, grown, [l.split("level=warn ")[1] for l in srv.log_text().split("\n")
+                              if "event=nats_overload" in l][:1]))
+            check_eq(got, [b"k%03d" % i for i in range(100)], "stored messages on fl.k")
+            # (the RSS bound, checked above: 4 x max(max_message_size, max_send_buffer)
+            # = 4 MiB of queued messages, plus nats.c's and the sockets' buffers;
+            # unbounded, the gateway grew by 100+ MB in this test)
+            check("event=nats_overload" in srv.log_text(), "no overload logged")
+            check(metric(srv.port, "wsgate_messages_dropped_total") > 0, "no drop counted")
 
 
 @test("one consumer whatever the number of sessions; an idle socket keeps receiving; "
