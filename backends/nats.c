@@ -1,7 +1,9 @@
 /* nats.c — the NATS JetStream backend (`[broker] type = nats`, DESIGN.md §3-4).
  *
  * What it does: one NATS connection per gateway node, no JetStream consumer per session.
- * At open it creates or verifies the stream ([nats] stream, default WSRECV) capturing
+ * At open (and after each reconnect) it creates or verifies the stream ([nats] stream,
+ * default WSRECV; an existing stream's max age and per-subject limit are updated to the
+ * configuration, nats_stream_limits) capturing
  * `<prefix>.recv.>`: work-queue retention, file storage, max age = [broker] ttl, at most
  * [broker] max_queue messages per subject (DiscardNew per subject: a full session queue
  * answers 429), direct get allowed, and RePublish `<prefix>.recv.>` -> `<prefix>.deliver.>`:
@@ -27,6 +29,12 @@
  * another node holding S read them back at once. A killed node leaves its unwritten
  * messages in the stream: the next attach of S reads them.
  *
+ * Leaving cleanly (settle): a socket that leaves with a close handshake has its last ack
+ * sent again with a reply subject; the server answers after processing it, and it
+ * processes the consumer's acks in order, so the reply confirms every removal for that
+ * socket. The core answers the client's close only then, so its reconnect, on any node,
+ * cannot be handed a message it already has.
+ *
  * Acks ahead. nats-server 2.9 and 2.10 remove a work-queue message on an ack for a
  * sequence the consumer has not handed out; 2.11+ ignore such acks. [nats] consumer_pull
  * = auto probes this once (nats_probe_acks_ahead) and, where needed (or with `always`),
@@ -51,13 +59,18 @@
  * (DEPS.md); without it blocking calls (stream setup in open, close) are plain round trips.
  * nats-thread callbacks only append to one mutex-protected event queue (struct nats_xq) and
  * uv_async_send; every session_*, broker callback and map access happens on the loop
- * thread. Blocking calls after open run on the libuv thread pool (uv_queue_work).
+ * thread. That queue is bounded in bytes for messages anyone can publish (deliver and
+ * topic subjects): over the bound they are dropped on the nats thread and remembered
+ * per subscription, so a key reads the stream again (nothing stored is lost) and a
+ * broadcast is counted as dropped (nats_xq_push, nats_drops_apply). Blocking calls after open run on the libuv thread pool (uv_queue_work).
  * Publishes, acks and reads from the loop only append to nats.c's write buffer (no
  * SendAsap): the flusher thread writes it about 1 ms after the first append, so a busy node
  * makes one write per millisecond instead of one per message (measured: ~20% less gateway
  * CPU per message, up to 1 ms more push latency). A write has a deadline of
  * [nats] timeout; a server that stops reading can hold the connection lock (and so a
- * publish on the loop) at most that long, then counts as lost.
+ * publish on the loop) at most that long, then counts as lost. A server that goes silent
+ * counts as lost when a request waited [nats] timeout with nothing read meanwhile
+ * (nats_on_req_timer), or when nats.c's PINGs (every timeout / 2) go unanswered.
  *
  * Does NOT: parse or rewrap payloads, store broadcasts or client frames, remove anything
  * before its frame is written, or create a consumer per session. */
@@ -79,8 +92,8 @@
 #define NATS_CLOSE_CODE 1001         /* sockets still attached when the broker closes */
 #define NATS_RETRY_MS 1000           /* retry after a failed read or stream check */
 #define NATS_RECONNECT_WAIT_MS 250   /* between reconnect attempts to the same server */
-#define NATS_PING_MS 5000            /* dead-server detection: ping every, ... */
-#define NATS_PINGS_OUT 3             /* ... give up after this many unanswered */
+#define NATS_PINGS_OUT 2 /* dead-server detection: nats.c pings every [nats] timeout / 2 and
+                          * drops the connection when this many PINGs go unanswered */
 #define NATS_NAME_SUBJ 208           /* "<prefix>.<kind>.<key>": 63 + 8 + 128 + NUL fits */
 #define NATS_SUBJ_MAX 400            /* API subjects: "$JS.API....<stream>" */
 #define NATS_STATUS_HDR "Status"     /* nats.c's header for a status line (msg.h STATUS_HDR) */
@@ -91,6 +104,11 @@
 #define NATS_PULL_BATCH 1024               /* copies asked of NATS_ACKER per pull request */
 #define NATS_PULL_EXPIRES_MS 30000         /* its expiry (a 408 then asks for a new one) */
 #define NATS_PULL_MARGIN_MS 2000           /* no 408 by expiry + this: the request was lost */
+#define NATS_ACKED_RING 32      /* recently acked sequences remembered per key */
+#define NATS_EV_COST 256        /* bytes counted per queued message besides its payload */
+#define NATS_DROP_SLOTS 64      /* subscriptions whose drops are remembered per pass */
+#define NATS_QUEUE_FACTOR 4     /* the hand-over bound: this many times the larger of
+                                 * max_message_size and max_send_buffer (nats_open) */
 
 /* --- state shared with nats threads --- */
 
@@ -109,6 +127,14 @@ struct nats_ev {
     natsMsg *msg;   /* owned: NATS_EV_MSG only; the loop destroys it */
 };
 
+/* Live messages of one subscription dropped at the hand-over: how many, and the lowest
+ * stream sequence among them (0 when one had none: a nudge, or a broadcast). */
+struct nats_drop {
+    int64_t subid;  /* nats.c's subscription id */
+    uint64_t seq;   /* lowest Nats-Sequence dropped */
+    uint64_t count; /* messages dropped */
+};
+
 /* The only state nats threads touch. Every field is guarded by lock. */
 struct nats_xq {
     uv_mutex_t lock;
@@ -120,6 +146,11 @@ struct nats_xq {
     int live_subs;       /* our subscriptions whose completion callback has not run */
     int closed;          /* the connection's closed callback ran */
     uint64_t lost;       /* events dropped for lack of memory (redelivered after ack_wait) */
+    size_t bytes;        /* payloads + NATS_EV_COST each of the events in evs */
+    size_t max_bytes;    /* bound on bytes for live messages (set at open, then read-only) */
+    struct nats_drop drops[NATS_DROP_SLOTS]; /* live messages dropped since the last pass */
+    size_t ndrops;       /* entries in drops */
+    uint64_t drops_more; /* dropped on subscriptions that found no slot (then: rescan) */
 };
 
 /* --- loop-side state --- */
@@ -127,7 +158,10 @@ struct nats_xq {
 enum nats_req_kind {
     NATS_REQ_PUSH,  /* a JetStream publish waiting for its ack */
     NATS_REQ_FETCH, /* a DIRECT.GET next_by_subj for one key */
+    NATS_REQ_SETTLE, /* an ack sent again with a reply subject: the settle barrier */
 };
+
+struct nats_settle;
 
 /* One request whose reply comes to <inbox>.r.<id>. Lives in nats_broker.reqs and in the
  * timeout FIFO (same timeout for all, so FIFO order is deadline order). */
@@ -141,6 +175,8 @@ struct nats_req {
     uint64_t seq;                 /* FETCH: the cursor it read from */
     uint64_t fetch_no;            /* FETCH: the key's fetch counter when it was sent */
     int rescue;                   /* FETCH: a gap rescue read (nats_key_rescue) */
+    struct nats_settle *settle;   /* borrowed: SETTLE: what its reply completes; NULL once
+                                   * the settle was cancelled (detach) */
     uint64_t deadline;            /* uv_now() ms after which it fails with UV_ETIMEDOUT */
     struct nats_req *prev, *next; /* borrowed: timeout FIFO neighbours */
 };
@@ -187,6 +223,7 @@ struct nats_pend {
     uint64_t id;          /* msg_id given to session_deliver; 0 once written */
     struct nats_sess *ns; /* borrowed: the socket it went to; NULL once written (its ack
                            * could not be sent: nats_resume sends it) */
+    uint32_t epoch;       /* nats_broker.epoch when it was read (nats_seq_reset) */
 };
 
 /* The backend's state for one socket (s->bpriv). Freed by detach (or a failed attach). */
@@ -201,6 +238,19 @@ struct nats_sess {
     int refused;                     /* session_deliver refused: s is closing */
     uint16_t ntsubs;                 /* entries in tsubs (= s->ntopics) */
     struct nats_tsub *tsubs;         /* owned: one per topic of s */
+    uint64_t last_ack;               /* stream sequence of the last ack given for s, or 0 */
+    struct nats_settle *settle;      /* borrowed: its settle in progress (in the broker's
+                                      * lists), or NULL */
+};
+
+/* A settle in progress (broker_ops.settle): cb(s) runs when the barrier's reply comes
+ * (or it fails), or from the async handler when there is nothing to confirm. */
+struct nats_settle {
+    struct nats_settle *prev, *next; /* borrowed: neighbours in settle_due or settle_wait */
+    struct session *s;               /* borrowed: the leaving session */
+    struct nats_sess *ns;            /* borrowed: s's state here, or NULL (not ours) */
+    broker_settle_cb cb;             /* the core's callback */
+    uint64_t req;                    /* id of the barrier request, 0 when due now */
 };
 
 /* One session key with sockets on this node: what they share. */
@@ -223,6 +273,11 @@ struct nats_key {
     uint64_t gap_at;              /* uv_now() ms of that rescue */
     uint32_t rescued;             /* messages the current rescue delivered (for the log) */
     struct nats_pend *pend;       /* owned: delivered and not yet removed, unordered */
+    uint64_t *acked;              /* owned: ring of the last NATS_ACKED_RING sequences acked
+                                   * (their removal may still be on its way: a read that
+                                   * returns one skips it), allocated at the first ack */
+    uint32_t nacked;              /* entries in acked */
+    uint32_t acked_next;          /* slot the next ack goes to */
     uint32_t npend;               /* entries in pend */
     uint32_t pend_cap;            /* slots in pend */
     char subject[NATS_NAME_SUBJ]; /* <prefix>.recv.<name> */
@@ -257,6 +312,10 @@ struct nats_broker {
                                        * Written by the stream check (thread pool) only while
                                        * work_busy, read by the loop only when it is not. */
     int reprobe;                      /* reconnected: probe again with the next stream check */
+    uint32_t epoch;                   /* connections so far (pend entries carry theirs) */
+    uint64_t max_seq;                 /* highest stream sequence seen */
+    uint64_t seq_before;              /* max_seq when the connection was last lost */
+    uint64_t work_last_seq;           /* the stream's last sequence, from the stream check */
     struct map keys;                  /* name -> struct nats_key (owned) */
     struct map keys_by_id;            /* kid -> the same keys */
     struct map reqs;                  /* id -> struct nats_req (owned) */
@@ -273,6 +332,8 @@ struct nats_broker {
     size_t ngrave;                    /* entries in grave */
     size_t grave_cap;                 /* slots in grave */
     struct nats_ev *batch;            /* owned: the loop's half of the double buffer */
+    struct nats_settle *settle_due;   /* owned: settles to complete from the async handler */
+    struct nats_settle *settle_wait;  /* owned: settles waiting for their barrier's reply */
     size_t batch_cap;                 /* slots in batch */
     uint64_t next_kid;                /* last kid given out */
     uint64_t next_req;                /* last request id given out */
@@ -289,6 +350,11 @@ struct nats_broker {
     int check_failed;                 /* the last stream check failed (log the first only) */
     int lost_locally;                 /* a write failed: disconnected before nats.c said so */
     int cleanup_pending;              /* ... and nats_on_disconnected has yet to run for it */
+    const char *lost_why;             /* static: why it was lost locally, for the log */
+    uint64_t ovl_dropped;             /* broadcasts dropped at the hand-over, not yet logged */
+    uint64_t ovl_held;                /* live copies dropped there (read back), not yet logged */
+    uint64_t ovl_logged;              /* uv_now() ms of the last event=nats_overload */
+    uint64_t last_rx;                 /* uv_now() ms when the loop last took a message */
     broker_close_cb close_cb;         /* the owner's close callback */
     char work_why[256];               /* why the stream check failed */
 };
@@ -312,6 +378,7 @@ static int nats_err(natsStatus s)
     case NATS_CONNECTION_CLOSED:
     case NATS_CONNECTION_DISCONNECTED:
     case NATS_NOT_YET_CONNECTED:
+    case NATS_INSUFFICIENT_BUFFER: /* reconnecting: no reconnect buffer (nats_opts_set) */
         return UV_ENOTCONN;
     default:
         return UV_EIO;
@@ -370,12 +437,49 @@ static int nats_api_error(const char *data, size_t len, char *desc, size_t descl
 
 /* --- nats threads: callbacks only append to xq --- */
 
-/* Append one event and wake the loop, both under the lock: the loop frees the broker only
- * after it has seen the last event under the same lock, so nothing here runs after that. */
-static void nats_xq_push(struct nats_xq *xq, enum nats_ev_kind kind, int64_t subid, natsMsg *msg,
-                         natsStatus err)
+/* Remember that a live message of subid was dropped (lock held). */
+static void nats_xq_drop(struct nats_xq *xq, int64_t subid, natsMsg *msg)
 {
+    const char *v = NULL;
+    uint64_t seq = 0;
+    size_t i;
+    if (natsMsgHeader_Get(msg, NATS_SEQ_HDR, &v) == NATS_OK && v != NULL)
+        seq = strtoull(v, NULL, 10);
+    for (i = 0; i < xq->ndrops && xq->drops[i].subid != subid; i++)
+        ;
+    if (i == xq->ndrops && i == NATS_DROP_SLOTS) {
+        xq->drops_more++;
+        return;
+    }
+    if (i == xq->ndrops) {
+        xq->drops[i] = (struct nats_drop){.subid = subid, .seq = seq, .count = 0};
+        xq->ndrops++;
+    }
+    if (seq < xq->drops[i].seq)
+        xq->drops[i].seq = seq;
+    xq->drops[i].count++;
+}
+
+/* Append one event and wake the loop, both under the lock: the loop frees the broker only
+ * after it has seen the last event under the same lock, so nothing here runs after that.
+ * live: a message on a key's deliver subject or a topic, which anyone may publish: over
+ * xq->max_bytes queued it is dropped (and remembered: nats_xq_drop) rather than queued,
+ * so a publisher faster than the loop cannot grow our memory. A dropped stored message
+ * stays in the stream and is read back through the key's cursor; a dropped broadcast is
+ * lost (at-most-once). Replies to our own requests and the acker's copies are bounded by
+ * what we asked for and always queued. */
+static void nats_xq_push(struct nats_xq *xq, enum nats_ev_kind kind, int64_t subid, natsMsg *msg,
+                         natsStatus err, int live)
+{
+    size_t cost = NATS_EV_COST + (msg != NULL ? (size_t)natsMsg_GetDataLength(msg) : 0);
     uv_mutex_lock(&xq->lock);
+    if (live && xq->bytes + cost > xq->max_bytes) {
+        nats_xq_drop(xq, subid, msg);
+        uv_async_send(xq->async);
+        uv_mutex_unlock(&xq->lock);
+        natsMsg_Destroy(msg);
+        return;
+    }
     if (kind == NATS_EV_CLOSED) { /* a flag too: the close must not hang on a lost event */
         xq->closed = 1;
         uv_cond_broadcast(&xq->cond);
@@ -400,6 +504,7 @@ static void nats_xq_push(struct nats_xq *xq, enum nats_ev_kind kind, int64_t sub
     xq->evs[xq->n].subid = subid;
     xq->evs[xq->n].err = err;
     xq->n++;
+    xq->bytes += cost;
     uv_async_send(xq->async);
     uv_mutex_unlock(&xq->lock);
 }
@@ -411,7 +516,15 @@ static void nats_on_msg_thread_cb(natsConnection *nc, natsSubscription *sub, nat
     /* A message keeps its own subject on some subscriptions (a pulled copy comes as
      * ws.recv.S, not on our inbox): the subscription says what it is for. nats.c
      * never reuses a subscription id on a connection. */
-    nats_xq_push(closure, NATS_EV_MSG, natsSubscription_GetID(sub), msg, NATS_OK);
+    nats_xq_push(closure, NATS_EV_MSG, natsSubscription_GetID(sub), msg, NATS_OK, 0);
+}
+
+/* Same for a key's deliver subject or a topic: bounded (nats_xq_push). */
+static void nats_on_live_msg_thread_cb(natsConnection *nc, natsSubscription *sub, natsMsg *msg,
+                                       void *closure)
+{
+    (void)nc;
+    nats_xq_push(closure, NATS_EV_MSG, natsSubscription_GetID(sub), msg, NATS_OK, 1);
 }
 
 /* A subscription is closed and its handler will never run again. */
@@ -427,19 +540,19 @@ static void nats_on_sub_done_thread_cb(void *closure)
 static void nats_on_connected_thread_cb(natsConnection *nc, void *closure)
 {
     (void)nc;
-    nats_xq_push(closure, NATS_EV_CONNECTED, 0, NULL, NATS_OK);
+    nats_xq_push(closure, NATS_EV_CONNECTED, 0, NULL, NATS_OK, 0);
 }
 
 static void nats_on_disconnected_thread_cb(natsConnection *nc, void *closure)
 {
     (void)nc;
-    nats_xq_push(closure, NATS_EV_DISCONNECTED, 0, NULL, NATS_OK);
+    nats_xq_push(closure, NATS_EV_DISCONNECTED, 0, NULL, NATS_OK, 0);
 }
 
 static void nats_on_closed_thread_cb(natsConnection *nc, void *closure)
 {
     (void)nc;
-    nats_xq_push(closure, NATS_EV_CLOSED, 0, NULL, NATS_OK);
+    nats_xq_push(closure, NATS_EV_CLOSED, 0, NULL, NATS_OK, 0);
 }
 
 static void nats_on_error_thread_cb(natsConnection *nc, natsSubscription *sub, natsStatus err,
@@ -447,25 +560,30 @@ static void nats_on_error_thread_cb(natsConnection *nc, natsSubscription *sub, n
 {
     (void)nc;
     (void)sub;
-    nats_xq_push(closure, NATS_EV_ERROR, 0, NULL, err);
+    nats_xq_push(closure, NATS_EV_ERROR, 0, NULL, err, 0);
 }
 
 static void nats_unsubscribe(struct nats_broker *p, natsSubscription **sub,
                              struct nats_subref *ref);
 
-/* Subscribe subject (in queue group queue unless NULL) with our one handler and
- * completion callback; counts live_subs. ref (may be NULL) is filled and put in p->subs so messages
- * find their owner. */
+/* Subscribe subject (in queue group queue unless NULL) with our handler and completion
+ * callback; counts live_subs. ref (may be NULL) is filled and put in p->subs so messages
+ * find their owner; a subscription with a ref (a key's or a topic's) is live: bounded at
+ * the hand-over, and in nats.c's own buffer (a backstop: nats.c drops over it and
+ * reports a slow consumer, and every key is read again). */
 static int nats_subscribe(struct nats_broker *p, const char *subject, const char *queue,
                           natsSubscription **out, struct nats_subref *ref)
 {
     natsSubscription *sub = NULL;
-    natsStatus s = queue != NULL ? natsConnection_QueueSubscribe(&sub, p->nc, subject, queue,
-                                                                 nats_on_msg_thread_cb, &p->xq)
-                                 : natsConnection_Subscribe(&sub, p->nc, subject,
-                                                            nats_on_msg_thread_cb, &p->xq);
+    natsMsgHandler cb = ref != NULL ? nats_on_live_msg_thread_cb : nats_on_msg_thread_cb;
+    natsStatus s = queue != NULL
+                       ? natsConnection_QueueSubscribe(&sub, p->nc, subject, queue, cb, &p->xq)
+                       : natsConnection_Subscribe(&sub, p->nc, subject, cb, &p->xq);
     if (s != NATS_OK)
         return nats_err(s);
+    if (ref != NULL)
+        (void)natsSubscription_SetPendingLimits(
+            sub, 65536, p->xq.max_bytes < INT32_MAX ? (int)p->xq.max_bytes : INT32_MAX);
     if (natsSubscription_SetOnCompleteCB(sub, nats_on_sub_done_thread_cb, &p->xq) != NATS_OK) {
         /* only if already closed: then it delivers nothing and needs no tracking */
         natsSubscription_Destroy(sub);
@@ -648,12 +766,60 @@ static int nats_probe_acks_ahead(natsConnection *nc, jsCtx *js, int64_t replicas
     return rc;
 }
 
+/* Bring an existing stream's limits to the configuration: max age = [broker] ttl, at most
+ * [broker] max_queue messages per subject with DiscardNew per subject (the 429). JetStream
+ * updates both in place; the node that checks last sets them, and each change is logged
+ * at warn with the old and new values (two nodes with different values show up in both
+ * logs). Lowering them makes the server apply the new limits to what is stored: expired
+ * messages go, and a subject holding more than the new limit keeps only its newest ones.
+ * *si is replaced by the updated info. Same return convention as nats_stream_ensure. */
+static int nats_stream_limits(jsCtx *js, const struct config *cfg, jsStreamInfo **si,
+                              int64_t max_age, char *why, size_t whylen)
+{
+    jsStreamConfig *c = (*si)->Config;
+    jsStreamInfo *nsi = NULL;
+    jsErrCode jerr = 0;
+    natsStatus s;
+    int64_t old_age = c->MaxAge, old_per = c->MaxMsgsPerSubject;
+    int old_dnps = c->DiscardNewPerSubject, old_discard = c->Discard == js_DiscardNew;
+    if (old_age == max_age && old_per == (int64_t)cfg->max_queue && old_discard && old_dnps)
+        return 0;
+    c->MaxAge = max_age;
+    c->MaxMsgsPerSubject = cfg->max_queue;
+    c->Discard = js_DiscardNew;
+    c->DiscardNewPerSubject = true;
+    if (c->Duplicates > max_age) /* the server refuses a dedup window over the max age */
+        c->Duplicates = (int64_t)nats_min(cfg->ttl_ms, 120000) * 1000000;
+    s = js_UpdateStream(&nsi, js, c, NULL, &jerr);
+    if (s != NATS_OK && jerr == 0) {
+        snprintf(why, whylen, "stream update failed: %s", natsStatus_GetText(s));
+        return nats_err(s) == 0 ? UV_EIO : nats_err(s);
+    }
+    if (s != NATS_OK) {
+        snprintf(why, whylen,
+                 "cannot apply [broker] ttl=%llums and max_queue=%u to the stream "
+                 "(it has max_age %lldms, max_msgs_per_subject %lld): %s (err_code %d)",
+                 (unsigned long long)cfg->ttl_ms, cfg->max_queue, (long long)(old_age / 1000000),
+                 (long long)old_per, nats_GetLastError(NULL), (int)jerr);
+        return UV_EINVAL;
+    }
+    log_warn("event=nats_stream_updated stream=%s max_age_ms=%lld->%llu "
+             "max_msgs_per_subject=%lld->%u discard_new_per_subject=%d->1 "
+             "keys=\"broker.ttl broker.max_queue\"",
+             cfg->nats_stream, (long long)(old_age / 1000000), (unsigned long long)cfg->ttl_ms,
+             (long long)old_per, cfg->max_queue, old_dnps && old_discard);
+    jsStreamInfo_Destroy(*si);
+    *si = nsi;
+    return 0;
+}
+
 /* Create the stream or check the existing one. Returns 0; UV_EINVAL when the server has
  * something we cannot work with (why says what: incompatible stream, JetStream off);
  * another UV_E* when the server could not be asked (retry later). Any thread but the
  * loop once it serves (nats.c request/reply blocks for one round trip). */
 static int nats_stream_ensure(natsConnection *nc, const struct config *cfg, const char *subject,
-                              const char *deliver, int *acks_ahead, char *why, size_t whylen)
+                              const char *deliver, int *acks_ahead, uint64_t *last_seq, char *why,
+                              size_t whylen)
 {
     jsCtx *js = NULL;
     jsOptions jo;
@@ -743,24 +909,14 @@ static int nats_stream_ensure(natsConnection *nc, const struct config *cfg, cons
             snprintf(why, whylen, "allow_direct is off (we read stored messages with DIRECT.GET)");
             rc = UV_EINVAL;
         } else {
-            /* Operational limits may differ between deployments: the stream's own values
-             * win, but say so once per check. */
-            if (c->MaxAge != max_age)
-                log_warn("event=nats_stream_differs stream=%s field=max_age have_ms=%lld "
-                         "want_ms=%llu",
-                         cfg->nats_stream, (long long)(c->MaxAge / 1000000),
-                         (unsigned long long)cfg->ttl_ms);
-            if (c->MaxMsgsPerSubject != (int64_t)cfg->max_queue || c->Discard != js_DiscardNew ||
-                !c->DiscardNewPerSubject)
-                log_warn("event=nats_stream_differs stream=%s field=max_msgs_per_subject "
-                         "have=%lld want=%u discard_new_per_subject=%d",
-                         cfg->nats_stream, (long long)c->MaxMsgsPerSubject, cfg->max_queue,
-                         (int)c->DiscardNewPerSubject);
-            log_info("event=nats_stream_ok stream=%s subjects=%s republish=%s", cfg->nats_stream,
-                     subject, deliver);
+            rc = nats_stream_limits(js, cfg, &si, max_age, why, whylen);
+            if (rc == 0)
+                log_info("event=nats_stream_ok stream=%s subjects=%s republish=%s",
+                         cfg->nats_stream, subject, deliver);
         }
     }
     replicas = si != NULL && si->Config != NULL ? si->Config->Replicas : 1;
+    *last_seq = si != NULL ? si->State.LastSeq : 0;
     jsStreamInfo_Destroy(si);
     if (rc == 0)
         rc = nats_acker_ensure(js, cfg, subject, why, whylen);
@@ -788,16 +944,32 @@ static void nats_kick(struct nats_broker *p)
 static void nats_on_retry_timer(uv_timer_t *h);
 
 /* After a publish from the loop failed with s: a write deadline or socket error means the
- * connection is gone (nats.c shuts the socket down and reconnects), so stop calling into
- * nats.c from the loop at once, before its disconnected callback arrives: its reconnect
- * thread holds the connection lock through each connect attempt. The clean-up runs from
- * the async handler (callers may be iterating); the retry timer re-checks the connection
- * in case nats.c never reports a disconnect. */
+ * connection is gone (nats.c shuts the socket down and reconnects), and
+ * NATS_INSUFFICIENT_BUFFER means nats.c is already reconnecting (it has no reconnect
+ * buffer: nats_opts_set). Either way stop calling into nats.c from the loop at once,
+ * before its disconnected callback arrives: its reconnect thread holds the connection
+ * lock through each connect attempt. The clean-up runs from the async handler (callers
+ * may be iterating); the retry timer re-checks the connection in case nats.c never
+ * reports a disconnect. */
+static void nats_conn_lost(struct nats_broker *p, const char *why);
+
 static void nats_conn_check(struct nats_broker *p, natsStatus s)
 {
-    if ((s != NATS_TIMEOUT && s != NATS_IO_ERROR) || !p->connected || p->closing)
+    if ((s != NATS_TIMEOUT && s != NATS_IO_ERROR && s != NATS_INSUFFICIENT_BUFFER) ||
+        !p->connected || p->closing)
         return;
     log_warn("event=nats_write_failed err=\"%s\"", natsStatus_GetText(s));
+    nats_conn_lost(p, s == NATS_INSUFFICIENT_BUFFER ? "reconnecting" : "write");
+}
+
+/* The connection counts as lost from now on, before nats.c says so (see above; why:
+ * "write", "reconnecting", "read_timeout"): no more calls into nats.c from the loop,
+ * /readyz and pushes 503 at once, requests in flight fail from the async handler. */
+static void nats_conn_lost(struct nats_broker *p, const char *why)
+{
+    if (!p->connected || p->closing)
+        return;
+    p->lost_why = why;
     p->connected = 0;
     p->stream_ok = 0;
     p->lost_locally = 1;
@@ -896,6 +1068,52 @@ static void nats_req_unlink(struct nats_broker *p, struct nats_req *r)
     r->prev = r->next = NULL;
 }
 
+/* --- settle: confirm a leaving session's acks --- */
+
+static void nats_settle_push(struct nats_settle **list, struct nats_settle *st)
+{
+    st->prev = NULL;
+    st->next = *list;
+    if (*list != NULL)
+        (*list)->prev = st;
+    *list = st;
+}
+
+static void nats_settle_unlink(struct nats_broker *p, struct nats_settle *st)
+{
+    struct nats_settle **list = st->req != 0 ? &p->settle_wait : &p->settle_due;
+    if (st->prev != NULL)
+        st->prev->next = st->next;
+    else
+        *list = st->next;
+    if (st->next != NULL)
+        st->next->prev = st->prev;
+    if (st->ns != NULL)
+        st->ns->settle = NULL;
+}
+
+/* Forget st without calling back: its session was detached first. */
+static void nats_settle_cancel(struct nats_broker *p, struct nats_settle *st)
+{
+    if (st->req != 0) { /* its reply, if it still comes, completes nothing */
+        struct map_node *n = map_get(&p->reqs, (const char *)&st->req, sizeof(st->req));
+        if (n != NULL)
+            map_entry(n, struct nats_req, node)->settle = NULL;
+    }
+    nats_settle_unlink(p, st);
+    free(st);
+}
+
+/* st is complete: call back (the core detaches s inside). */
+static void nats_settle_done(struct nats_broker *p, struct nats_settle *st)
+{
+    struct session *s = st->s;
+    broker_settle_cb cb = st->cb;
+    nats_settle_unlink(p, st);
+    free(st);
+    cb(s);
+}
+
 /* --- keys and sockets --- */
 
 static void nats_key_fetch(struct nats_broker *p, struct nats_key *k);
@@ -920,7 +1138,7 @@ static uint64_t nats_header_seq(natsMsg *nm, const char *name)
 }
 
 static struct nats_pend *nats_pend_add(struct nats_key *k, uint64_t seq, uint64_t id,
-                                       struct nats_sess *ns)
+                                       struct nats_sess *ns, uint32_t epoch)
 {
     if (k->npend == k->pend_cap) {
         uint32_t cap = k->pend_cap ? k->pend_cap * 2 : 8;
@@ -930,7 +1148,7 @@ static struct nats_pend *nats_pend_add(struct nats_key *k, uint64_t seq, uint64_
         k->pend = a;
         k->pend_cap = cap;
     }
-    k->pend[k->npend] = (struct nats_pend){.seq = seq, .id = id, .ns = ns};
+    k->pend[k->npend] = (struct nats_pend){.seq = seq, .id = id, .ns = ns, .epoch = epoch};
     return &k->pend[k->npend++];
 }
 
@@ -945,6 +1163,31 @@ static struct nats_pend *nats_pend_find_seq(struct nats_key *k, uint64_t seq)
         if (k->pend[i].seq == seq)
             return &k->pend[i];
     return NULL;
+}
+
+/* Is the stored message seq one this node holds (delivered, unwritten) or acked lately?
+ * An ack is a plain publish: a read sent after it can still find the message, when the
+ * reader's cursor went back (a nudge, a socket leaving). Delivering it again would be a
+ * duplicate on a live socket. The ring forgets the oldest: by then its ack, sent
+ * NATS_ACKED_RING acks earlier on the same connection, has been processed. */
+static int nats_key_ours(struct nats_key *k, uint64_t seq)
+{
+    if (nats_pend_find_seq(k, seq) != NULL)
+        return 1;
+    for (uint32_t i = 0; i < k->nacked; i++)
+        if (k->acked[i] == seq)
+            return 1;
+    return 0;
+}
+
+static void nats_key_acked(struct nats_key *k, uint64_t seq)
+{
+    if (k->acked == NULL && (k->acked = malloc(NATS_ACKED_RING * sizeof(*k->acked))) == NULL)
+        return; /* only a duplicate is at stake */
+    k->acked[k->acked_next] = seq;
+    k->acked_next = (k->acked_next + 1) % NATS_ACKED_RING;
+    if (k->nacked < NATS_ACKED_RING)
+        k->nacked++;
 }
 
 /* Visit k again from the key timer (NATS_RETRY_MS): a failed read, a gap to rescue. */
@@ -1020,6 +1263,7 @@ static void nats_pend_ack(struct nats_broker *p, struct nats_key *k, struct nats
         nats_conn_check(p, s);
         return;
     }
+    nats_key_acked(k, e->seq);
     nats_pend_remove(k, e);
 }
 
@@ -1055,7 +1299,7 @@ static int nats_key_deliver(struct nats_broker *p, struct nats_key *k, uint64_t 
             uint64_t id = ns->next_id + 1;
             if (m == NULL && (m = msg_new_copy(data, len, p->cfg->frame_type)) == NULL)
                 break;
-            if ((e = nats_pend_add(k, seq, id, ns)) == NULL)
+            if ((e = nats_pend_add(k, seq, id, ns, p->epoch)) == NULL)
                 break;
             if (session_deliver(ns->s, id, m) < 0) {
                 /* closing (over max_send_buffer, or going away): not taken */
@@ -1156,7 +1400,7 @@ static void nats_key_rescue_done(struct nats_broker *p, struct nats_key *k, stru
         /* the gap was closed or moved meanwhile: read from where it is now */
     } else if (seq == 0 || seq >= k->next_seq) {
         k->gap_from = 0; /* nothing older than the cursor is left: the gap is closed */
-    } else if (nats_pend_find_seq(k, seq) != NULL) {
+    } else if (nats_key_ours(k, seq)) {
         k->gap_from = seq + 1;
     } else if (nats_key_deliver(p, k, seq, natsMsg_GetData(nm),
                                 (size_t)natsMsg_GetDataLength(nm))) {
@@ -1209,6 +1453,7 @@ static void nats_key_free(struct nats_broker *p, struct nats_key *k, int nudge)
     map_remove(&p->keys, &k->node);
     map_remove(&p->keys_by_id, &k->idnode);
     free(k->pend);
+    free(k->acked);
     free(k);
 }
 
@@ -1218,6 +1463,8 @@ static void nats_key_free(struct nats_broker *p, struct nats_key *k, int nudge)
 static void nats_sess_free(struct nats_broker *p, struct nats_sess *ns)
 {
     struct nats_key *k = ns->k;
+    if (ns->settle != NULL)
+        nats_settle_cancel(p, ns->settle); /* detach before the settle's end cancels it */
     for (uint16_t i = 0; i < ns->ntsubs; i++)
         nats_topic_unlink(p, &ns->tsubs[i]);
     if (k != NULL) {
@@ -1293,6 +1540,8 @@ static void nats_key_fetch_done(struct nats_broker *p, struct nats_req *r, int s
     k->fetching = 0;
     if (status == 0 && nm != NULL) {
         seq = nats_header_seq(nm, NATS_SEQ_HDR);
+        if (seq > p->max_seq)
+            p->max_seq = seq;
         if (seq == 0) {
             char desc[96];
             nats_header(nm, NATS_STATUS_HDR, code, sizeof(code));
@@ -1327,8 +1576,8 @@ static void nats_key_fetch_done(struct nats_broker *p, struct nats_req *r, int s
     if (seq != 0) {
         if (k->next_seq != r->seq) {
             k->dirty = 1; /* the cursor moved back while this read was out: read again */
-        } else if (nats_pend_find_seq(k, seq) != NULL) {
-            k->next_seq = seq + 1; /* ours already (unwritten, or its ack not yet sent) */
+        } else if (nats_key_ours(k, seq)) {
+            k->next_seq = seq + 1; /* ours already (unwritten, or acked: removal on its way) */
             k->dirty = 1;
         } else {
             k->dirty = 1; /* more may follow; with no room it waits for an ack */
@@ -1345,6 +1594,8 @@ static void nats_key_fetch_done(struct nats_broker *p, struct nats_req *r, int s
 static void nats_on_live_msg(struct nats_broker *p, struct nats_key *k, natsMsg *nm)
 {
     uint64_t seq = nats_header_seq(nm, NATS_SEQ_HDR);
+    if (seq > p->max_seq)
+        p->max_seq = seq;
     if (seq == 0) {
         k->next_seq = 0;
         k->dirty = 1;
@@ -1397,6 +1648,15 @@ static void nats_req_complete(struct nats_broker *p, struct nats_req *r, int sta
         nats_key_fetch_done(p, r, status, nm);
         return;
     }
+    if (r->kind == NATS_REQ_SETTLE) {
+        /* The server answers an ack with a reply subject after it processed it, and it
+         * processes a consumer's acks in order: every earlier ack of ours is applied too.
+         * A failure (timeout, connection lost) cannot confirm anything, but holding the
+         * client's close longer would not either: complete it (at-least-once). */
+        if (r->settle != NULL)
+            nats_settle_done(p, r->settle);
+        return;
+    }
     if (status == 0 && data != NULL) {
         char desc[160];
         int code = nats_api_error(data, len, desc, sizeof(desc));
@@ -1432,11 +1692,24 @@ static void nats_on_reply_msg(struct nats_broker *p, natsMsg *nm, const char *ta
     free(r);
 }
 
+/* A request went unanswered for [nats] timeout. If nothing at all came from the server
+ * meanwhile either, the connection is taken as lost (a frozen server, or a partition
+ * that drops packets without a reset: TCP would wait for minutes): /readyz and new pushes
+ * answer 503 at once, and nothing more is written to it. nats.c's own PINGs (every
+ * timeout / 2, NATS_PINGS_OUT unanswered) then drop the socket and reconnect; an idle node
+ * notices that way. A reply that was only slow (the server answers other things) fails
+ * only its own request. */
 static void nats_on_req_timer(uv_timer_t *h)
 {
     struct nats_broker *p = h->data;
     uint64_t now = uv_now(p->b->loop);
     struct nats_req *r;
+    if (p->rhead != NULL && p->rhead->deadline <= now && p->connected &&
+        now - p->last_rx >= p->cfg->nats_timeout_ms) {
+        log_warn("event=nats_timeout waited_ms=%llu reason=\"no reply and nothing read\"",
+                 (unsigned long long)(now - p->last_rx));
+        nats_conn_lost(p, "read_timeout");
+    }
     while ((r = p->rhead) != NULL && r->deadline <= now) {
         nats_req_unlink(p, r);
         p->b->errors++;
@@ -1490,6 +1763,40 @@ static void nats_resume(struct nats_broker *p)
     nats_acker_pull(p);
 }
 
+/* The stream's last sequence is below one we saw before the connection was lost: the
+ * server lost the end of the stream (nats-server 2.9 restarts an empty stream's sequence
+ * at 1 after a kill -9 when its state was not yet written) or the stream was re-created,
+ * so sequences will be given out again. What we hold from before that is above last no
+ * longer exists: forget it (an ack for it would remove the new message that reuses the
+ * number; a socket still writing it gets its window slot back now), and read every key
+ * from the start of the stream. Entries read on this connection are kept. */
+static void nats_seq_reset(struct nats_broker *p, uint64_t last)
+{
+    struct map_iter it;
+    struct map_node *n;
+    log_warn("event=nats_stream_seq_reset stream=%s last_seq=%llu seen_seq=%llu",
+             p->cfg->nats_stream, (unsigned long long)last,
+             (unsigned long long)p->seq_before);
+    map_iter_init(&it, &p->keys);
+    while ((n = map_iter_next(&it)) != NULL) {
+        struct nats_key *k = map_entry(n, struct nats_key, node);
+        for (uint32_t i = 0; i < k->npend;) {
+            struct nats_pend *e = &k->pend[i];
+            if (e->epoch == p->epoch || e->seq <= last) {
+                i++;
+                continue;
+            }
+            if (e->ns != NULL && e->ns->live > 0)
+                e->ns->live--;
+            nats_pend_remove(k, e);
+        }
+        k->next_seq = 0;
+        k->gap_from = 0;
+        k->dirty = 1;
+    }
+    p->max_seq = last;
+}
+
 /* nats.c dropped messages for us (slow consumer): a live copy may be lost, so every key
  * reads from its oldest stored message again (the ones we hold are skipped). */
 static void nats_rescan(struct nats_broker *p)
@@ -1505,7 +1812,7 @@ static void nats_rescan(struct nats_broker *p)
     }
 }
 
-/* Connection lost (from_event: nats.c said so; else a write failed, nats_conn_check).
+/* Connection lost (from_event: nats.c said so; else nats_conn_lost decided it).
  * Requests in flight fail: pushes answer 503, attaches waiting for their read 503. */
 static void nats_on_disconnected(struct nats_broker *p, int from_event)
 {
@@ -1513,11 +1820,21 @@ static void nats_on_disconnected(struct nats_broker *p, int from_event)
         p->lost_locally = 0; /* confirmed: the connected event will follow */
     if (p->connected || !from_event) {
         p->b->errors++;
-        log_warn("event=nats_disconnected source=%s", from_event ? "client" : "write");
+        log_warn("event=nats_disconnected source=%s",
+                 from_event ? "client" : p->lost_why != NULL ? p->lost_why : "write");
     }
     p->connected = 0;
     p->stream_ok = 0;
     p->pull_out = 0;
+    if (p->max_seq > p->seq_before)
+        p->seq_before = p->max_seq;
+    {   /* acks written just before may not have reached the server: read them again */
+        struct map_iter it;
+        struct map_node *n;
+        map_iter_init(&it, &p->keys);
+        while ((n = map_iter_next(&it)) != NULL)
+            map_entry(n, struct nats_key, node)->nacked = 0;
+    }
     uv_timer_stop(&p->pull_timer);
     nats_reqs_fail(p, UV_ECONNRESET);
 }
@@ -1526,6 +1843,7 @@ static void nats_on_connected(struct nats_broker *p)
 {
     if (!p->connected)
         log_info("event=nats_connected");
+    p->epoch++;
     p->connected = 1;
     p->lost_locally = 0;
     p->reprobe = 1; /* maybe another server (version) now: probe acks ahead again */
@@ -1541,7 +1859,8 @@ static void nats_on_stream_work(uv_work_t *w)
         return;
     }
     p->work_rc = nats_stream_ensure(p->nc, p->cfg, p->stream_subject, p->deliver_subject,
-                                    &p->acks_ahead, p->work_why, sizeof(p->work_why));
+                                    &p->acks_ahead, &p->work_last_seq, p->work_why,
+                                    sizeof(p->work_why));
 }
 
 static void nats_close_step(struct nats_broker *p);
@@ -1578,6 +1897,9 @@ static void nats_on_stream_done(uv_work_t *w, int status)
     if (p->connected) {
         p->stream_ok = 1;
         log_info("event=nats_ready");
+        if (p->work_last_seq < p->seq_before)
+            nats_seq_reset(p, p->work_last_seq);
+        p->seq_before = 0;
         nats_resume(p);
     }
 }
@@ -1684,6 +2006,51 @@ static void nats_on_acker_msg(struct nats_broker *p, natsMsg *nm)
 
 /* --- the loop side of xq --- */
 
+/* Live messages were dropped at the hand-over (nats_xq_push) since the last pass: a key
+ * with a dropped copy reads the stream from its cursor, which delivers it (messages we
+ * hold or acked lately are skipped, removed ones are not returned); dropped broadcasts
+ * are lost. With
+ * more subscriptions than slots, every key reads again from the start. Counted in
+ * b->errors (copies held back in the stream) and b->dropped (broadcasts), logged at most
+ * once a second. */
+static void nats_drops_apply(struct nats_broker *p, const struct nats_drop *d, size_t nd,
+                             uint64_t more)
+{
+    uint64_t now = uv_now(p->b->loop);
+    for (size_t i = 0; i < nd; i++) {
+        struct map_node *n = map_get(&p->subs, (const char *)&d[i].subid, sizeof(d[i].subid));
+        struct nats_subref *ref = n != NULL ? map_entry(n, struct nats_subref, node) : NULL;
+        if (ref != NULL && ref->k != NULL) {
+            /* Copies come in stream order, and this runs before any later copy of the
+             * batch: a dropped one at or above the cursor is read from there; one below
+             * it was read already. A dropped nudge (no sequence) is a nudge. */
+            struct nats_key *k = ref->k;
+            p->ovl_held += d[i].count;
+            p->b->errors += d[i].count;
+            if (d[i].seq == 0)
+                k->next_seq = 0;
+            k->dirty = 1;
+            nats_key_fetch(p, k);
+        } else { /* a broadcast, or a subscription gone since (then stored ones stay) */
+            p->ovl_dropped += d[i].count;
+            p->b->dropped += d[i].count;
+        }
+    }
+    if (more > 0) {
+        p->ovl_dropped += more;
+        p->b->dropped += more;
+        nats_rescan(p);
+    }
+    if (now - p->ovl_logged >= 1000 || p->ovl_logged == 0) {
+        log_warn("event=nats_overload broadcasts_dropped=%llu copies_held_back=%llu "
+                 "limit_bytes=%zu reason=\"messages came faster than the loop took them\"",
+                 (unsigned long long)p->ovl_dropped, (unsigned long long)p->ovl_held,
+                 p->xq.max_bytes);
+        p->ovl_dropped = p->ovl_held = 0;
+        p->ovl_logged = now;
+    }
+}
+
 static void nats_on_event_msg(struct nats_broker *p, int64_t subid, natsMsg *nm)
 {
     struct map_node *n = map_get(&p->subs, (const char *)&subid, sizeof(subid));
@@ -1711,8 +2078,10 @@ static void nats_on_async(uv_async_t *h)
     struct nats_ev *evs;
     size_t n, cap;
     struct nats_done *d;
+    struct nats_drop drops[NATS_DROP_SLOTS];
     int subs_left, closed;
-    uint64_t lost;
+    uint64_t lost, drops_more;
+    size_t ndrops, bytes;
     uv_mutex_lock(&p->xq.lock);
     evs = p->xq.evs; /* swap buffers: nats threads fill the other one meanwhile */
     n = p->xq.n;
@@ -1722,6 +2091,12 @@ static void nats_on_async(uv_async_t *h)
     p->xq.n = 0;
     lost = p->xq.lost;
     p->xq.lost = 0;
+    bytes = p->xq.bytes; /* still counted against the bound until processed (below) */
+    ndrops = p->xq.ndrops;
+    memcpy(drops, p->xq.drops, ndrops * sizeof(drops[0]));
+    p->xq.ndrops = 0;
+    drops_more = p->xq.drops_more;
+    p->xq.drops_more = 0;
     uv_mutex_unlock(&p->xq.lock);
     p->batch = evs;
     p->batch_cap = cap;
@@ -1729,6 +2104,12 @@ static void nats_on_async(uv_async_t *h)
         p->b->errors += lost;
         log_warn("event=nats_events_lost count=%llu", (unsigned long long)lost);
     }
+    /* Drops first: a copy of this batch that came after a dropped one of its key must
+     * not be delivered ahead of it (the key is dirty now: the read delivers both). */
+    if ((ndrops > 0 || drops_more > 0) && !p->closing)
+        nats_drops_apply(p, drops, ndrops, drops_more);
+    if (n > 0)
+        p->last_rx = uv_now(p->b->loop); /* read something (a message or a state change) */
     for (size_t i = 0; i < n; i++) {
         switch (evs[i].kind) {
         case NATS_EV_MSG:
@@ -1753,6 +2134,14 @@ static void nats_on_async(uv_async_t *h)
             break;
         }
     }
+    if (n > 0) {
+        uv_mutex_lock(&p->xq.lock);
+        p->xq.bytes -= bytes;
+        uv_mutex_unlock(&p->xq.lock);
+        uv_update_time(p->b->loop); /* a long batch is reading too (nats_on_req_timer) */
+        p->last_rx = uv_now(p->b->loop);
+    }
+
     if (p->cleanup_pending && !p->closing) {
         p->cleanup_pending = 0;
         nats_on_disconnected(p, 0);
@@ -1776,6 +2165,8 @@ static void nats_on_async(uv_async_t *h)
             d = next;
         }
     }
+    while (!p->closing && p->settle_due != NULL)
+        nats_settle_done(p, p->settle_due); /* nothing to confirm, or no way to */
     if (!p->closing)
         return;
     uv_mutex_lock(&p->xq.lock);
@@ -1807,7 +2198,8 @@ static void nats_opts_set(struct nats_broker *p, const struct config *cfg, natsS
     if (s == NATS_OK)
         s = natsOptions_SetReconnectWait(o, NATS_RECONNECT_WAIT_MS);
     if (s == NATS_OK)
-        s = natsOptions_SetPingInterval(o, NATS_PING_MS);
+        s = natsOptions_SetPingInterval(o, (int64_t)(cfg->nats_timeout_ms / 2 > 0
+                                                         ? cfg->nats_timeout_ms / 2 : 1));
     if (s == NATS_OK)
         s = natsOptions_SetMaxPingsOut(o, NATS_PINGS_OUT);
     if (s == NATS_OK)
@@ -1816,6 +2208,15 @@ static void nats_opts_set(struct nats_broker *p, const struct config *cfg, natsS
         s = natsOptions_SetSendAsap(o, false);
     if (s == NATS_OK) /* a stalled server never blocks the loop in write() for longer */
         s = natsOptions_SetWriteDeadline(o, (int64_t)cfg->nats_timeout_ms);
+    /* No reconnect buffer: by default nats.c keeps what is published while it reconnects
+     * (8 MB) and sends it once connected again. A push published in the moment between
+     * the connection's loss and our loop hearing of it would then be answered 503 (the
+     * request fails with the connection) and still be stored and delivered later. With
+     * size 0 such a publish fails at once (NATS_INSUFFICIENT_BUFFER): a 503 that was
+     * never sent. Acks, reads and nudges refused this way are redone after the reconnect
+     * (nats_resume). */
+    if (s == NATS_OK)
+        s = natsOptions_SetReconnectBufSize(o, 0);
     if (s == NATS_OK)
         s = natsOptions_SetRetryOnFailedConnect(o, true, nats_on_connected_thread_cb, &p->xq);
     if (s == NATS_OK)
@@ -1858,6 +2259,11 @@ static void nats_url_redact(const char *url, char *out, size_t len)
 
 static void nats_free(struct nats_broker *p)
 {
+    struct nats_settle *st;
+    while ((st = p->settle_due) != NULL || (st = p->settle_wait) != NULL) {
+        nats_settle_unlink(p, st);
+        free(st);
+    }
     for (size_t i = 0; i < p->xq.n; i++)
         if (p->xq.evs[i].msg != NULL)
             natsMsg_Destroy(p->xq.evs[i].msg);
@@ -1929,6 +2335,11 @@ static int nats_open(struct broker *b, uv_loop_t *loop, const struct config *cfg
         return rc;
     }
     p->xq.async = &p->async;
+    /* The hand-over bound: no config key of its own (it would be [nats] max_pending), so
+     * a multiple of the limits that already size one message and one client's backlog. */
+    p->xq.max_bytes = NATS_QUEUE_FACTOR * (cfg->max_message_size > cfg->max_send_buffer
+                                               ? cfg->max_message_size
+                                               : cfg->max_send_buffer);
     /* None of these fails on Unix (libuv 1.44); from here on p is freed via the handles. */
     uv_async_init(loop, &p->async, nats_on_async);
     uv_timer_init(loop, &p->req_timer);
@@ -1938,6 +2349,7 @@ static int nats_open(struct broker *b, uv_loop_t *loop, const struct config *cfg
     p->async.data = p->req_timer.data = p->retry_timer.data = p->key_timer.data = p;
     p->pull_timer.data = p;
     p->open_handles = 5;
+    p->last_rx = uv_now(loop);
     nats_url_redact(cfg->nats_url, url, sizeof(url));
 
     s = natsInbox_Create(&inbox);
@@ -1962,7 +2374,7 @@ static int nats_open(struct broker *b, uv_loop_t *loop, const struct config *cfg
         /* The loop does not serve yet, so this one blocking check is fine here: an
          * incompatible stream stops the gateway at start with a clear message. */
         rc = nats_stream_ensure(p->nc, cfg, p->stream_subject, p->deliver_subject, &p->acks_ahead,
-                                p->work_why, sizeof(p->work_why));
+                                &p->max_seq, p->work_why, sizeof(p->work_why));
         if (rc == UV_EINVAL && strstr(p->work_why, "JetStream") != NULL) {
             log_error("event=nats_jetstream_disabled url=%s reason=\"%s\"", url, p->work_why);
             goto fail;
@@ -2165,6 +2577,13 @@ static void nats_detach(struct broker *b, struct session *s)
 {
     struct nats_broker *p = b->priv;
     struct nats_sess *ns = s->bpriv;
+    if (p != NULL && ns == NULL) { /* a settle of a session we had let go: cancel it */
+        for (struct nats_settle *st = p->settle_due; st != NULL; st = st->next)
+            if (st->s == s) {
+                nats_settle_cancel(p, st);
+                break;
+            }
+    }
     if (p == NULL || ns == NULL)
         return;            /* never attached, attach failed, or the broker already let it go */
     nats_sess_free(p, ns); /* a read in flight finds its socket gone */
@@ -2248,11 +2667,55 @@ static void nats_ack(struct broker *b, struct session *s, uint64_t msg_id)
         if (e->ns != ns || e->id != msg_id)
             continue;
         ns->live--;
+        ns->last_ack = e->seq;
         nats_pend_ack(p, k, e);
         if (k->dirty)
             nats_key_fetch(p, k);
         return;
     }
+}
+
+/* s is leaving (client close frame or server close): cb(s) once the server confirmed
+ * every ack given for s, so that the client, once it has its close reply, cannot be
+ * handed those messages again by any node. Acks are plain publishes (one per written
+ * frame, no round trip); here the last one goes out again with a reply subject, and its
+ * reply is the barrier (nats_req_complete). Nothing acked yet, or no connection to
+ * confirm on: cb from the async handler. Never blocks. cb never runs when detach(s) comes
+ * first, or when the broker is closing or out of memory (the core then closes the
+ * socket after its close timeout). */
+static void nats_settle(struct broker *b, struct session *s, broker_settle_cb cb)
+{
+    struct nats_broker *p = b->priv;
+    struct nats_sess *ns = s->bpriv;
+    struct nats_settle *st;
+    struct nats_req *r;
+    char subject[NATS_SUBJ_MAX + 64];
+    if (p == NULL || p->closing || (ns != NULL && ns->settle != NULL))
+        return;
+    if ((st = calloc(1, sizeof(*st))) == NULL) {
+        p->b->errors++;
+        return;
+    }
+    st->s = s;
+    st->ns = ns;
+    st->cb = cb;
+    if (ns != NULL && ns->last_ack != 0 && p->connected && p->stream_ok &&
+        (r = nats_req_new(p, NATS_REQ_SETTLE)) != NULL) {
+        snprintf(subject, sizeof(subject), "%s%" PRIu64 ".%" PRIu64 ".0.0", p->ack_prefix,
+                 ns->last_ack, ns->last_ack);
+        r->settle = st;
+        if (nats_req_send(p, r, subject, NULL, 0) == 0) {
+            st->req = r->id;
+            nats_settle_push(&p->settle_wait, st);
+            ns->settle = st;
+            return;
+        }
+        free(r);
+    }
+    nats_settle_push(&p->settle_due, st);
+    if (ns != NULL)
+        ns->settle = st;
+    nats_kick(p);
 }
 
 /* --- close --- */
@@ -2368,6 +2831,7 @@ const struct broker_ops broker_nats_ops = {
     .publish = nats_publish,
     .upstream = nats_upstream,
     .ack = nats_ack,
+    .settle = nats_settle,
     .ready = nats_ready,
     .close = nats_close,
 };

@@ -10,6 +10,11 @@
  *                                             exit 2 after SECONDS (default 10); one line each:
  *                                             the payload, or with -x "SUBJECT HEX"; prints
  *                                             "ready" on stderr once subscribed
+ *   nats_pub [-s URL] flood SECONDS SIZE RATE SUBJECT...
+ *                                             core publishes of SIZE bytes, round robin over
+ *                                             the SUBJECTs, RATE per second (0: as fast as
+ *                                             the connection takes them), for SECONDS;
+ *                                             prints "sent=N" (tests: a flooding publisher)
  *   nats_pub [-s URL] stream-rm NAME          delete a stream (tests: incompatible streams)
  *   nats_pub [-s URL] stream-add NAME SUBJECT [limits|workqueue] [file|memory]
  *   nats_pub [-s URL] consumers NAME          print the stream's consumer count and message count
@@ -26,6 +31,7 @@ static int usage(void)
 {
     fprintf(stderr, "usage: nats_pub [-s URL] [-x] pub|jspub SUBJECT [DATA]\n"
                     "       nats_pub [-s URL] [-x] sub SUBJECT [N [SECONDS]]\n"
+                    "       nats_pub [-s URL] flood SECONDS SIZE RATE SUBJECT...\n"
                     "       nats_pub [-s URL] stream-rm NAME | consumers NAME | streams PREFIX\n"
                     "       nats_pub [-s URL] stream-add NAME SUBJECT [limits|workqueue] "
                     "[file|memory]\n");
@@ -158,6 +164,32 @@ int main(int argc, char **argv)
             got++;
         }
         natsSubscription_Destroy(sub);
+    } else if (strcmp(cmd, "flood") == 0) {
+        long secs = atol(arg), size = i + 2 < argc ? atol(argv[i + 2]) : -1, sent = 0;
+        long rate = i + 3 < argc ? atol(argv[i + 3]) : -1;
+        int first = i + 4, nsubj = argc - first;
+        char *data;
+        if (size < 0 || size > (1 << 24) || rate < 0 || nsubj < 1)
+            return usage();
+        if ((data = malloc((size_t)size + 1)) == NULL)
+            return fail("flood", NATS_NO_MEMORY);
+        memset(data, 'f', (size_t)size);
+        int64_t start = nats_Now(), deadline = start + secs * 1000;
+        while (s == NATS_OK && nats_Now() < deadline) {
+            for (int k = 0; k < 256 && s == NATS_OK; k++, sent++)
+                s = natsConnection_Publish(nc, argv[first + sent % nsubj], data, (int)size);
+            if (rate > 0) { /* the next batch is due when the rate allows it */
+                int64_t due = start + (int64_t)sent * 1000 / rate;
+                if (due > nats_Now())
+                    nats_Sleep(due - nats_Now());
+            }
+        }
+        if (s == NATS_OK)
+            s = natsConnection_FlushTimeout(nc, 10000);
+        if (s != NATS_OK)
+            rc = fail("flood", s);
+        printf("sent=%ld\n", sent);
+        free(data);
     } else if (strcmp(cmd, "streams") == 0) {
         jsCtx *js = NULL;
         jsStreamNamesList *l = NULL;
