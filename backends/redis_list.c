@@ -28,6 +28,11 @@
  * dropped and the unacked go back to the head of p.recv.S in order (one EVALSHA).
  * Commands of one loop iteration leave in one write per link (redis_conn.c).
  *
+ * Scripts: loaded with SCRIPT LOAD on every connect and called by SHA1. If Redis loses them
+ * (SCRIPT FLUSH, a failover behind a proxy), the first NOSCRIPT holds further EVALSHAs back
+ * until those in flight answered, reloads, and retries each failed call once, in order
+ * (rlist_eval); /readyz is 503 only while the scripts cannot be loaded.
+ *
  * Crash recovery: each connection of the command link registers a fresh incarnation N
  * with a lease (max(3 ping, 2 timeout) + 1 s). Every node's heartbeat sweeps p.nodes and
  * returns the in-flight lists of incarnations whose lease expired to the heads of their
@@ -189,6 +194,17 @@ struct rlist {
     uint32_t batch;              /* messages per fetch at most */
     int setup_pending;           /* setup replies still awaited after the link came up */
     uint8_t registered;          /* setup done on the current command link */
+    /* EVALSHA bookkeeping (rlist_eval): scripts lost, reloaded, commands retried once */
+    struct rlist_eval *retry_head; /* answered NOSCRIPT: sent again first after the reload */
+    struct rlist_eval *retry_tail; /* idem */
+    struct rlist_eval *hold_head;  /* issued while holding: sent after the retries */
+    struct rlist_eval *hold_tail;  /* idem */
+    uint32_t evals_out;            /* EVALSHAs sent on the current link, not answered yet */
+    int loads_pending;             /* SCRIPT LOAD replies still awaited */
+    uint8_t loads_failed;          /* one of them was not the expected SHA1 */
+    uint8_t reloading;             /* the loads in progress follow a loss (log, kick after) */
+    uint8_t holding;               /* scripts lost: new EVALSHAs wait for the reload */
+    uint8_t scripts_bad;           /* the last load failed: not ready until one succeeds */
 };
 
 static void rlist_service_schedule(struct rlist_sess *rs);
@@ -216,6 +232,209 @@ static void rlist_sess_unref(struct rlist_sess *rs)
 {
     if (--rs->refs == 0 && rs->base.detached)
         free(rs);
+}
+
+/* --- EVALSHA, reloaded and retried once when Redis lost the scripts --- */
+
+/* Redis forgets loaded scripts on SCRIPT FLUSH, on a restart without them, or behind a
+ * proxy that fails over to a server that never saw our SCRIPT LOAD: every EVALSHA then
+ * answers NOSCRIPT. So every EVALSHA goes through rlist_eval. On the first NOSCRIPT the
+ * node holds new EVALSHAs back and waits until every one already sent has answered (they
+ * answer in order; those sent after the loss answer NOSCRIPT too), then sends SCRIPT LOAD
+ * for every script, the failed commands in their original order, then the held ones. So
+ * EVALSHAs keep their order on the link (an ack carried by a fetch still runs before the
+ * release of that socket), nothing waits on the loop, and each command is retried once:
+ * a second NOSCRIPT is its final answer and marks the scripts bad (not ready) until a
+ * reload succeeds (the heartbeat tries again). */
+struct rlist_eval {
+    struct rlist_eval *next; /* rl->retry_* or rl->hold_* list while waiting */
+    struct rlist *rl;        /* borrowed: outlives its commands (failed at link loss) */
+    redisCallbackFn *fn;     /* the caller's reply callback, or NULL (reply ignored) */
+    rconn_status_cb scb;     /* or a status callback (pushes: rconn_status_cb codes) */
+    void *priv;              /* borrowed: fn's or scb's argument */
+    struct msg *m;           /* ref: the payload one argument points into, or NULL */
+    uint8_t retried;         /* answered NOSCRIPT once: the next answer is final */
+    int argc;                /* number of arguments */
+    const char **argv;       /* into this allocation (the payload argument: into m) */
+    size_t *lens;            /* into this allocation */
+};
+
+static void rlist_evq_append(struct rlist_eval **head, struct rlist_eval **tail,
+                             struct rlist_eval *e)
+{
+    e->next = NULL;
+    if (*tail != NULL)
+        (*tail)->next = e;
+    else
+        *head = e;
+    *tail = e;
+}
+
+/* Give reply (NULL: the link was lost) to e's caller, then free e. */
+static void rlist_eval_finish(struct rlist_eval *e, redisReply *reply)
+{
+    struct rlist *rl = e->rl;
+    if (e->scb != NULL) {
+        int status = 0;
+        if (reply == NULL) {
+            status = rconn_last_error(rl->base.cmd);
+        } else if (reply->type == REDIS_REPLY_ERROR) {
+            log_warn("event=redis_error conn=cmd err=\"%.*s\"", (int)reply->len, reply->str);
+            status = UV_EIO;
+        } else if (reply->type == REDIS_REPLY_INTEGER && reply->integer == -1) {
+            status = UV_ENOBUFS;
+        }
+        e->scb(e->priv, status);
+    } else if (e->fn != NULL) {
+        e->fn(NULL, reply, e->priv); /* our callbacks never use the context */
+    }
+    msg_unref(e->m);
+    free(e);
+}
+
+/* Fail every waiting command (link lost or closing: they were never sent). */
+static void rlist_eval_fail_waiting(struct rlist *rl)
+{
+    struct rlist_eval *lists[2] = {rl->retry_head, rl->hold_head};
+    rl->retry_head = rl->retry_tail = rl->hold_head = rl->hold_tail = NULL;
+    rl->holding = 0;
+    for (int i = 0; i < 2; i++) {
+        for (struct rlist_eval *e = lists[i], *next; e != NULL; e = next) {
+            next = e->next;
+            rlist_eval_finish(e, NULL);
+        }
+    }
+}
+
+static void rlist_on_eval_reply(redisAsyncContext *ac, void *r, void *priv);
+static void rlist_reload(struct rlist *rl);
+
+static int rlist_eval_send(struct rlist_eval *e)
+{
+    int rc = rconn_command(e->rl->base.cmd, rlist_on_eval_reply, e, e->argc, e->argv, e->lens);
+    if (rc == 0)
+        e->rl->evals_out++;
+    return rc;
+}
+
+static void rlist_on_eval_reply(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rlist_eval *e = priv;
+    struct rlist *rl = e->rl;
+    redisReply *reply = r;
+    (void)ac;
+    rl->evals_out--;
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR && reply->len >= 8 &&
+        memcmp(reply->str, "NOSCRIPT", 8) == 0) {
+        if (!e->retried && rconn_is_up(rl->base.cmd)) {
+            if (!rl->holding && !rl->reloading)
+                log_warn("event=redis_scripts_lost action=reload");
+            rl->holding = 1;
+            e->retried = 1;
+            rlist_evq_append(&rl->retry_head, &rl->retry_tail, e);
+            if (rl->evals_out == 0)
+                rlist_reload(rl);
+            return;
+        }
+        rl->scripts_bad = 1; /* lost again right after a reload: the heartbeat retries */
+    }
+    rlist_eval_finish(e, reply);
+    if (rl->holding && rl->evals_out == 0)
+        rlist_reload(rl);
+}
+
+/* EVALSHA argv[0..argc) (argv[0] = "EVALSHA"). argv/lens: borrowed for the call (copied;
+ * an argument pointing at m->data is kept by a ref on m instead). Exactly one of fn
+ * (reply, NULL when the link was lost; fn may be NULL) and scb (status) is used.
+ * 0 => the callback runs exactly once, later; UV_ENOTCONN / UV_ENOMEM => never. */
+static int rlist_eval(struct rlist *rl, redisCallbackFn *fn, rconn_status_cb scb, void *priv,
+                      struct msg *m, int argc, const char **argv, const size_t *lens)
+{
+    size_t bytes = 0;
+    struct rlist_eval *e;
+    char *p;
+    int rc;
+    if (!rconn_is_up(rl->base.cmd))
+        return UV_ENOTCONN;
+    for (int i = 0; i < argc; i++)
+        if (m == NULL || argv[i] != m->data)
+            bytes += lens[i];
+    e = malloc(sizeof(*e) + (size_t)argc * (sizeof(*e->argv) + sizeof(*e->lens)) + bytes);
+    if (e == NULL)
+        return UV_ENOMEM;
+    e->next = NULL;
+    e->rl = rl;
+    e->fn = fn;
+    e->scb = scb;
+    e->priv = priv;
+    e->m = NULL;
+    e->retried = 0;
+    e->argc = argc;
+    e->argv = (const char **)(void *)(e + 1);
+    e->lens = (size_t *)(void *)(e->argv + argc);
+    p = (char *)(e->lens + argc);
+    for (int i = 0; i < argc; i++) {
+        e->lens[i] = lens[i];
+        if (m != NULL && argv[i] == m->data) {
+            e->argv[i] = m->data;
+            if (e->m == NULL)
+                e->m = msg_ref(m);
+            continue;
+        }
+        memcpy(p, argv[i], lens[i]);
+        e->argv[i] = p;
+        p += lens[i];
+    }
+    if (rl->holding) {
+        rlist_evq_append(&rl->hold_head, &rl->hold_tail, e);
+        return 0;
+    }
+    if ((rc = rlist_eval_send(e)) < 0) {
+        msg_unref(e->m);
+        free(e);
+    }
+    return rc;
+}
+
+static void rlist_on_script_load(redisAsyncContext *ac, void *r, void *priv);
+
+/* SCRIPT LOAD every script; the caller counts the replies (rlist_on_script_load). */
+static void rlist_scripts_load(struct rlist *rl)
+{
+    rl->loads_pending = 0;
+    rl->loads_failed = 0;
+    for (int i = 0; i < RLIST_LUA_N; i++) {
+        const char *argv[] = {"SCRIPT", "LOAD", rlist_lua[i]};
+        size_t lens[] = {6, 4, strlen(rlist_lua[i])};
+        if (rconn_command(rl->base.cmd, rlist_on_script_load, rl, 3, argv, lens) == 0)
+            rl->loads_pending++;
+    }
+}
+
+/* Every EVALSHA sent before the loss has answered: load the scripts, then send the failed
+ * commands (in order) and the held ones behind the loads on the same link. */
+static void rlist_reload(struct rlist *rl)
+{
+    struct rlist_eval *e;
+    if (!rconn_is_up(rl->base.cmd))
+        return; /* the link-down handler fails what waits */
+    rl->holding = 0;
+    rl->reloading = 1;
+    rlist_scripts_load(rl);
+    while ((e = rl->retry_head) != NULL || (e = rl->hold_head) != NULL) {
+        if (e == rl->retry_head) {
+            rl->retry_head = e->next;
+            if (rl->retry_head == NULL)
+                rl->retry_tail = NULL;
+        } else {
+            rl->hold_head = e->next;
+            if (rl->hold_head == NULL)
+                rl->hold_tail = NULL;
+        }
+        e->next = NULL;
+        if (rlist_eval_send(e) < 0)
+            rlist_eval_finish(e, NULL);
+    }
 }
 
 /* --- delivery --- */
@@ -292,9 +511,11 @@ static void rlist_on_flow(redisAsyncContext *ac, void *r, void *priv)
         rl->base.b->errors++;
         log_warn("event=redis_fetch_failed session=%s err=\"%.*s\"", rs->base.s->key,
                  (int)reply->len, reply->str);
-        if (strncmp(reply->str, "WSGATE_LEASE", 12) == 0 || strncmp(reply->str, "NOSCRIPT", 8) == 0)
-            rconn_reset(rl->base.cmd, "lease lost or scripts flushed");
-        rs->more = 0; /* e.g. WRONGTYPE: retry on the next wake-up, not in a loop */
+        if (strncmp(reply->str, "WSGATE_LEASE", 12) == 0)
+            rconn_reset(rl->base.cmd, "node lease lost");
+        /* e.g. WRONGTYPE, or NOSCRIPT again after a reload: retry on the next wake-up (a
+         * successful reload kicks every socket), not in a loop */
+        rs->more = 0;
         rlist_sess_unref(rs);
         return;
     }
@@ -370,7 +591,7 @@ static void rlist_service(struct rlist_sess *rs)
     const char *argv[] = {"EVALSHA", rl->sha[RLIST_LUA_FLOW], "3", rs->qkey, fkey, lease, acks,
                           kbuf};
     size_t lens[] = {7, 40, 1, rs->qkey_len, flen, llen, (size_t)alen, (size_t)klen};
-    if (rconn_command(rl->base.cmd, rlist_on_flow, rs, 8, argv, lens) == 0) {
+    if (rlist_eval(rl, rlist_on_flow, NULL, rs, NULL, 8, argv, lens) == 0) {
         rs->refs++;
         rs->acks = 0;
         rs->fetching = k;
@@ -584,19 +805,35 @@ static void rlist_on_register(redisAsyncContext *ac, void *r, void *priv)
 
 static void rlist_on_script_load(redisAsyncContext *ac, void *r, void *priv)
 {
+    struct rlist *rl = priv;
     redisReply *reply = r;
-    const char *want = priv;
+    int ok = 0;
     (void)ac;
-    if (reply == NULL)
-        return;
-    if (reply->type != REDIS_REPLY_STRING || reply->len != 40 || memcmp(reply->str, want, 40))
+    if (reply == NULL || rl->loads_pending == 0)
+        return; /* the link went down: the next one loads them again */
+    for (int i = 0; i < RLIST_LUA_N; i++)
+        ok |= reply->type == REDIS_REPLY_STRING && reply->len == 40 &&
+              memcmp(reply->str, rl->sha[i], 40) == 0;
+    if (!ok) {
+        rl->loads_failed = 1;
         log_error("event=redis_script_load_failed err=\"%.*s\"", (int)reply->len,
                   reply->str ? reply->str : "");
+    }
+    if (--rl->loads_pending > 0)
+        return;
+    rl->scripts_bad = rl->loads_failed;
+    if (rl->reloading && !rl->loads_failed) {
+        log_info("event=redis_scripts_loaded reason=reload");
+        if (rl->registered)
+            rlist_kick_all(rl); /* fetches that failed meanwhile try again */
+    }
+    rl->reloading = 0;
 }
 
-/* Send the node script: register (mode "reg") or heartbeat ("beat"). */
+/* Send the node script: register (mode "reg") or heartbeat ("beat"). text: send the script
+ * itself (EVAL), for the deregistration at close, which has no time for a reload. */
 static int rlist_node_cmd(struct rlist *rl, const char *nid, const char *old, const char *mode,
-                          redisCallbackFn *fn)
+                          redisCallbackFn *fn, int text)
 {
     char lease[24], ttl[24];
     int ll = snprintf(lease, sizeof(lease), "%llu", (unsigned long long)rl->lease_ms);
@@ -606,7 +843,14 @@ static int rlist_node_cmd(struct rlist *rl, const char *nid, const char *old, co
     size_t lens[] = {7,           40,          1,          strlen(rl->base.cfg->prefix),
                      strlen(nid), strlen(old), (size_t)ll, (size_t)tl,
                      strlen(mode)};
-    return rconn_command(rl->base.cmd, fn, rl, 9, argv, lens);
+    if (text) {
+        argv[0] = "EVAL";
+        lens[0] = 4;
+        argv[1] = rlist_lua_node;
+        lens[1] = sizeof(rlist_lua_node) - 1;
+        return rconn_command(rl->base.cmd, fn, rl, 9, argv, lens);
+    }
+    return rlist_eval(rl, fn, NULL, rl, NULL, 9, argv, lens);
 }
 
 /* HSET p.node.N I "p.recv.S" for every attached session, in chunks. */
@@ -642,6 +886,9 @@ static void rlist_on_cmd_state(struct rconn *rc, int up, void *arg)
     unsigned char rnd[8];
     (void)rc;
     if (!up) {
+        rlist_eval_fail_waiting(rl); /* those sent got their NULL replies already */
+        rl->evals_out = 0;
+        rl->loads_pending = 0;
         rl->epoch++;
         rl->first_valid_id = rl->next_id + 1;
         if (rl->registered)
@@ -662,18 +909,16 @@ static void rlist_on_cmd_state(struct rconn *rc, int up, void *arg)
         memcpy(rnd, &t, sizeof(rnd));
     }
     rlist_hex(rnd, sizeof(rnd), rl->nid);
-    for (int i = 0; i < RLIST_LUA_N; i++) {
-        const char *argv[] = {"SCRIPT", "LOAD", rlist_lua[i]};
-        size_t lens[] = {6, 4, strlen(rlist_lua[i])};
-        rconn_command(rl->base.cmd, rlist_on_script_load, rl->sha[i], 3, argv, lens);
-    }
+    rl->evals_out = 0;
+    rl->reloading = 0;
+    rlist_scripts_load(rl);
     rl->setup_pending = 2;
     {
         const char *argv[] = {"CONFIG", "GET", "notify-keyspace-events"};
         size_t lens[] = {6, 3, 22};
         rconn_command(rl->base.cmd, rlist_on_config_get, rl, 3, argv, lens);
     }
-    rlist_node_cmd(rl, rl->nid, rl->old_nid, "reg", rlist_on_register);
+    rlist_node_cmd(rl, rl->nid, rl->old_nid, "reg", rlist_on_register, 0);
     rlist_hset_all(rl);
 }
 
@@ -702,8 +947,15 @@ static void rlist_on_beat(redisAsyncContext *ac, void *r, void *priv)
 static void rlist_on_hb_timer(uv_timer_t *t)
 {
     struct rlist *rl = t->data;
+    /* The last reload failed (not ready meanwhile): try again, behind what is in flight. */
+    if (rl->scripts_bad && !rl->holding && rl->loads_pending == 0 &&
+        rconn_is_up(rl->base.cmd)) {
+        rl->holding = 1;
+        if (rl->evals_out == 0)
+            rlist_reload(rl);
+    }
     if (rl->registered && rconn_is_up(rl->base.cmd))
-        rlist_node_cmd(rl, rl->nid, "", "beat", rlist_on_beat);
+        rlist_node_cmd(rl, rl->nid, "", "beat", rlist_on_beat, 0);
     /* Held messages wait for an ack; if the bytes ahead of them were broadcasts (no ack
      * comes), the heartbeat tries again. */
     for (struct rcommon_sess *cs = rl->base.sessions; cs; cs = cs->next) {
@@ -761,7 +1013,7 @@ static int rlist_open(struct broker *b, uv_loop_t *loop, const struct config *cf
 static int rlist_ready(struct broker *b)
 {
     struct rlist *rl = b->priv;
-    return rl != NULL && rl->registered && rcommon_ready(&rl->base);
+    return rl != NULL && rl->registered && !rl->scripts_bad && rcommon_ready(&rl->base);
 }
 
 static int rlist_attach(struct broker *b, struct session *s)
@@ -833,7 +1085,7 @@ static void rlist_sess_detach(struct rlist *rl, struct rlist_sess *rs, int relea
             "EVALSHA", rl->sha[RLIST_LUA_RELEASE], "3", fkey, rs->qkey, hkey, acks, sid, ttl};
         size_t lens[] = {7,          40,         1,          fl,        rs->qkey_len,
                          (size_t)hl, (size_t)al, (size_t)sl, (size_t)tl};
-        if (rconn_command(rl->base.cmd, rlist_on_release, rs, 9, argv, lens) == 0)
+        if (rlist_eval(rl, rlist_on_release, NULL, rs, NULL, 9, argv, lens) == 0)
             rs->refs++;
     }
     rs->acks = 0;
@@ -862,7 +1114,7 @@ static int rlist_push_to(struct rlist *rl, const char *kind, const char *name, s
     size_t lens[] = {7, 40, 1, ql, m->len, (size_t)ml, (size_t)tl};
     if (rl->base.closing)
         return UV_ECANCELED;
-    return rconn_command_status(rl->base.cmd, cb, arg, 7, argv, lens);
+    return rlist_eval(rl, NULL, cb, arg, m, 7, argv, lens);
 }
 
 static int rlist_push(struct broker *b, const char *key, struct msg *m, broker_push_cb cb,
@@ -943,10 +1195,14 @@ static void rlist_close(struct broker *b, broker_close_cb cb)
         rlist_sess_unref(rs);
     }
     rl->svc_tail = NULL;
+    /* Scripts lost just now: load them and send what waits (the releases above among it). */
+    if (rl->holding)
+        rlist_reload(rl);
+    rlist_eval_fail_waiting(rl); /* only if the link is down */
     /* Deregister: whatever is still in flight goes back to its queue now, not after the
      * lease. The command link then closes gracefully (owed replies first). */
     if (rl->registered && rconn_is_up(rl->base.cmd))
-        rlist_node_cmd(rl, "", rl->nid, "reg", NULL);
+        rlist_node_cmd(rl, "", rl->nid, "reg", NULL, 1);
     rl->registered = 0;
     while (rl->ack_head != NULL) {
         struct rlist_sess *rs = rl->ack_head;

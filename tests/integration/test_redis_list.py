@@ -507,6 +507,90 @@ def _():
                 c.close_socket()
 
 
+def window_full(redis, n):
+    """A condition: exactly one in-flight list, holding n messages."""
+    def f():
+        k = inflight_keys(redis)
+        return len(k) == 1 and redis.cmd("LLEN", k[0]) == n
+    return f
+
+
+@test("scripts lost (SCRIPT FLUSH): reloaded, pushes 202 and delivered, the lease holds "
+      "(no duplicates), /readyz 200", timeout=60)
+def _():
+    env = {"WSGATE_WEBSOCKET_MAX_INFLIGHT": "16"}
+    with RedisServer() as redis, gateway(redis, env=env, name="A") as a, \
+            gateway(redis, env=env, name="B") as b:
+        # a stalled socket on A keeps a full window in flight for longer than one lease
+        n = 3000
+        want = msgs(n, size=4000)
+        stalled = a.ws("/ws/sf.stalled", rcvbuf=4096)
+        live = a.ws("/ws/sf.live")
+        with Resp(redis.port) as r:
+            r.command("RPUSH", "ws.recv.sf.stalled", *want)
+        wait_for(window_full(redis, 16), what="16 messages in flight, socket full")
+        nodes = sorted(redis.cmd("SMEMBERS", "ws.nodes"))
+        check_eq(len(nodes), 2, "registered nodes")
+        check_eq(redis.cmd("SCRIPT", "FLUSH"), b"OK", "SCRIPT FLUSH")
+        t0 = time.monotonic()
+        ha, hb = a.http(), b.http()
+        try:
+            for i in range(40):  # one at a time, through both nodes
+                h = ha if i % 2 else hb
+                accepted(h.request("POST", "/push/sf.live", b"p%02d" % i), "push %d" % i)
+                check_eq(live.recv_message(3)[1], b"p%02d" % i, "push %d delivered" % i)
+                check(ready(a) and ready(b), "/readyz not 200 after push %d" % i)
+            # one lease (2 s) and more with the window still in flight: the heartbeats must
+            # have renewed both leases, so nothing was reclaimed
+            while time.monotonic() - t0 < 3.0:
+                time.sleep(0.1)
+            check_eq(sorted(redis.cmd("SMEMBERS", "ws.nodes")), nodes, "nodes after a lease")
+            for nid in nodes:
+                check(redis.cmd("PTTL", b"ws.lease." + nid) > 0, "lease of %r lapsed" % nid)
+            check(window_full(redis, 16)(), "the stalled window was reclaimed")
+            for i in range(40, 50):
+                accepted(hb.request("POST", "/push/sf.live", b"p%02d" % i), "push %d" % i)
+            check_eq(recv_n(live, 10), [b"p%02d" % i for i in range(40, 50)], "later pushes")
+        finally:
+            ha.close()
+            hb.close()
+        check(ready(a) and ready(b), "/readyz after the reload")
+        got = recv_n(stalled, n, timeout=30)
+        check(got == want, "stalled socket: %d messages, first difference at %r" % (
+            len(got), next((i for i, (x, y) in enumerate(zip(got, want)) if x != y), None)))
+        check(stalled.nothing_within(0.3), "duplicates after the %d messages" % n)
+        check(live.nothing_within(0.1), "duplicate pushes")
+        for srv in (a, b):
+            log = srv.log_text()
+            check("redis_reset" not in log, "link reset on %s:\n%s" % (srv.addr, log[-2000:]))
+            check("redis_reclaimed" not in log, "messages reclaimed on %s" % srv.addr)
+            check("redis_scripts_loaded" in log, "no reload logged on %s" % srv.addr)
+        stalled.close()
+        live.close()
+
+
+@test("scripts lost and not loadable (ACL): /readyz 503 and pushes 503 meanwhile; "
+      "loadable again: ready, delivered", timeout=40)
+def _():
+    with RedisServer() as redis, gateway(redis, name="A") as a:
+        with a.ws("/ws/sb1") as ws:
+            accepted(push(a.port, "sb1", b"before"))
+            check_eq(ws.recv_message()[1], b"before", "before the flush")
+            redis.cmd("SCRIPT", "FLUSH")
+            redis.cmd("ACL", "SETUSER", "default", "-script")
+            r = push(a.port, "sb1", b"lost")  # NOSCRIPT, reload refused, retry NOSCRIPT
+            check_json_error(r, 503, "push while the scripts cannot be loaded")
+            wait_for(lambda: not ready(a), what="/readyz 503 while the scripts are missing")
+            check_json_error(push(a.port, "sb1", b"lost2"), 503, "push while not ready")
+            redis.cmd("ACL", "SETUSER", "default", "+script")
+            t0 = time.monotonic()
+            wait_ready(a, timeout=5)  # the heartbeat (every lease/3) loads them again
+            note("ready again %.2fs after the scripts became loadable" % (time.monotonic() - t0))
+            accepted(push(a.port, "sb1", b"after"))
+            check_eq(ws.recv_message()[1], b"after", "after the reload")
+            check(ws.nothing_within(0.2), "a refused push was delivered")
+
+
 @test("the 101 waits for the SUBSCRIBE confirmation (Redis frozen meanwhile)")
 def _():
     with RedisServer() as redis:
