@@ -25,7 +25,11 @@
  * acked count is LPOPped off the socket's in-flight list lazily: inside the socket's next
  * fetch, or within RLIST_ACK_DELAY_MS in one pipelined batch for all sockets (a crash in
  * that window redelivers those messages: at-least-once). On detach the acked ones are
- * dropped and the unacked go back to the head of p.recv.S in order (one EVALSHA).
+ * dropped and the unacked go back to the head of p.recv.S in order (one EVALSHA). A socket
+ * that leaves cleanly (close handshake, or closed by the gateway) is settled first: that
+ * release goes out at once, behind every ack command already sent for it, and the core's
+ * close reply waits for its answer (settle), so a reconnect anywhere never gets a written
+ * message again, even if this node dies right after.
  * Commands of one loop iteration leave in one write per link (redis_conn.c).
  *
  * Scripts: loaded with SCRIPT LOAD on every connect and called by SHA1. If Redis loses them
@@ -164,6 +168,10 @@ struct rlist_sess {
     uint8_t queued;           /* in the service queue */
     uint8_t in_acks;          /* in the ack list (holds a ref) */
     uint8_t dead;             /* session_deliver refused: wait for detach */
+    uint8_t settling;         /* settle called: s is leaving; no more fetches */
+    uint8_t released;         /* the release went out for settle: detach sends none */
+    uint8_t settle_due;       /* nothing to wait for (link down): call settle_cb next pass */
+    broker_settle_cb settle_cb; /* borrowed: settle's callback until it runs; detach drops it */
     struct msg **held;        /* owned: fetched (so in the in-flight list) but not yet given
                                * to the socket, whose unsent bytes were at max_send_buffer;
                                * FIFO from held_off, taken as writes make room */
@@ -494,6 +502,16 @@ static void rlist_held_drain(struct rlist_sess *rs)
         rs->held_off = 0;
 }
 
+/* Run settle's callback (once; not after detach, which cancels it). */
+static void rlist_settle_done(struct rlist_sess *rs)
+{
+    broker_settle_cb cb = rs->settle_cb;
+    rs->settle_cb = NULL;
+    rs->settle_due = 0;
+    if (cb != NULL && !rs->base.detached)
+        cb(rs->base.s); /* the core detaches rs from inside */
+}
+
 static void rlist_on_flow(redisAsyncContext *ac, void *r, void *priv)
 {
     struct rlist_sess *rs = priv;
@@ -502,6 +520,12 @@ static void rlist_on_flow(redisAsyncContext *ac, void *r, void *priv)
     uint32_t k = rs->fetching;
     (void)ac;
     rs->fetching = 0;
+    if (rs->settling && !rs->base.detached && reply != NULL) {
+        /* leaving: the settle's release, behind this fetch on the link, returns what it
+         * moved; nothing more goes to the socket */
+        rlist_sess_unref(rs);
+        return;
+    }
     if (rs->base.detached || reply == NULL || rs->fetch_epoch != rl->epoch) {
         rs->more = 1; /* the next registration kicks every session */
         rlist_sess_unref(rs);
@@ -561,7 +585,7 @@ static void rlist_service(struct rlist_sess *rs)
     char fkey[RCOMMON_NAME_MAX], lease[RCOMMON_NAME_MAX], acks[16], kbuf[16];
     size_t flen;
     uint32_t k = 0;
-    if (rs->base.detached || !rl->registered || !rconn_is_up(rl->base.cmd))
+    if (rs->base.detached || rs->settling || !rl->registered || !rconn_is_up(rl->base.cmd))
         return;
     uint32_t window = rl->base.cfg->max_inflight > 0 ? rl->base.cfg->max_inflight : 1;
     rlist_held_drain(rs);
@@ -614,7 +638,9 @@ static void rlist_service_drain(struct rlist *rl)
             rl->svc_tail = NULL;
         rs->snext = NULL;
         rs->queued = 0;
-        if (!rl->base.closing)
+        if (rs->settle_due)
+            rlist_settle_done(rs);
+        else if (!rl->base.closing)
             rlist_service(rs);
         rlist_sess_unref(rs);
     }
@@ -650,7 +676,7 @@ static void rlist_service_schedule(struct rlist_sess *rs)
 
 static void rlist_wake(struct rlist_sess *rs)
 {
-    if (rs->base.detached || !rs->base.attached)
+    if (rs->base.detached || !rs->base.attached || rs->settling)
         return;
     if (rs->fetching > 0) {
         rs->dirty = 1;
@@ -1053,44 +1079,98 @@ static int rlist_attach(struct broker *b, struct session *s)
     return 0;
 }
 
-static void rlist_on_release(redisAsyncContext *ac, void *r, void *priv)
+static void rlist_release_log(struct rlist_sess *rs, const redisReply *reply)
 {
-    struct rlist_sess *rs = priv;
-    redisReply *reply = r;
-    (void)ac;
     if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
         rs->rl->base.b->errors++;
         log_warn("event=redis_release_failed err=\"%.*s\"", (int)reply->len, reply->str);
     } else if (reply != NULL && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
         log_debug("event=redis_released messages=%lld", reply->integer);
     }
+}
+
+static void rlist_on_release(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rlist_sess *rs = priv;
+    (void)ac;
+    rlist_release_log(rs, r);
     rlist_sess_unref(rs);
+}
+
+/* The settle's release answered: every ack given for rs so far ran before it (same link,
+ * in order), so a reconnect anywhere cannot be handed those messages again. */
+static void rlist_on_settled(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rlist_sess *rs = priv;
+    redisReply *reply = r;
+    (void)ac;
+    rlist_release_log(rs, reply);
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR)
+        rs->released = 0; /* detach tries again (or the incarnation's reclaim returns them) */
+    rlist_settle_done(rs);
+    rlist_sess_unref(rs);
+}
+
+/* Send the release of rs's in-flight list: drop its acked head (rs->acks, and everything
+ * acked in earlier commands, which run first on the same link), move the rest back to the
+ * head of the queue in order, forget the list. The reply callback fn gets a ref on rs.
+ * 0, or < 0 when it could not be sent (link down: the next registration reclaims the list). */
+static int rlist_release(struct rlist *rl, struct rlist_sess *rs, redisCallbackFn *fn)
+{
+    char fkey[RCOMMON_NAME_MAX], hkey[RCOMMON_NAME_MAX], acks[16], sid[24], ttl[24];
+    int rc;
+    if (!rl->registered || !rconn_is_up(rl->base.cmd))
+        return UV_ENOTCONN;
+    size_t fl = rlist_inflight_key(rl, rs->sid, fkey, sizeof(fkey));
+    size_t hl = rcommon_name(&rl->base, "node", rl->nid, hkey, sizeof(hkey));
+    int al = snprintf(acks, sizeof(acks), "%u", rs->acks);
+    int sl = snprintf(sid, sizeof(sid), "%llu", (unsigned long long)rs->sid);
+    int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)rl->base.cfg->ttl_ms);
+    const char *argv[] = {
+        "EVALSHA", rl->sha[RLIST_LUA_RELEASE], "3", fkey, rs->qkey, hkey, acks, sid, ttl};
+    size_t lens[] = {7,          40,         1,          fl,        rs->qkey_len,
+                     (size_t)hl, (size_t)al, (size_t)sl, (size_t)tl};
+    if ((rc = rlist_eval(rl, fn, NULL, rs, NULL, 9, argv, lens)) < 0)
+        return rc;
+    rs->refs++;
+    rs->acks = 0;
+    return 0;
 }
 
 static void rlist_sess_detach(struct rlist *rl, struct rlist_sess *rs, int release)
 {
     rcommon_sess_detach(&rl->base, &rs->base);
     rlist_held_clear(rs); /* they are in the in-flight list: released below */
+    rs->settle_cb = NULL; /* detach cancels a settle */
     /* Unacked messages back to the queue head; runs after an outstanding fetch (same
      * link), so what that fetch moved goes back too. If the link is down, the next
-     * registration reclaims this incarnation's lists instead. */
-    if (release && rl->registered && rconn_is_up(rl->base.cmd)) {
-        char fkey[RCOMMON_NAME_MAX], hkey[RCOMMON_NAME_MAX], acks[16], sid[24], ttl[24];
-        size_t fl = rlist_inflight_key(rl, rs->sid, fkey, sizeof(fkey));
-        size_t hl = rcommon_name(&rl->base, "node", rl->nid, hkey, sizeof(hkey));
-        int al = snprintf(acks, sizeof(acks), "%u", rs->acks);
-        int sl = snprintf(sid, sizeof(sid), "%llu", (unsigned long long)rs->sid);
-        int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)rl->base.cfg->ttl_ms);
-        const char *argv[] = {
-            "EVALSHA", rl->sha[RLIST_LUA_RELEASE], "3", fkey, rs->qkey, hkey, acks, sid, ttl};
-        size_t lens[] = {7,          40,         1,          fl,        rs->qkey_len,
-                         (size_t)hl, (size_t)al, (size_t)sl, (size_t)tl};
-        if (rlist_eval(rl, rlist_on_release, NULL, rs, NULL, 9, argv, lens) == 0)
-            rs->refs++;
-    }
+     * registration reclaims this incarnation's lists instead. A settled socket's release
+     * went out already. */
+    if (release && !rs->released)
+        (void)rlist_release(rl, rs, rlist_on_release);
     rs->acks = 0;
     if (rs->refs == 0)
         free(rs);
+}
+
+/* The core's close reply waits for cb: send the release now (it carries the pending acks
+ * and runs after every command already sent for rs) and call cb on its answer. */
+static void rlist_settle(struct broker *b, struct session *s, broker_settle_cb cb)
+{
+    struct rlist *rl = b->priv;
+    struct rlist_sess *rs = s->bpriv;
+    if (rl == NULL || rs == NULL || rs->base.detached)
+        return; /* the broker is closing and forgot s: the core's close timeout ends it */
+    rs->settling = 1;
+    rs->settle_cb = cb;
+    rlist_held_clear(rs); /* in the in-flight list: the release returns them */
+    if (!rs->released && rlist_release(rl, rs, rlist_on_settled) == 0) {
+        rs->released = 1;
+        return;
+    }
+    /* Nothing can be confirmed (link down): let the client go at the next pass. */
+    rs->settle_due = 1;
+    rlist_service_schedule(rs);
 }
 
 static void rlist_detach(struct broker *b, struct session *s)
@@ -1226,6 +1306,7 @@ const struct broker_ops broker_redis_list_ops = {
     .publish = rcommon_publish,
     .upstream = rlist_upstream,
     .ack = rlist_ack,
+    .settle = rlist_settle,
     .ready = rlist_ready,
     .close = rlist_close,
 };
