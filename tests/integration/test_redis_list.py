@@ -593,6 +593,61 @@ def _():
             check(ws.nothing_within(0.2), "a refused push was delivered")
 
 
+FAST_READER = r"""
+import asyncio, sys, websockets
+async def main(url, n):
+    got, order, code = 0, 1, None
+    try:
+        async with websockets.connect(url, max_size=None, compression=None,
+                                      ping_interval=None) as ws:
+            print("ready", flush=True)
+            while got < n:
+                m = await ws.recv()
+                order &= int(m[:6]) == got
+                got += 1
+    except websockets.ConnectionClosed as e:
+        code = e.code
+    print("got=%d in_order=%d close=%s" % (got, order, code), flush=True)
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+@test("a burst of 400 x 64 KiB: never more than the socket can take (no 1008), for a fast "
+      "reader (python3-websockets) and one that never reads", timeout=120)
+def _():
+    import subprocess
+    n, size = 400, 64 * 1024
+    env = {"WSGATE_WEBSOCKET_MAX_SEND_BUFFER": "1m", "WSGATE_BROKER_MAX_QUEUE": "10000"}
+    with RedisServer() as redis, gateway(redis, env=env) as a:
+        stalled = a.ws("/ws/lb.never", rcvbuf=16384)
+        fast = subprocess.Popen(["/usr/bin/python3", "-c", FAST_READER,
+                                 "ws://127.0.0.1:%d/ws/lb.fast" % a.port, str(n)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            check_eq(fast.stdout.readline().strip(), b"ready", "fast reader connected")
+            t0 = time.monotonic()
+            with a.http() as h:
+                for i in range(n):
+                    body = b"%06d" % i + b"." * (size - 6)
+                    accepted(h.request("POST", "/push/lb.fast", body), "push %d" % i)
+                    accepted(h.request("POST", "/push/lb.never", body), "push %d" % i)
+            dt = time.monotonic() - t0
+            out, _ = fast.communicate(timeout=60)
+        finally:
+            if fast.poll() is None:
+                fast.kill()
+                fast.wait()
+        res = out.decode().strip().splitlines()[-1]
+        left = redis.cmd("LLEN", "ws.recv.lb.never")
+        note("2 x %d x %d KiB pushed in %.2fs; fast reader: %s; never-reading socket: %d "
+             "still in Redis" % (n, size // 1024, dt, res, left))
+        check_eq(res, "got=%d in_order=1 close=None" % n, "fast reader")
+        check_eq(metric(a.port, "wsgate_slow_client_closes_total"), 0.0, "slow closes")
+        check(left > n // 2, "the never-reading socket took %d messages" % (n - left))
+        check(not stalled.wait_eof(0.2), "the never-reading socket was closed")
+        stalled.close_socket()
+
+
 def churn(nodes, how, sessions=12, per=150, prefix="ch"):
     """Push per messages to each of sessions sessions, one request in flight per keep-alive
     connection (one pusher thread per node, alternating nodes per session), while every
