@@ -21,7 +21,10 @@
  * message that would still push the socket over max_send_buffer is held here, in order,
  * until writes make room: a slow reader is held back, never closed 1008). Any RPUSH/LPUSH on
  * p.recv.S (ours or a plain redis-cli's) produces a keyspace notification that wakes the
- * holder's fetch; there is no polling. When the core reports a frame written (ack), the
+ * holder's fetch; there is no polling. A push made through the node that holds a socket of
+ * S with room, while p.recv.S is empty, skips all that: one EVALSHA appends it to that
+ * socket's in-flight list and its reply writes the frame (direct push: one round trip from
+ * POST to frame instead of three). When the core reports a frame written (ack), the
  * acked count is LPOPped off the socket's in-flight list lazily: inside the socket's next
  * fetch, or within RLIST_ACK_DELAY_MS in one pipelined batch for all sockets (a crash in
  * that window redelivers those messages: at-least-once). On detach the acked ones are
@@ -64,6 +67,7 @@
 #define RLIST_BATCH_MAX 1000  /* Lua unpack() limit is ~8000; keep replies small */
 #define RLIST_HSET_CHUNK 256  /* sessions per HSET when re-registering */
 #define RLIST_ACK_DELAY_MS 20 /* acks not carried by a fetch are applied within this */
+#define RLIST_ACK_CHUNK 64    /* in-flight lists per ack script call */
 
 /* --- Lua (loaded with SCRIPT LOAD on every connect; EVALSHA by locally computed SHA1) --- */
 
@@ -72,6 +76,25 @@
 static const char rlist_lua_push[] =
     "local max = tonumber(ARGV[2])\n"
     "if max > 0 and redis.call('LLEN', KEYS[1]) >= max then return -1 end\n"
+    "local n = redis.call('RPUSH', KEYS[1], ARGV[1])\n"
+    "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
+    "return n\n";
+
+/* A push from this node for a session with a socket here that can take it now. KEYS[1]
+ * queue, KEYS[2] that socket's in-flight list, KEYS[3] lease; ARGV payload, max_queue, ttl_ms,
+ * acks. Drops the acked head of the in-flight list; then, when the queue is empty (nothing
+ * to pass) and the lease holds, appends the payload to the in-flight list and returns -2:
+ * the gateway writes it at once, no wake-up, no fetch. Otherwise a plain push (as above). */
+static const char rlist_lua_pushd[] =
+    "local a = tonumber(ARGV[4])\n"
+    "if a > 0 then redis.call('LPOP', KEYS[2], a) end\n"
+    "local q = redis.call('LLEN', KEYS[1])\n"
+    "if q == 0 and redis.call('EXISTS', KEYS[3]) == 1 then\n"
+    "  redis.call('RPUSH', KEYS[2], ARGV[1])\n"
+    "  return -2\n"
+    "end\n"
+    "local max = tonumber(ARGV[2])\n"
+    "if max > 0 and q >= max then return -1 end\n"
     "local n = redis.call('RPUSH', KEYS[1], ARGV[1])\n"
     "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
     "return n\n";
@@ -90,6 +113,11 @@ static const char rlist_lua_flow[] =
     "if not v then return {} end\n"
     "redis.call('RPUSH', KEYS[2], unpack(v))\n"
     "return v\n";
+
+/* KEYS in-flight lists, ARGV[i] the acked count of KEYS[i]: drops each acked head. */
+static const char rlist_lua_acks[] =
+    "for i = 1, #KEYS do redis.call('LPOP', KEYS[i], ARGV[i]) end\n"
+    "return #KEYS\n";
 
 /* KEYS[1] in-flight list, KEYS[2] queue, KEYS[3] node hash; ARGV acks, sid, ttl_ms.
  * Drops the acked head, moves the rest back to the queue head in order. */
@@ -141,10 +169,19 @@ static const char rlist_lua_node[] =
 
 /* clang-format on */
 
-enum { RLIST_LUA_PUSH = 0, RLIST_LUA_FLOW, RLIST_LUA_RELEASE, RLIST_LUA_NODE, RLIST_LUA_N };
+enum {
+    RLIST_LUA_PUSH = 0,
+    RLIST_LUA_PUSHD,
+    RLIST_LUA_FLOW,
+    RLIST_LUA_RELEASE,
+    RLIST_LUA_NODE,
+    RLIST_LUA_ACKS,
+    RLIST_LUA_N
+};
 
-static const char *const rlist_lua[RLIST_LUA_N] = {rlist_lua_push, rlist_lua_flow,
-                                                   rlist_lua_release, rlist_lua_node};
+static const char *const rlist_lua[RLIST_LUA_N] = {
+    rlist_lua_push, rlist_lua_pushd, rlist_lua_flow, rlist_lua_release, rlist_lua_node,
+    rlist_lua_acks};
 
 struct rlist;
 
@@ -160,6 +197,7 @@ struct rlist_sess {
     uint64_t sid;             /* s->id: names the in-flight list */
     uint32_t unacked;         /* delivered in this epoch, not acked yet */
     uint32_t fetching;        /* messages asked by the outstanding fetch (0 = none) */
+    uint32_t direct;          /* direct pushes to this socket not answered yet (window) */
     uint32_t acks;            /* acked, not yet dropped from the in-flight list */
     uint32_t refs;            /* outstanding replies + service-queue membership */
     uint64_t fetch_epoch;     /* rl->epoch when the outstanding fetch was sent */
@@ -590,8 +628,8 @@ static void rlist_service(struct rlist_sess *rs)
     uint32_t window = rl->base.cfg->max_inflight > 0 ? rl->base.cfg->max_inflight : 1;
     rlist_held_drain(rs);
     if (rs->base.attached && rs->more && rs->fetching == 0 && !rs->dead && rs->nheld == 0 &&
-        rs->base.nready == rs->base.nsubs && rs->unacked < window) {
-        k = window - rs->unacked;
+        rs->base.nready == rs->base.nsubs && rs->unacked + rs->direct < window) {
+        k = window - rs->unacked - rs->direct;
         if (k > rl->batch)
             k = rl->batch;
         /* No more than the send buffer can take, going by this socket's message sizes
@@ -1197,10 +1235,133 @@ static int rlist_push_to(struct rlist *rl, const char *kind, const char *name, s
     return rlist_eval(rl, NULL, cb, arg, m, 7, argv, lens);
 }
 
+/* --- direct pushes: a push for a socket of this node skips the queue --- */
+
+/* A push made through this node for a session with a socket here costs, the plain way,
+ * three Redis round trips in a row before the frame goes out: the push, the keyspace
+ * notification that wakes the holder, and its fetch (plus a notification for the fetch's
+ * LPOP). The direct push does it in one: when the queue is empty, the push script appends
+ * the message to that socket's in-flight list and the reply hands the message (the same
+ * sealed msg, no copy) to the socket. Order holds because it happens only with an empty
+ * queue and replies come back in link order, like fetches; delivery and acks are those of
+ * a fetched message, and a socket that leaves before the reply gets it back to the queue
+ * by its release, which runs after the push on the same link. */
+struct rlist_push_req {
+    struct rlist_sess *rs; /* ref: the socket the message may go to */
+    struct msg *m;         /* ref: the message */
+    broker_push_cb cb;     /* borrowed: the core's */
+    void *arg;             /* borrowed: for cb */
+};
+
+/* A socket of the queue qkey on this node that can take one more message of len bytes now
+ * (attached, not leaving, nothing held, window and send buffer room), or NULL. */
+static struct rlist_sess *rlist_direct_target(struct rlist *rl, const char *qkey, size_t qlen,
+                                              size_t len)
+{
+    char kch[RCOMMON_NAME_MAX + 32];
+    uint32_t window = rl->base.cfg->max_inflight > 0 ? rl->base.cfg->max_inflight : 1;
+    struct rconn_chan *ch;
+    int kl;
+    if (!rl->registered)
+        return NULL;
+    kl = snprintf(kch, sizeof(kch), "__keyspace@%d__:%.*s", rl->base.url.db, (int)qlen, qkey);
+    if (kl < 0 || (size_t)kl >= sizeof(kch) ||
+        (ch = rconn_chan_lookup(rl->base.sub, kch, (size_t)kl)) == NULL)
+        return NULL;
+    for (struct rsub *u = ch->ready; u != NULL; u = u->next) {
+        struct rlist_sess *rs = u->owner;
+        if (u->tag != RCOMMON_TAG_SESS || rs->base.detached || !rs->base.attached ||
+            rs->settling || rs->dead || rs->nheld > 0 ||
+            rs->unacked + rs->fetching + rs->direct >= window ||
+            !session_can_take(rs->base.s, len))
+            continue;
+        return rs;
+    }
+    return NULL;
+}
+
+/* The push script put m in rs's in-flight list: write it like a fetched message. */
+static void rlist_direct_give(struct rlist_sess *rs, struct msg *m)
+{
+    int rc;
+    if (rs->base.detached || rs->settling || rs->dead)
+        return; /* the release (behind the push on the link) returns it to the queue */
+    if (rs->nheld > 0 || !session_can_take(rs->base.s, m->len))
+        rc = rlist_held_push(rs, m);
+    else
+        rc = rlist_give(rs, m);
+    if (rc == UV_ENOMEM) {
+        session_close(rs->base.s, 1011);
+        rs->dead = 1;
+    }
+    if (rc == 0)
+        rs->unacked++;
+}
+
+static void rlist_on_pushd(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rlist_push_req *req = priv;
+    struct rlist_sess *rs = req->rs;
+    struct rlist *rl = rs->rl;
+    redisReply *reply = r;
+    broker_push_cb cb = req->cb;
+    void *arg = req->arg;
+    int status = 0;
+    (void)ac;
+    rs->direct--;
+    if (reply == NULL) {
+        status = rconn_last_error(rl->base.cmd);
+    } else if (reply->type == REDIS_REPLY_ERROR) {
+        rl->base.b->errors++;
+        log_warn("event=redis_error conn=cmd err=\"%.*s\"", (int)reply->len, reply->str);
+        status = UV_EIO;
+    } else if (reply->type == REDIS_REPLY_INTEGER && reply->integer == -1) {
+        status = UV_ENOBUFS;
+    } else if (reply->type == REDIS_REPLY_INTEGER && reply->integer == -2) {
+        rlist_direct_give(rs, req->m);
+    }
+    msg_unref(req->m);
+    free(req);
+    rlist_sess_unref(rs);
+    cb(arg, status);
+}
+
 static int rlist_push(struct broker *b, const char *key, struct msg *m, broker_push_cb cb,
                       void *arg)
 {
-    return rlist_push_to(b->priv, "recv", key, m, cb, arg);
+    struct rlist *rl = b->priv;
+    struct rlist_sess *rs;
+    struct rlist_push_req *req;
+    char q[RCOMMON_NAME_MAX], fkey[RCOMMON_NAME_MAX], lease[RCOMMON_NAME_MAX], max[16], ttl[24],
+        acks[16];
+    size_t ql = rcommon_name(&rl->base, "recv", key, q, sizeof(q));
+    int rc;
+    if (rl->base.closing)
+        return UV_ECANCELED;
+    if ((rs = rlist_direct_target(rl, q, ql, m->len)) == NULL)
+        return rlist_push_to(rl, "recv", key, m, cb, arg);
+    if ((req = malloc(sizeof(*req))) == NULL)
+        return UV_ENOMEM;
+    size_t fl = rlist_inflight_key(rl, rs->sid, fkey, sizeof(fkey));
+    size_t ll = rcommon_name(&rl->base, "lease", rl->nid, lease, sizeof(lease));
+    int ml = snprintf(max, sizeof(max), "%u", rl->base.cfg->max_queue);
+    int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)rl->base.cfg->ttl_ms);
+    int al = snprintf(acks, sizeof(acks), "%u", rs->acks);
+    const char *argv[] = {"EVALSHA", rl->sha[RLIST_LUA_PUSHD], "3", q, fkey, lease, m->data,
+                          max, ttl, acks};
+    size_t lens[] = {7, 40, 1, ql, fl, ll, m->len, (size_t)ml, (size_t)tl, (size_t)al};
+    if ((rc = rlist_eval(rl, rlist_on_pushd, NULL, req, m, 10, argv, lens)) < 0) {
+        free(req);
+        return rc;
+    }
+    req->rs = rs;
+    req->m = msg_ref(m);
+    req->cb = cb;
+    req->arg = arg;
+    rs->refs++;
+    rs->direct++;
+    rs->acks = 0; /* carried by this push */
+    return 0;
 }
 
 static int rlist_upstream(struct broker *b, struct session *s, struct msg *m, broker_push_cb cb,
@@ -1210,25 +1371,52 @@ static int rlist_upstream(struct broker *b, struct session *s, struct msg *m, br
 }
 
 /* LPOP the acked head of every in-flight list with pending acks: one pipelined write. */
+/* Drop the acked heads of n in-flight lists in one script call; releases the batch's refs. */
+static void rlist_acks_send(struct rlist *rl, struct rlist_sess **batch, int n)
+{
+    char keys[RLIST_ACK_CHUNK][RCOMMON_NAME_MAX], counts[RLIST_ACK_CHUNK][12], nk[8];
+    const char *argv[3 + 2 * RLIST_ACK_CHUNK];
+    size_t lens[3 + 2 * RLIST_ACK_CHUNK];
+    argv[0] = "EVALSHA";
+    lens[0] = 7;
+    argv[1] = rl->sha[RLIST_LUA_ACKS];
+    lens[1] = 40;
+    argv[2] = nk;
+    lens[2] = (size_t)snprintf(nk, sizeof(nk), "%d", n);
+    for (int i = 0; i < n; i++) {
+        argv[3 + i] = keys[i];
+        lens[3 + i] = rlist_inflight_key(rl, batch[i]->sid, keys[i], sizeof(keys[i]));
+        argv[3 + n + i] = counts[i];
+        lens[3 + n + i] = (size_t)snprintf(counts[i], sizeof(counts[i]), "%u", batch[i]->acks);
+    }
+    int sent = rlist_eval(rl, NULL, NULL, NULL, NULL, 3 + 2 * n, argv, lens) == 0;
+    for (int i = 0; i < n; i++) {
+        if (sent)
+            batch[i]->acks = 0;
+        rlist_sess_unref(batch[i]);
+    }
+}
+
+/* LPOP the acked head of every in-flight list with pending acks: one script call per
+ * RLIST_ACK_CHUNK sockets, all in one pipelined write. */
 static void rlist_on_ack_timer(uv_timer_t *t)
 {
     struct rlist *rl = t->data;
-    struct rlist_sess *rs = rl->ack_head;
+    struct rlist_sess *rs = rl->ack_head, *batch[RLIST_ACK_CHUNK];
+    int n = 0;
     rl->ack_head = NULL;
     while (rs != NULL) {
         struct rlist_sess *next = rs->anext;
         rs->anext = NULL;
         rs->in_acks = 0;
-        if (!rs->base.detached && rs->acks > 0 && rl->registered && !rl->base.closing) {
-            char fkey[RCOMMON_NAME_MAX], acks[16];
-            size_t fl = rlist_inflight_key(rl, rs->sid, fkey, sizeof(fkey));
-            int al = snprintf(acks, sizeof(acks), "%u", rs->acks);
-            const char *argv[] = {"LPOP", fkey, acks};
-            size_t lens[] = {4, fl, (size_t)al};
-            if (rconn_command(rl->base.cmd, NULL, NULL, 3, argv, lens) == 0)
-                rs->acks = 0;
+        if (!rs->base.detached && rs->acks > 0 && rl->registered && !rl->base.closing)
+            batch[n++] = rs; /* keeps the ack list's ref until sent */
+        else
+            rlist_sess_unref(rs);
+        if (n == RLIST_ACK_CHUNK || (next == NULL && n > 0)) {
+            rlist_acks_send(rl, batch, n);
+            n = 0;
         }
-        rlist_sess_unref(rs);
         rs = next;
     }
 }

@@ -486,6 +486,13 @@ def _():
                 check_eq(ws.recv_message()[1], b"x%d" % i, "message %d" % i)
             cs, ls = mon.stop()
             mon = Monitor(redis)
+            ha = a.http()
+            for i in range(n):  # the same through the node that holds the socket: direct
+                accepted(ha.request("POST", "/push/c002", b"y%d" % i))
+                check_eq(clients[2].recv_message()[1], b"y%d" % i, "direct message %d" % i)
+            ha.close()
+            cd, ld = mon.stop()
+            mon = Monitor(redis)
             with Resp(redis.port) as r:
                 r.command("RPUSH", "ws.recv.c001", *msgs(2000))
             got = recv_all([clients[1]], 2000, timeout=10)[clients[1]]
@@ -498,6 +505,12 @@ def _():
                  "inside Lua %r" % (cs, ls))
             note("=> %.2f round trips per push->deliver (push, fetch; acks batched)"
                  % per_seq)
+            per_direct = sum(cd.get(c, 0) for c in GATEWAY_CMDS) / n
+            note("one at a time through A, which holds the socket: gateway commands %r, "
+                 "inside Lua %r" % (cd, ld))
+            note("=> %.2f round trips per push->deliver (the push moves it straight into "
+                 "the socket's in-flight list)" % per_direct)
+            check(per_direct <= 1.2, "%.2f round trips per direct push, want ~1" % per_direct)
             note("burst of 2000 RPUSHed by a producer: gateway commands %r, inside Lua %r"
                  % ({k: v for k, v in cb.items() if k in GATEWAY_CMDS}, lb))
             note("=> %.3f round trips per message when batched" % per_burst)
