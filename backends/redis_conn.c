@@ -332,6 +332,11 @@ static void rconn_chans_reset(struct rconn *rc)
     }
 }
 
+struct rconn_chan *rconn_chan_lookup(const struct rconn *rc, const char *name, size_t len)
+{
+    return rc->kind == RCONN_SUB ? rconn_chan_find(rc, name, len) : NULL;
+}
+
 size_t rconn_channels(const struct rconn *rc)
 {
     return rc->nchans;
@@ -362,6 +367,9 @@ static void rconn_on_check(uv_check_t *h)
 {
     struct rconn *rc = h->data;
     rc->after_prepare = 0;
+    /* The poll is over: an idle started for it (a command queued in the poll phase, which
+     * this flush sends) would only make the next poll spin once for nothing. */
+    uv_idle_stop(&rc->idle);
     rconn_flush(rc);
 }
 

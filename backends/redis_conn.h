@@ -139,6 +139,8 @@ int rconn_subscribe(struct rconn *rc, struct rsub *subs, const char *const *name
                     const size_t *lens, size_t n);
 /* RCONN_SUB: unregister users; channels left without users are unsubscribed (one command). */
 void rconn_unsubscribe(struct rconn *rc, struct rsub *subs, size_t n);
+/* RCONN_SUB: the registry's channel name[0..len), or NULL. Walk its ready list for users. */
+struct rconn_chan *rconn_chan_lookup(const struct rconn *rc, const char *name, size_t len);
 /* Number of channels currently in the registry (for tests and logs). */
 size_t rconn_channels(const struct rconn *rc);
 

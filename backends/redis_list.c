@@ -21,12 +21,24 @@
  * message that would still push the socket over max_send_buffer is held here, in order,
  * until writes make room: a slow reader is held back, never closed 1008). Any RPUSH/LPUSH on
  * p.recv.S (ours or a plain redis-cli's) produces a keyspace notification that wakes the
- * holder's fetch; there is no polling. When the core reports a frame written (ack), the
+ * holder's fetch; there is no polling. A push made through the node that holds a socket of
+ * S with room, while p.recv.S is empty, skips all that: one EVALSHA appends it to that
+ * socket's in-flight list and its reply writes the frame (direct push: one round trip from
+ * POST to frame instead of three). When the core reports a frame written (ack), the
  * acked count is LPOPped off the socket's in-flight list lazily: inside the socket's next
  * fetch, or within RLIST_ACK_DELAY_MS in one pipelined batch for all sockets (a crash in
  * that window redelivers those messages: at-least-once). On detach the acked ones are
- * dropped and the unacked go back to the head of p.recv.S in order (one EVALSHA).
+ * dropped and the unacked go back to the head of p.recv.S in order (one EVALSHA). A socket
+ * that leaves cleanly (close handshake, or closed by the gateway) is settled first: that
+ * release goes out at once, behind every ack command already sent for it, and the core's
+ * close reply waits for its answer (settle), so a reconnect anywhere never gets a written
+ * message again, even if this node dies right after.
  * Commands of one loop iteration leave in one write per link (redis_conn.c).
+ *
+ * Scripts: loaded with SCRIPT LOAD on every connect and called by SHA1. If Redis loses them
+ * (SCRIPT FLUSH, a failover behind a proxy), the first NOSCRIPT holds further EVALSHAs back
+ * until those in flight answered, reloads, and retries each failed call once, in order
+ * (rlist_eval); /readyz is 503 only while the scripts cannot be loaded.
  *
  * Crash recovery: each connection of the command link registers a fresh incarnation N
  * with a lease (max(3 ping, 2 timeout) + 1 s). Every node's heartbeat sweeps p.nodes and
@@ -55,6 +67,7 @@
 #define RLIST_BATCH_MAX 1000  /* Lua unpack() limit is ~8000; keep replies small */
 #define RLIST_HSET_CHUNK 256  /* sessions per HSET when re-registering */
 #define RLIST_ACK_DELAY_MS 20 /* acks not carried by a fetch are applied within this */
+#define RLIST_ACK_CHUNK 64    /* in-flight lists per ack script call */
 
 /* --- Lua (loaded with SCRIPT LOAD on every connect; EVALSHA by locally computed SHA1) --- */
 
@@ -63,6 +76,25 @@
 static const char rlist_lua_push[] =
     "local max = tonumber(ARGV[2])\n"
     "if max > 0 and redis.call('LLEN', KEYS[1]) >= max then return -1 end\n"
+    "local n = redis.call('RPUSH', KEYS[1], ARGV[1])\n"
+    "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
+    "return n\n";
+
+/* A push from this node for a session with a socket here that can take it now. KEYS[1]
+ * queue, KEYS[2] that socket's in-flight list, KEYS[3] lease; ARGV payload, max_queue, ttl_ms,
+ * acks. Drops the acked head of the in-flight list; then, when the queue is empty (nothing
+ * to pass) and the lease holds, appends the payload to the in-flight list and returns -2:
+ * the gateway writes it at once, no wake-up, no fetch. Otherwise a plain push (as above). */
+static const char rlist_lua_pushd[] =
+    "local a = tonumber(ARGV[4])\n"
+    "if a > 0 then redis.call('LPOP', KEYS[2], a) end\n"
+    "local q = redis.call('LLEN', KEYS[1])\n"
+    "if q == 0 and redis.call('EXISTS', KEYS[3]) == 1 then\n"
+    "  redis.call('RPUSH', KEYS[2], ARGV[1])\n"
+    "  return -2\n"
+    "end\n"
+    "local max = tonumber(ARGV[2])\n"
+    "if max > 0 and q >= max then return -1 end\n"
     "local n = redis.call('RPUSH', KEYS[1], ARGV[1])\n"
     "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
     "return n\n";
@@ -81,6 +113,11 @@ static const char rlist_lua_flow[] =
     "if not v then return {} end\n"
     "redis.call('RPUSH', KEYS[2], unpack(v))\n"
     "return v\n";
+
+/* KEYS in-flight lists, ARGV[i] the acked count of KEYS[i]: drops each acked head. */
+static const char rlist_lua_acks[] =
+    "for i = 1, #KEYS do redis.call('LPOP', KEYS[i], ARGV[i]) end\n"
+    "return #KEYS\n";
 
 /* KEYS[1] in-flight list, KEYS[2] queue, KEYS[3] node hash; ARGV acks, sid, ttl_ms.
  * Drops the acked head, moves the rest back to the queue head in order. */
@@ -132,10 +169,19 @@ static const char rlist_lua_node[] =
 
 /* clang-format on */
 
-enum { RLIST_LUA_PUSH = 0, RLIST_LUA_FLOW, RLIST_LUA_RELEASE, RLIST_LUA_NODE, RLIST_LUA_N };
+enum {
+    RLIST_LUA_PUSH = 0,
+    RLIST_LUA_PUSHD,
+    RLIST_LUA_FLOW,
+    RLIST_LUA_RELEASE,
+    RLIST_LUA_NODE,
+    RLIST_LUA_ACKS,
+    RLIST_LUA_N
+};
 
-static const char *const rlist_lua[RLIST_LUA_N] = {rlist_lua_push, rlist_lua_flow,
-                                                   rlist_lua_release, rlist_lua_node};
+static const char *const rlist_lua[RLIST_LUA_N] = {
+    rlist_lua_push, rlist_lua_pushd, rlist_lua_flow, rlist_lua_release, rlist_lua_node,
+    rlist_lua_acks};
 
 struct rlist;
 
@@ -151,6 +197,7 @@ struct rlist_sess {
     uint64_t sid;             /* s->id: names the in-flight list */
     uint32_t unacked;         /* delivered in this epoch, not acked yet */
     uint32_t fetching;        /* messages asked by the outstanding fetch (0 = none) */
+    uint32_t direct;          /* direct pushes to this socket not answered yet (window) */
     uint32_t acks;            /* acked, not yet dropped from the in-flight list */
     uint32_t refs;            /* outstanding replies + service-queue membership */
     uint64_t fetch_epoch;     /* rl->epoch when the outstanding fetch was sent */
@@ -159,6 +206,10 @@ struct rlist_sess {
     uint8_t queued;           /* in the service queue */
     uint8_t in_acks;          /* in the ack list (holds a ref) */
     uint8_t dead;             /* session_deliver refused: wait for detach */
+    uint8_t settling;         /* settle called: s is leaving; no more fetches */
+    uint8_t released;         /* the release went out for settle: detach sends none */
+    uint8_t settle_due;       /* nothing to wait for (link down): call settle_cb next pass */
+    broker_settle_cb settle_cb; /* borrowed: settle's callback until it runs; detach drops it */
     struct msg **held;        /* owned: fetched (so in the in-flight list) but not yet given
                                * to the socket, whose unsent bytes were at max_send_buffer;
                                * FIFO from held_off, taken as writes make room */
@@ -189,6 +240,17 @@ struct rlist {
     uint32_t batch;              /* messages per fetch at most */
     int setup_pending;           /* setup replies still awaited after the link came up */
     uint8_t registered;          /* setup done on the current command link */
+    /* EVALSHA bookkeeping (rlist_eval): scripts lost, reloaded, commands retried once */
+    struct rlist_eval *retry_head; /* answered NOSCRIPT: sent again first after the reload */
+    struct rlist_eval *retry_tail; /* idem */
+    struct rlist_eval *hold_head;  /* issued while holding: sent after the retries */
+    struct rlist_eval *hold_tail;  /* idem */
+    uint32_t evals_out;            /* EVALSHAs sent on the current link, not answered yet */
+    int loads_pending;             /* SCRIPT LOAD replies still awaited */
+    uint8_t loads_failed;          /* one of them was not the expected SHA1 */
+    uint8_t reloading;             /* the loads in progress follow a loss (log, kick after) */
+    uint8_t holding;               /* scripts lost: new EVALSHAs wait for the reload */
+    uint8_t scripts_bad;           /* the last load failed: not ready until one succeeds */
 };
 
 static void rlist_service_schedule(struct rlist_sess *rs);
@@ -216,6 +278,209 @@ static void rlist_sess_unref(struct rlist_sess *rs)
 {
     if (--rs->refs == 0 && rs->base.detached)
         free(rs);
+}
+
+/* --- EVALSHA, reloaded and retried once when Redis lost the scripts --- */
+
+/* Redis forgets loaded scripts on SCRIPT FLUSH, on a restart without them, or behind a
+ * proxy that fails over to a server that never saw our SCRIPT LOAD: every EVALSHA then
+ * answers NOSCRIPT. So every EVALSHA goes through rlist_eval. On the first NOSCRIPT the
+ * node holds new EVALSHAs back and waits until every one already sent has answered (they
+ * answer in order; those sent after the loss answer NOSCRIPT too), then sends SCRIPT LOAD
+ * for every script, the failed commands in their original order, then the held ones. So
+ * EVALSHAs keep their order on the link (an ack carried by a fetch still runs before the
+ * release of that socket), nothing waits on the loop, and each command is retried once:
+ * a second NOSCRIPT is its final answer and marks the scripts bad (not ready) until a
+ * reload succeeds (the heartbeat tries again). */
+struct rlist_eval {
+    struct rlist_eval *next; /* rl->retry_* or rl->hold_* list while waiting */
+    struct rlist *rl;        /* borrowed: outlives its commands (failed at link loss) */
+    redisCallbackFn *fn;     /* the caller's reply callback, or NULL (reply ignored) */
+    rconn_status_cb scb;     /* or a status callback (pushes: rconn_status_cb codes) */
+    void *priv;              /* borrowed: fn's or scb's argument */
+    struct msg *m;           /* ref: the payload one argument points into, or NULL */
+    uint8_t retried;         /* answered NOSCRIPT once: the next answer is final */
+    int argc;                /* number of arguments */
+    const char **argv;       /* into this allocation (the payload argument: into m) */
+    size_t *lens;            /* into this allocation */
+};
+
+static void rlist_evq_append(struct rlist_eval **head, struct rlist_eval **tail,
+                             struct rlist_eval *e)
+{
+    e->next = NULL;
+    if (*tail != NULL)
+        (*tail)->next = e;
+    else
+        *head = e;
+    *tail = e;
+}
+
+/* Give reply (NULL: the link was lost) to e's caller, then free e. */
+static void rlist_eval_finish(struct rlist_eval *e, redisReply *reply)
+{
+    struct rlist *rl = e->rl;
+    if (e->scb != NULL) {
+        int status = 0;
+        if (reply == NULL) {
+            status = rconn_last_error(rl->base.cmd);
+        } else if (reply->type == REDIS_REPLY_ERROR) {
+            log_warn("event=redis_error conn=cmd err=\"%.*s\"", (int)reply->len, reply->str);
+            status = UV_EIO;
+        } else if (reply->type == REDIS_REPLY_INTEGER && reply->integer == -1) {
+            status = UV_ENOBUFS;
+        }
+        e->scb(e->priv, status);
+    } else if (e->fn != NULL) {
+        e->fn(NULL, reply, e->priv); /* our callbacks never use the context */
+    }
+    msg_unref(e->m);
+    free(e);
+}
+
+/* Fail every waiting command (link lost or closing: they were never sent). */
+static void rlist_eval_fail_waiting(struct rlist *rl)
+{
+    struct rlist_eval *lists[2] = {rl->retry_head, rl->hold_head};
+    rl->retry_head = rl->retry_tail = rl->hold_head = rl->hold_tail = NULL;
+    rl->holding = 0;
+    for (int i = 0; i < 2; i++) {
+        for (struct rlist_eval *e = lists[i], *next; e != NULL; e = next) {
+            next = e->next;
+            rlist_eval_finish(e, NULL);
+        }
+    }
+}
+
+static void rlist_on_eval_reply(redisAsyncContext *ac, void *r, void *priv);
+static void rlist_reload(struct rlist *rl);
+
+static int rlist_eval_send(struct rlist_eval *e)
+{
+    int rc = rconn_command(e->rl->base.cmd, rlist_on_eval_reply, e, e->argc, e->argv, e->lens);
+    if (rc == 0)
+        e->rl->evals_out++;
+    return rc;
+}
+
+static void rlist_on_eval_reply(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rlist_eval *e = priv;
+    struct rlist *rl = e->rl;
+    redisReply *reply = r;
+    (void)ac;
+    rl->evals_out--;
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR && reply->len >= 8 &&
+        memcmp(reply->str, "NOSCRIPT", 8) == 0) {
+        if (!e->retried && rconn_is_up(rl->base.cmd)) {
+            if (!rl->holding && !rl->reloading)
+                log_warn("event=redis_scripts_lost action=reload");
+            rl->holding = 1;
+            e->retried = 1;
+            rlist_evq_append(&rl->retry_head, &rl->retry_tail, e);
+            if (rl->evals_out == 0)
+                rlist_reload(rl);
+            return;
+        }
+        rl->scripts_bad = 1; /* lost again right after a reload: the heartbeat retries */
+    }
+    rlist_eval_finish(e, reply);
+    if (rl->holding && rl->evals_out == 0)
+        rlist_reload(rl);
+}
+
+/* EVALSHA argv[0..argc) (argv[0] = "EVALSHA"). argv/lens: borrowed for the call (copied;
+ * an argument pointing at m->data is kept by a ref on m instead). Exactly one of fn
+ * (reply, NULL when the link was lost; fn may be NULL) and scb (status) is used.
+ * 0 => the callback runs exactly once, later; UV_ENOTCONN / UV_ENOMEM => never. */
+static int rlist_eval(struct rlist *rl, redisCallbackFn *fn, rconn_status_cb scb, void *priv,
+                      struct msg *m, int argc, const char **argv, const size_t *lens)
+{
+    size_t bytes = 0;
+    struct rlist_eval *e;
+    char *p;
+    int rc;
+    if (!rconn_is_up(rl->base.cmd))
+        return UV_ENOTCONN;
+    for (int i = 0; i < argc; i++)
+        if (m == NULL || argv[i] != m->data)
+            bytes += lens[i];
+    e = malloc(sizeof(*e) + (size_t)argc * (sizeof(*e->argv) + sizeof(*e->lens)) + bytes);
+    if (e == NULL)
+        return UV_ENOMEM;
+    e->next = NULL;
+    e->rl = rl;
+    e->fn = fn;
+    e->scb = scb;
+    e->priv = priv;
+    e->m = NULL;
+    e->retried = 0;
+    e->argc = argc;
+    e->argv = (const char **)(void *)(e + 1);
+    e->lens = (size_t *)(void *)(e->argv + argc);
+    p = (char *)(e->lens + argc);
+    for (int i = 0; i < argc; i++) {
+        e->lens[i] = lens[i];
+        if (m != NULL && argv[i] == m->data) {
+            e->argv[i] = m->data;
+            if (e->m == NULL)
+                e->m = msg_ref(m);
+            continue;
+        }
+        memcpy(p, argv[i], lens[i]);
+        e->argv[i] = p;
+        p += lens[i];
+    }
+    if (rl->holding) {
+        rlist_evq_append(&rl->hold_head, &rl->hold_tail, e);
+        return 0;
+    }
+    if ((rc = rlist_eval_send(e)) < 0) {
+        msg_unref(e->m);
+        free(e);
+    }
+    return rc;
+}
+
+static void rlist_on_script_load(redisAsyncContext *ac, void *r, void *priv);
+
+/* SCRIPT LOAD every script; the caller counts the replies (rlist_on_script_load). */
+static void rlist_scripts_load(struct rlist *rl)
+{
+    rl->loads_pending = 0;
+    rl->loads_failed = 0;
+    for (int i = 0; i < RLIST_LUA_N; i++) {
+        const char *argv[] = {"SCRIPT", "LOAD", rlist_lua[i]};
+        size_t lens[] = {6, 4, strlen(rlist_lua[i])};
+        if (rconn_command(rl->base.cmd, rlist_on_script_load, rl, 3, argv, lens) == 0)
+            rl->loads_pending++;
+    }
+}
+
+/* Every EVALSHA sent before the loss has answered: load the scripts, then send the failed
+ * commands (in order) and the held ones behind the loads on the same link. */
+static void rlist_reload(struct rlist *rl)
+{
+    struct rlist_eval *e;
+    if (!rconn_is_up(rl->base.cmd))
+        return; /* the link-down handler fails what waits */
+    rl->holding = 0;
+    rl->reloading = 1;
+    rlist_scripts_load(rl);
+    while ((e = rl->retry_head) != NULL || (e = rl->hold_head) != NULL) {
+        if (e == rl->retry_head) {
+            rl->retry_head = e->next;
+            if (rl->retry_head == NULL)
+                rl->retry_tail = NULL;
+        } else {
+            rl->hold_head = e->next;
+            if (rl->hold_head == NULL)
+                rl->hold_tail = NULL;
+        }
+        e->next = NULL;
+        if (rlist_eval_send(e) < 0)
+            rlist_eval_finish(e, NULL);
+    }
 }
 
 /* --- delivery --- */
@@ -275,6 +540,16 @@ static void rlist_held_drain(struct rlist_sess *rs)
         rs->held_off = 0;
 }
 
+/* Run settle's callback (once; not after detach, which cancels it). */
+static void rlist_settle_done(struct rlist_sess *rs)
+{
+    broker_settle_cb cb = rs->settle_cb;
+    rs->settle_cb = NULL;
+    rs->settle_due = 0;
+    if (cb != NULL && !rs->base.detached)
+        cb(rs->base.s); /* the core detaches rs from inside */
+}
+
 static void rlist_on_flow(redisAsyncContext *ac, void *r, void *priv)
 {
     struct rlist_sess *rs = priv;
@@ -283,6 +558,12 @@ static void rlist_on_flow(redisAsyncContext *ac, void *r, void *priv)
     uint32_t k = rs->fetching;
     (void)ac;
     rs->fetching = 0;
+    if (rs->settling && !rs->base.detached && reply != NULL) {
+        /* leaving: the settle's release, behind this fetch on the link, returns what it
+         * moved; nothing more goes to the socket */
+        rlist_sess_unref(rs);
+        return;
+    }
     if (rs->base.detached || reply == NULL || rs->fetch_epoch != rl->epoch) {
         rs->more = 1; /* the next registration kicks every session */
         rlist_sess_unref(rs);
@@ -292,9 +573,11 @@ static void rlist_on_flow(redisAsyncContext *ac, void *r, void *priv)
         rl->base.b->errors++;
         log_warn("event=redis_fetch_failed session=%s err=\"%.*s\"", rs->base.s->key,
                  (int)reply->len, reply->str);
-        if (strncmp(reply->str, "WSGATE_LEASE", 12) == 0 || strncmp(reply->str, "NOSCRIPT", 8) == 0)
-            rconn_reset(rl->base.cmd, "lease lost or scripts flushed");
-        rs->more = 0; /* e.g. WRONGTYPE: retry on the next wake-up, not in a loop */
+        if (strncmp(reply->str, "WSGATE_LEASE", 12) == 0)
+            rconn_reset(rl->base.cmd, "node lease lost");
+        /* e.g. WRONGTYPE, or NOSCRIPT again after a reload: retry on the next wake-up (a
+         * successful reload kicks every socket), not in a loop */
+        rs->more = 0;
         rlist_sess_unref(rs);
         return;
     }
@@ -340,13 +623,13 @@ static void rlist_service(struct rlist_sess *rs)
     char fkey[RCOMMON_NAME_MAX], lease[RCOMMON_NAME_MAX], acks[16], kbuf[16];
     size_t flen;
     uint32_t k = 0;
-    if (rs->base.detached || !rl->registered || !rconn_is_up(rl->base.cmd))
+    if (rs->base.detached || rs->settling || !rl->registered || !rconn_is_up(rl->base.cmd))
         return;
     uint32_t window = rl->base.cfg->max_inflight > 0 ? rl->base.cfg->max_inflight : 1;
     rlist_held_drain(rs);
     if (rs->base.attached && rs->more && rs->fetching == 0 && !rs->dead && rs->nheld == 0 &&
-        rs->base.nready == rs->base.nsubs && rs->unacked < window) {
-        k = window - rs->unacked;
+        rs->base.nready == rs->base.nsubs && rs->unacked + rs->direct < window) {
+        k = window - rs->unacked - rs->direct;
         if (k > rl->batch)
             k = rl->batch;
         /* No more than the send buffer can take, going by this socket's message sizes
@@ -370,7 +653,7 @@ static void rlist_service(struct rlist_sess *rs)
     const char *argv[] = {"EVALSHA", rl->sha[RLIST_LUA_FLOW], "3", rs->qkey, fkey, lease, acks,
                           kbuf};
     size_t lens[] = {7, 40, 1, rs->qkey_len, flen, llen, (size_t)alen, (size_t)klen};
-    if (rconn_command(rl->base.cmd, rlist_on_flow, rs, 8, argv, lens) == 0) {
+    if (rlist_eval(rl, rlist_on_flow, NULL, rs, NULL, 8, argv, lens) == 0) {
         rs->refs++;
         rs->acks = 0;
         rs->fetching = k;
@@ -393,7 +676,9 @@ static void rlist_service_drain(struct rlist *rl)
             rl->svc_tail = NULL;
         rs->snext = NULL;
         rs->queued = 0;
-        if (!rl->base.closing)
+        if (rs->settle_due)
+            rlist_settle_done(rs);
+        else if (!rl->base.closing)
             rlist_service(rs);
         rlist_sess_unref(rs);
     }
@@ -429,7 +714,7 @@ static void rlist_service_schedule(struct rlist_sess *rs)
 
 static void rlist_wake(struct rlist_sess *rs)
 {
-    if (rs->base.detached || !rs->base.attached)
+    if (rs->base.detached || !rs->base.attached || rs->settling)
         return;
     if (rs->fetching > 0) {
         rs->dirty = 1;
@@ -584,19 +869,35 @@ static void rlist_on_register(redisAsyncContext *ac, void *r, void *priv)
 
 static void rlist_on_script_load(redisAsyncContext *ac, void *r, void *priv)
 {
+    struct rlist *rl = priv;
     redisReply *reply = r;
-    const char *want = priv;
+    int ok = 0;
     (void)ac;
-    if (reply == NULL)
-        return;
-    if (reply->type != REDIS_REPLY_STRING || reply->len != 40 || memcmp(reply->str, want, 40))
+    if (reply == NULL || rl->loads_pending == 0)
+        return; /* the link went down: the next one loads them again */
+    for (int i = 0; i < RLIST_LUA_N; i++)
+        ok |= reply->type == REDIS_REPLY_STRING && reply->len == 40 &&
+              memcmp(reply->str, rl->sha[i], 40) == 0;
+    if (!ok) {
+        rl->loads_failed = 1;
         log_error("event=redis_script_load_failed err=\"%.*s\"", (int)reply->len,
                   reply->str ? reply->str : "");
+    }
+    if (--rl->loads_pending > 0)
+        return;
+    rl->scripts_bad = rl->loads_failed;
+    if (rl->reloading && !rl->loads_failed) {
+        log_info("event=redis_scripts_loaded reason=reload");
+        if (rl->registered)
+            rlist_kick_all(rl); /* fetches that failed meanwhile try again */
+    }
+    rl->reloading = 0;
 }
 
-/* Send the node script: register (mode "reg") or heartbeat ("beat"). */
+/* Send the node script: register (mode "reg") or heartbeat ("beat"). text: send the script
+ * itself (EVAL), for the deregistration at close, which has no time for a reload. */
 static int rlist_node_cmd(struct rlist *rl, const char *nid, const char *old, const char *mode,
-                          redisCallbackFn *fn)
+                          redisCallbackFn *fn, int text)
 {
     char lease[24], ttl[24];
     int ll = snprintf(lease, sizeof(lease), "%llu", (unsigned long long)rl->lease_ms);
@@ -606,7 +907,14 @@ static int rlist_node_cmd(struct rlist *rl, const char *nid, const char *old, co
     size_t lens[] = {7,           40,          1,          strlen(rl->base.cfg->prefix),
                      strlen(nid), strlen(old), (size_t)ll, (size_t)tl,
                      strlen(mode)};
-    return rconn_command(rl->base.cmd, fn, rl, 9, argv, lens);
+    if (text) {
+        argv[0] = "EVAL";
+        lens[0] = 4;
+        argv[1] = rlist_lua_node;
+        lens[1] = sizeof(rlist_lua_node) - 1;
+        return rconn_command(rl->base.cmd, fn, rl, 9, argv, lens);
+    }
+    return rlist_eval(rl, fn, NULL, rl, NULL, 9, argv, lens);
 }
 
 /* HSET p.node.N I "p.recv.S" for every attached session, in chunks. */
@@ -642,6 +950,9 @@ static void rlist_on_cmd_state(struct rconn *rc, int up, void *arg)
     unsigned char rnd[8];
     (void)rc;
     if (!up) {
+        rlist_eval_fail_waiting(rl); /* those sent got their NULL replies already */
+        rl->evals_out = 0;
+        rl->loads_pending = 0;
         rl->epoch++;
         rl->first_valid_id = rl->next_id + 1;
         if (rl->registered)
@@ -662,18 +973,16 @@ static void rlist_on_cmd_state(struct rconn *rc, int up, void *arg)
         memcpy(rnd, &t, sizeof(rnd));
     }
     rlist_hex(rnd, sizeof(rnd), rl->nid);
-    for (int i = 0; i < RLIST_LUA_N; i++) {
-        const char *argv[] = {"SCRIPT", "LOAD", rlist_lua[i]};
-        size_t lens[] = {6, 4, strlen(rlist_lua[i])};
-        rconn_command(rl->base.cmd, rlist_on_script_load, rl->sha[i], 3, argv, lens);
-    }
+    rl->evals_out = 0;
+    rl->reloading = 0;
+    rlist_scripts_load(rl);
     rl->setup_pending = 2;
     {
         const char *argv[] = {"CONFIG", "GET", "notify-keyspace-events"};
         size_t lens[] = {6, 3, 22};
         rconn_command(rl->base.cmd, rlist_on_config_get, rl, 3, argv, lens);
     }
-    rlist_node_cmd(rl, rl->nid, rl->old_nid, "reg", rlist_on_register);
+    rlist_node_cmd(rl, rl->nid, rl->old_nid, "reg", rlist_on_register, 0);
     rlist_hset_all(rl);
 }
 
@@ -702,8 +1011,15 @@ static void rlist_on_beat(redisAsyncContext *ac, void *r, void *priv)
 static void rlist_on_hb_timer(uv_timer_t *t)
 {
     struct rlist *rl = t->data;
+    /* The last reload failed (not ready meanwhile): try again, behind what is in flight. */
+    if (rl->scripts_bad && !rl->holding && rl->loads_pending == 0 &&
+        rconn_is_up(rl->base.cmd)) {
+        rl->holding = 1;
+        if (rl->evals_out == 0)
+            rlist_reload(rl);
+    }
     if (rl->registered && rconn_is_up(rl->base.cmd))
-        rlist_node_cmd(rl, rl->nid, "", "beat", rlist_on_beat);
+        rlist_node_cmd(rl, rl->nid, "", "beat", rlist_on_beat, 0);
     /* Held messages wait for an ack; if the bytes ahead of them were broadcasts (no ack
      * comes), the heartbeat tries again. */
     for (struct rcommon_sess *cs = rl->base.sessions; cs; cs = cs->next) {
@@ -761,7 +1077,7 @@ static int rlist_open(struct broker *b, uv_loop_t *loop, const struct config *cf
 static int rlist_ready(struct broker *b)
 {
     struct rlist *rl = b->priv;
-    return rl != NULL && rl->registered && rcommon_ready(&rl->base);
+    return rl != NULL && rl->registered && !rl->scripts_bad && rcommon_ready(&rl->base);
 }
 
 static int rlist_attach(struct broker *b, struct session *s)
@@ -801,44 +1117,98 @@ static int rlist_attach(struct broker *b, struct session *s)
     return 0;
 }
 
-static void rlist_on_release(redisAsyncContext *ac, void *r, void *priv)
+static void rlist_release_log(struct rlist_sess *rs, const redisReply *reply)
 {
-    struct rlist_sess *rs = priv;
-    redisReply *reply = r;
-    (void)ac;
     if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
         rs->rl->base.b->errors++;
         log_warn("event=redis_release_failed err=\"%.*s\"", (int)reply->len, reply->str);
     } else if (reply != NULL && reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
         log_debug("event=redis_released messages=%lld", reply->integer);
     }
+}
+
+static void rlist_on_release(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rlist_sess *rs = priv;
+    (void)ac;
+    rlist_release_log(rs, r);
     rlist_sess_unref(rs);
+}
+
+/* The settle's release answered: every ack given for rs so far ran before it (same link,
+ * in order), so a reconnect anywhere cannot be handed those messages again. */
+static void rlist_on_settled(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rlist_sess *rs = priv;
+    redisReply *reply = r;
+    (void)ac;
+    rlist_release_log(rs, reply);
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR)
+        rs->released = 0; /* detach tries again (or the incarnation's reclaim returns them) */
+    rlist_settle_done(rs);
+    rlist_sess_unref(rs);
+}
+
+/* Send the release of rs's in-flight list: drop its acked head (rs->acks, and everything
+ * acked in earlier commands, which run first on the same link), move the rest back to the
+ * head of the queue in order, forget the list. The reply callback fn gets a ref on rs.
+ * 0, or < 0 when it could not be sent (link down: the next registration reclaims the list). */
+static int rlist_release(struct rlist *rl, struct rlist_sess *rs, redisCallbackFn *fn)
+{
+    char fkey[RCOMMON_NAME_MAX], hkey[RCOMMON_NAME_MAX], acks[16], sid[24], ttl[24];
+    int rc;
+    if (!rl->registered || !rconn_is_up(rl->base.cmd))
+        return UV_ENOTCONN;
+    size_t fl = rlist_inflight_key(rl, rs->sid, fkey, sizeof(fkey));
+    size_t hl = rcommon_name(&rl->base, "node", rl->nid, hkey, sizeof(hkey));
+    int al = snprintf(acks, sizeof(acks), "%u", rs->acks);
+    int sl = snprintf(sid, sizeof(sid), "%llu", (unsigned long long)rs->sid);
+    int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)rl->base.cfg->ttl_ms);
+    const char *argv[] = {
+        "EVALSHA", rl->sha[RLIST_LUA_RELEASE], "3", fkey, rs->qkey, hkey, acks, sid, ttl};
+    size_t lens[] = {7,          40,         1,          fl,        rs->qkey_len,
+                     (size_t)hl, (size_t)al, (size_t)sl, (size_t)tl};
+    if ((rc = rlist_eval(rl, fn, NULL, rs, NULL, 9, argv, lens)) < 0)
+        return rc;
+    rs->refs++;
+    rs->acks = 0;
+    return 0;
 }
 
 static void rlist_sess_detach(struct rlist *rl, struct rlist_sess *rs, int release)
 {
     rcommon_sess_detach(&rl->base, &rs->base);
     rlist_held_clear(rs); /* they are in the in-flight list: released below */
+    rs->settle_cb = NULL; /* detach cancels a settle */
     /* Unacked messages back to the queue head; runs after an outstanding fetch (same
      * link), so what that fetch moved goes back too. If the link is down, the next
-     * registration reclaims this incarnation's lists instead. */
-    if (release && rl->registered && rconn_is_up(rl->base.cmd)) {
-        char fkey[RCOMMON_NAME_MAX], hkey[RCOMMON_NAME_MAX], acks[16], sid[24], ttl[24];
-        size_t fl = rlist_inflight_key(rl, rs->sid, fkey, sizeof(fkey));
-        size_t hl = rcommon_name(&rl->base, "node", rl->nid, hkey, sizeof(hkey));
-        int al = snprintf(acks, sizeof(acks), "%u", rs->acks);
-        int sl = snprintf(sid, sizeof(sid), "%llu", (unsigned long long)rs->sid);
-        int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)rl->base.cfg->ttl_ms);
-        const char *argv[] = {
-            "EVALSHA", rl->sha[RLIST_LUA_RELEASE], "3", fkey, rs->qkey, hkey, acks, sid, ttl};
-        size_t lens[] = {7,          40,         1,          fl,        rs->qkey_len,
-                         (size_t)hl, (size_t)al, (size_t)sl, (size_t)tl};
-        if (rconn_command(rl->base.cmd, rlist_on_release, rs, 9, argv, lens) == 0)
-            rs->refs++;
-    }
+     * registration reclaims this incarnation's lists instead. A settled socket's release
+     * went out already. */
+    if (release && !rs->released)
+        (void)rlist_release(rl, rs, rlist_on_release);
     rs->acks = 0;
     if (rs->refs == 0)
         free(rs);
+}
+
+/* The core's close reply waits for cb: send the release now (it carries the pending acks
+ * and runs after every command already sent for rs) and call cb on its answer. */
+static void rlist_settle(struct broker *b, struct session *s, broker_settle_cb cb)
+{
+    struct rlist *rl = b->priv;
+    struct rlist_sess *rs = s->bpriv;
+    if (rl == NULL || rs == NULL || rs->base.detached)
+        return; /* the broker is closing and forgot s: the core's close timeout ends it */
+    rs->settling = 1;
+    rs->settle_cb = cb;
+    rlist_held_clear(rs); /* in the in-flight list: the release returns them */
+    if (!rs->released && rlist_release(rl, rs, rlist_on_settled) == 0) {
+        rs->released = 1;
+        return;
+    }
+    /* Nothing can be confirmed (link down): let the client go at the next pass. */
+    rs->settle_due = 1;
+    rlist_service_schedule(rs);
 }
 
 static void rlist_detach(struct broker *b, struct session *s)
@@ -862,13 +1232,136 @@ static int rlist_push_to(struct rlist *rl, const char *kind, const char *name, s
     size_t lens[] = {7, 40, 1, ql, m->len, (size_t)ml, (size_t)tl};
     if (rl->base.closing)
         return UV_ECANCELED;
-    return rconn_command_status(rl->base.cmd, cb, arg, 7, argv, lens);
+    return rlist_eval(rl, NULL, cb, arg, m, 7, argv, lens);
+}
+
+/* --- direct pushes: a push for a socket of this node skips the queue --- */
+
+/* A push made through this node for a session with a socket here costs, the plain way,
+ * three Redis round trips in a row before the frame goes out: the push, the keyspace
+ * notification that wakes the holder, and its fetch (plus a notification for the fetch's
+ * LPOP). The direct push does it in one: when the queue is empty, the push script appends
+ * the message to that socket's in-flight list and the reply hands the message (the same
+ * sealed msg, no copy) to the socket. Order holds because it happens only with an empty
+ * queue and replies come back in link order, like fetches; delivery and acks are those of
+ * a fetched message, and a socket that leaves before the reply gets it back to the queue
+ * by its release, which runs after the push on the same link. */
+struct rlist_push_req {
+    struct rlist_sess *rs; /* ref: the socket the message may go to */
+    struct msg *m;         /* ref: the message */
+    broker_push_cb cb;     /* borrowed: the core's */
+    void *arg;             /* borrowed: for cb */
+};
+
+/* A socket of the queue qkey on this node that can take one more message of len bytes now
+ * (attached, not leaving, nothing held, window and send buffer room), or NULL. */
+static struct rlist_sess *rlist_direct_target(struct rlist *rl, const char *qkey, size_t qlen,
+                                              size_t len)
+{
+    char kch[RCOMMON_NAME_MAX + 32];
+    uint32_t window = rl->base.cfg->max_inflight > 0 ? rl->base.cfg->max_inflight : 1;
+    struct rconn_chan *ch;
+    int kl;
+    if (!rl->registered)
+        return NULL;
+    kl = snprintf(kch, sizeof(kch), "__keyspace@%d__:%.*s", rl->base.url.db, (int)qlen, qkey);
+    if (kl < 0 || (size_t)kl >= sizeof(kch) ||
+        (ch = rconn_chan_lookup(rl->base.sub, kch, (size_t)kl)) == NULL)
+        return NULL;
+    for (struct rsub *u = ch->ready; u != NULL; u = u->next) {
+        struct rlist_sess *rs = u->owner;
+        if (u->tag != RCOMMON_TAG_SESS || rs->base.detached || !rs->base.attached ||
+            rs->settling || rs->dead || rs->nheld > 0 ||
+            rs->unacked + rs->fetching + rs->direct >= window ||
+            !session_can_take(rs->base.s, len))
+            continue;
+        return rs;
+    }
+    return NULL;
+}
+
+/* The push script put m in rs's in-flight list: write it like a fetched message. */
+static void rlist_direct_give(struct rlist_sess *rs, struct msg *m)
+{
+    int rc;
+    if (rs->base.detached || rs->settling || rs->dead)
+        return; /* the release (behind the push on the link) returns it to the queue */
+    if (rs->nheld > 0 || !session_can_take(rs->base.s, m->len))
+        rc = rlist_held_push(rs, m);
+    else
+        rc = rlist_give(rs, m);
+    if (rc == UV_ENOMEM) {
+        session_close(rs->base.s, 1011);
+        rs->dead = 1;
+    }
+    if (rc == 0)
+        rs->unacked++;
+}
+
+static void rlist_on_pushd(redisAsyncContext *ac, void *r, void *priv)
+{
+    struct rlist_push_req *req = priv;
+    struct rlist_sess *rs = req->rs;
+    struct rlist *rl = rs->rl;
+    redisReply *reply = r;
+    broker_push_cb cb = req->cb;
+    void *arg = req->arg;
+    int status = 0;
+    (void)ac;
+    rs->direct--;
+    if (reply == NULL) {
+        status = rconn_last_error(rl->base.cmd);
+    } else if (reply->type == REDIS_REPLY_ERROR) {
+        rl->base.b->errors++;
+        log_warn("event=redis_error conn=cmd err=\"%.*s\"", (int)reply->len, reply->str);
+        status = UV_EIO;
+    } else if (reply->type == REDIS_REPLY_INTEGER && reply->integer == -1) {
+        status = UV_ENOBUFS;
+    } else if (reply->type == REDIS_REPLY_INTEGER && reply->integer == -2) {
+        rlist_direct_give(rs, req->m);
+    }
+    msg_unref(req->m);
+    free(req);
+    rlist_sess_unref(rs);
+    cb(arg, status);
 }
 
 static int rlist_push(struct broker *b, const char *key, struct msg *m, broker_push_cb cb,
                       void *arg)
 {
-    return rlist_push_to(b->priv, "recv", key, m, cb, arg);
+    struct rlist *rl = b->priv;
+    struct rlist_sess *rs;
+    struct rlist_push_req *req;
+    char q[RCOMMON_NAME_MAX], fkey[RCOMMON_NAME_MAX], lease[RCOMMON_NAME_MAX], max[16], ttl[24],
+        acks[16];
+    size_t ql = rcommon_name(&rl->base, "recv", key, q, sizeof(q));
+    int rc;
+    if (rl->base.closing)
+        return UV_ECANCELED;
+    if ((rs = rlist_direct_target(rl, q, ql, m->len)) == NULL)
+        return rlist_push_to(rl, "recv", key, m, cb, arg);
+    if ((req = malloc(sizeof(*req))) == NULL)
+        return UV_ENOMEM;
+    size_t fl = rlist_inflight_key(rl, rs->sid, fkey, sizeof(fkey));
+    size_t ll = rcommon_name(&rl->base, "lease", rl->nid, lease, sizeof(lease));
+    int ml = snprintf(max, sizeof(max), "%u", rl->base.cfg->max_queue);
+    int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)rl->base.cfg->ttl_ms);
+    int al = snprintf(acks, sizeof(acks), "%u", rs->acks);
+    const char *argv[] = {"EVALSHA", rl->sha[RLIST_LUA_PUSHD], "3", q, fkey, lease, m->data,
+                          max, ttl, acks};
+    size_t lens[] = {7, 40, 1, ql, fl, ll, m->len, (size_t)ml, (size_t)tl, (size_t)al};
+    if ((rc = rlist_eval(rl, rlist_on_pushd, NULL, req, m, 10, argv, lens)) < 0) {
+        free(req);
+        return rc;
+    }
+    req->rs = rs;
+    req->m = msg_ref(m);
+    req->cb = cb;
+    req->arg = arg;
+    rs->refs++;
+    rs->direct++;
+    rs->acks = 0; /* carried by this push */
+    return 0;
 }
 
 static int rlist_upstream(struct broker *b, struct session *s, struct msg *m, broker_push_cb cb,
@@ -878,25 +1371,52 @@ static int rlist_upstream(struct broker *b, struct session *s, struct msg *m, br
 }
 
 /* LPOP the acked head of every in-flight list with pending acks: one pipelined write. */
+/* Drop the acked heads of n in-flight lists in one script call; releases the batch's refs. */
+static void rlist_acks_send(struct rlist *rl, struct rlist_sess **batch, int n)
+{
+    char keys[RLIST_ACK_CHUNK][RCOMMON_NAME_MAX], counts[RLIST_ACK_CHUNK][12], nk[8];
+    const char *argv[3 + 2 * RLIST_ACK_CHUNK];
+    size_t lens[3 + 2 * RLIST_ACK_CHUNK];
+    argv[0] = "EVALSHA";
+    lens[0] = 7;
+    argv[1] = rl->sha[RLIST_LUA_ACKS];
+    lens[1] = 40;
+    argv[2] = nk;
+    lens[2] = (size_t)snprintf(nk, sizeof(nk), "%d", n);
+    for (int i = 0; i < n; i++) {
+        argv[3 + i] = keys[i];
+        lens[3 + i] = rlist_inflight_key(rl, batch[i]->sid, keys[i], sizeof(keys[i]));
+        argv[3 + n + i] = counts[i];
+        lens[3 + n + i] = (size_t)snprintf(counts[i], sizeof(counts[i]), "%u", batch[i]->acks);
+    }
+    int sent = rlist_eval(rl, NULL, NULL, NULL, NULL, 3 + 2 * n, argv, lens) == 0;
+    for (int i = 0; i < n; i++) {
+        if (sent)
+            batch[i]->acks = 0;
+        rlist_sess_unref(batch[i]);
+    }
+}
+
+/* LPOP the acked head of every in-flight list with pending acks: one script call per
+ * RLIST_ACK_CHUNK sockets, all in one pipelined write. */
 static void rlist_on_ack_timer(uv_timer_t *t)
 {
     struct rlist *rl = t->data;
-    struct rlist_sess *rs = rl->ack_head;
+    struct rlist_sess *rs = rl->ack_head, *batch[RLIST_ACK_CHUNK];
+    int n = 0;
     rl->ack_head = NULL;
     while (rs != NULL) {
         struct rlist_sess *next = rs->anext;
         rs->anext = NULL;
         rs->in_acks = 0;
-        if (!rs->base.detached && rs->acks > 0 && rl->registered && !rl->base.closing) {
-            char fkey[RCOMMON_NAME_MAX], acks[16];
-            size_t fl = rlist_inflight_key(rl, rs->sid, fkey, sizeof(fkey));
-            int al = snprintf(acks, sizeof(acks), "%u", rs->acks);
-            const char *argv[] = {"LPOP", fkey, acks};
-            size_t lens[] = {4, fl, (size_t)al};
-            if (rconn_command(rl->base.cmd, NULL, NULL, 3, argv, lens) == 0)
-                rs->acks = 0;
+        if (!rs->base.detached && rs->acks > 0 && rl->registered && !rl->base.closing)
+            batch[n++] = rs; /* keeps the ack list's ref until sent */
+        else
+            rlist_sess_unref(rs);
+        if (n == RLIST_ACK_CHUNK || (next == NULL && n > 0)) {
+            rlist_acks_send(rl, batch, n);
+            n = 0;
         }
-        rlist_sess_unref(rs);
         rs = next;
     }
 }
@@ -943,10 +1463,14 @@ static void rlist_close(struct broker *b, broker_close_cb cb)
         rlist_sess_unref(rs);
     }
     rl->svc_tail = NULL;
+    /* Scripts lost just now: load them and send what waits (the releases above among it). */
+    if (rl->holding)
+        rlist_reload(rl);
+    rlist_eval_fail_waiting(rl); /* only if the link is down */
     /* Deregister: whatever is still in flight goes back to its queue now, not after the
      * lease. The command link then closes gracefully (owed replies first). */
     if (rl->registered && rconn_is_up(rl->base.cmd))
-        rlist_node_cmd(rl, "", rl->nid, "reg", NULL);
+        rlist_node_cmd(rl, "", rl->nid, "reg", NULL, 1);
     rl->registered = 0;
     while (rl->ack_head != NULL) {
         struct rlist_sess *rs = rl->ack_head;
@@ -970,6 +1494,7 @@ const struct broker_ops broker_redis_list_ops = {
     .publish = rcommon_publish,
     .upstream = rlist_upstream,
     .ack = rlist_ack,
+    .settle = rlist_settle,
     .ready = rlist_ready,
     .close = rlist_close,
 };

@@ -17,8 +17,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from wsgate_test import *  # noqa: E402,F403
 from wsgate_test import recv_all  # noqa: E402
-from redis_helpers import (RedisServer, Resp, check_101_waits_for_subscribe,  # noqa: E402
-                           gateway, ready, redis_clients, wait_ready)
+from redis_helpers import (RedisServer, Resp, TcpProxy,  # noqa: E402
+                           check_101_waits_for_subscribe, gateway, ready, redis_clients,
+                           wait_ready)
 
 
 def msgs(n, size=0, tag="m"):
@@ -485,6 +486,13 @@ def _():
                 check_eq(ws.recv_message()[1], b"x%d" % i, "message %d" % i)
             cs, ls = mon.stop()
             mon = Monitor(redis)
+            ha = a.http()
+            for i in range(n):  # the same through the node that holds the socket: direct
+                accepted(ha.request("POST", "/push/c002", b"y%d" % i))
+                check_eq(clients[2].recv_message()[1], b"y%d" % i, "direct message %d" % i)
+            ha.close()
+            cd, ld = mon.stop()
+            mon = Monitor(redis)
             with Resp(redis.port) as r:
                 r.command("RPUSH", "ws.recv.c001", *msgs(2000))
             got = recv_all([clients[1]], 2000, timeout=10)[clients[1]]
@@ -497,6 +505,12 @@ def _():
                  "inside Lua %r" % (cs, ls))
             note("=> %.2f round trips per push->deliver (push, fetch; acks batched)"
                  % per_seq)
+            per_direct = sum(cd.get(c, 0) for c in GATEWAY_CMDS) / n
+            note("one at a time through A, which holds the socket: gateway commands %r, "
+                 "inside Lua %r" % (cd, ld))
+            note("=> %.2f round trips per push->deliver (the push moves it straight into "
+                 "the socket's in-flight list)" % per_direct)
+            check(per_direct <= 1.2, "%.2f round trips per direct push, want ~1" % per_direct)
             note("burst of 2000 RPUSHed by a producer: gateway commands %r, inside Lua %r"
                  % ({k: v for k, v in cb.items() if k in GATEWAY_CMDS}, lb))
             note("=> %.3f round trips per message when batched" % per_burst)
@@ -505,6 +519,364 @@ def _():
         finally:
             for c in clients:
                 c.close_socket()
+
+
+def window_full(redis, n):
+    """A condition: exactly one in-flight list, holding n messages."""
+    def f():
+        k = inflight_keys(redis)
+        return len(k) == 1 and redis.cmd("LLEN", k[0]) == n
+    return f
+
+
+@test("scripts lost (SCRIPT FLUSH): reloaded, pushes 202 and delivered, the lease holds "
+      "(no duplicates), /readyz 200", timeout=60)
+def _():
+    env = {"WSGATE_WEBSOCKET_MAX_INFLIGHT": "16"}
+    with RedisServer() as redis, gateway(redis, env=env, name="A") as a, \
+            gateway(redis, env=env, name="B") as b:
+        # a stalled socket on A keeps a full window in flight for longer than one lease
+        n = 3000
+        want = msgs(n, size=4000)
+        stalled = a.ws("/ws/sf.stalled", rcvbuf=4096)
+        live = a.ws("/ws/sf.live")
+        with Resp(redis.port) as r:
+            r.command("RPUSH", "ws.recv.sf.stalled", *want)
+        wait_for(window_full(redis, 16), what="16 messages in flight, socket full")
+        nodes = sorted(redis.cmd("SMEMBERS", "ws.nodes"))
+        check_eq(len(nodes), 2, "registered nodes")
+        check_eq(redis.cmd("SCRIPT", "FLUSH"), b"OK", "SCRIPT FLUSH")
+        t0 = time.monotonic()
+        ha, hb = a.http(), b.http()
+        try:
+            for i in range(40):  # one at a time, through both nodes
+                h = ha if i % 2 else hb
+                accepted(h.request("POST", "/push/sf.live", b"p%02d" % i), "push %d" % i)
+                check_eq(live.recv_message(3)[1], b"p%02d" % i, "push %d delivered" % i)
+                check(ready(a) and ready(b), "/readyz not 200 after push %d" % i)
+            # one lease (2 s) and more with the window still in flight: the heartbeats must
+            # have renewed both leases, so nothing was reclaimed
+            while time.monotonic() - t0 < 3.0:
+                time.sleep(0.1)
+            check_eq(sorted(redis.cmd("SMEMBERS", "ws.nodes")), nodes, "nodes after a lease")
+            for nid in nodes:
+                check(redis.cmd("PTTL", b"ws.lease." + nid) > 0, "lease of %r lapsed" % nid)
+            check(window_full(redis, 16)(), "the stalled window was reclaimed")
+            for i in range(40, 50):
+                accepted(hb.request("POST", "/push/sf.live", b"p%02d" % i), "push %d" % i)
+            check_eq(recv_n(live, 10), [b"p%02d" % i for i in range(40, 50)], "later pushes")
+        finally:
+            ha.close()
+            hb.close()
+        check(ready(a) and ready(b), "/readyz after the reload")
+        got = recv_n(stalled, n, timeout=30)
+        check(got == want, "stalled socket: %d messages, first difference at %r" % (
+            len(got), next((i for i, (x, y) in enumerate(zip(got, want)) if x != y), None)))
+        check(stalled.nothing_within(0.3), "duplicates after the %d messages" % n)
+        check(live.nothing_within(0.1), "duplicate pushes")
+        for srv in (a, b):
+            log = srv.log_text()
+            check("redis_reset" not in log, "link reset on %s:\n%s" % (srv.addr, log[-2000:]))
+            check("redis_reclaimed" not in log, "messages reclaimed on %s" % srv.addr)
+        # the first node to see NOSCRIPT reloads them (for every node: one script cache)
+        check("redis_scripts_loaded" in a.log_text() + b.log_text(), "no reload logged")
+        stalled.close()
+        live.close()
+
+
+@test("scripts lost and not loadable (ACL): /readyz 503 and pushes 503 meanwhile; "
+      "loadable again: ready, delivered", timeout=40)
+def _():
+    with RedisServer() as redis, gateway(redis, name="A") as a:
+        with a.ws("/ws/sb1") as ws:
+            accepted(push(a.port, "sb1", b"before"))
+            check_eq(ws.recv_message()[1], b"before", "before the flush")
+            redis.cmd("SCRIPT", "FLUSH")
+            redis.cmd("ACL", "SETUSER", "default", "-script")
+            r = push(a.port, "sb1", b"lost")  # NOSCRIPT, reload refused, retry NOSCRIPT
+            check_json_error(r, 503, "push while the scripts cannot be loaded")
+            wait_for(lambda: not ready(a), what="/readyz 503 while the scripts are missing")
+            check_json_error(push(a.port, "sb1", b"lost2"), 503, "push while not ready")
+            redis.cmd("ACL", "SETUSER", "default", "+script")
+            t0 = time.monotonic()
+            wait_ready(a, timeout=5)  # the heartbeat (every lease/3) loads them again
+            note("ready again %.2fs after the scripts became loadable" % (time.monotonic() - t0))
+            accepted(push(a.port, "sb1", b"after"))
+            check_eq(ws.recv_message()[1], b"after", "after the reload")
+            check(ws.nothing_within(0.2), "a refused push was delivered")
+
+
+FAST_READER = r"""
+import asyncio, sys, websockets
+async def main(url, n):
+    got, order, code = 0, 1, None
+    try:
+        async with websockets.connect(url, max_size=None, compression=None,
+                                      ping_interval=None) as ws:
+            print("ready", flush=True)
+            while got < n:
+                m = await ws.recv()
+                order &= int(m[:6]) == got
+                got += 1
+    except websockets.ConnectionClosed as e:
+        code = e.code
+    print("got=%d in_order=%d close=%s" % (got, order, code), flush=True)
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+@test("a burst of 400 x 64 KiB: never more than the socket can take (no 1008), for a fast "
+      "reader (python3-websockets) and one that never reads", timeout=120)
+def _():
+    import subprocess
+    n, size = 400, 64 * 1024
+    env = {"WSGATE_WEBSOCKET_MAX_SEND_BUFFER": "1m", "WSGATE_BROKER_MAX_QUEUE": "10000"}
+    with RedisServer() as redis, gateway(redis, env=env) as a:
+        stalled = a.ws("/ws/lb.never", rcvbuf=16384)
+        fast = subprocess.Popen(["/usr/bin/python3", "-c", FAST_READER,
+                                 "ws://127.0.0.1:%d/ws/lb.fast" % a.port, str(n)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            check_eq(fast.stdout.readline().strip(), b"ready", "fast reader connected")
+            t0 = time.monotonic()
+            with a.http() as h:
+                for i in range(n):
+                    body = b"%06d" % i + b"." * (size - 6)
+                    accepted(h.request("POST", "/push/lb.fast", body), "push %d" % i)
+                    accepted(h.request("POST", "/push/lb.never", body), "push %d" % i)
+            dt = time.monotonic() - t0
+            out, _ = fast.communicate(timeout=60)
+        finally:
+            if fast.poll() is None:
+                fast.kill()
+                fast.wait()
+        res = out.decode().strip().splitlines()[-1]
+        left = redis.cmd("LLEN", "ws.recv.lb.never")
+        note("2 x %d x %d KiB pushed in %.2fs; fast reader: %s; never-reading socket: %d "
+             "still in Redis" % (n, size // 1024, dt, res, left))
+        check_eq(res, "got=%d in_order=1 close=None" % n, "fast reader")
+        check_eq(metric(a.port, "wsgate_slow_client_closes_total"), 0.0, "slow closes")
+        check(left > n // 2, "the never-reading socket took %d messages" % (n - left))
+        check(not stalled.wait_eof(0.2), "the never-reading socket was closed")
+        stalled.close_socket()
+
+
+def churn(nodes, how, sessions=12, per=150, prefix="ch"):
+    """Push per messages to each of sessions sessions, one request in flight per keep-alive
+    connection (one pusher thread per node, alternating nodes per session), while every
+    session's client reconnects over and over to the other node after a few messages,
+    leaving with how = "clean" (close handshake; data frames that arrive before the close
+    reply count as received), "fin" (FIN without a close frame, reading on to the end: a
+    crashed tab whose kernel still delivers) or "rst" (reset: what was in flight to it is
+    lost to the client, so only duplicates are meaningful).
+    Returns (pushed, got, conns): per session the pushed bodies, the received bodies in
+    arrival order, and the bodies of each connection."""
+    import random
+    import threading
+    rnd = random.Random(7)
+    keys = ["%s%02d" % (prefix, i) for i in range(sessions)]
+    pushed = {k: [] for k in keys}
+    errors = []
+
+    def pusher(mine, first):
+        hs = [n.http() for n in nodes]
+        try:
+            for j in range(per):
+                for i, k in enumerate(mine):
+                    body = b"%s-%05d" % (k.encode(), j)
+                    r = hs[(first + i + j) % len(hs)].request("POST", "/push/" + k, body)
+                    if r.status != 202:
+                        errors.append("push %s: %d" % (body, r.status))
+                        return
+                    pushed[k].append(body)
+        except Exception as e:  # noqa: BLE001
+            errors.append("pusher: %r" % e)
+        finally:
+            for h in hs:
+                h.close()
+
+    threads = [threading.Thread(target=pusher, args=(keys[i::2], i), daemon=True)
+               for i in range(2)]
+    got = {k: [] for k in keys}
+    conns = {k: [] for k in keys}
+    state = {}  # key -> [ws, node index, messages left before leaving]
+
+    def connect(k, ni):
+        ws = nodes[ni].ws("/ws/" + k)
+        ws.sock.setblocking(False)
+        conns[k].append([])
+        state[k] = [ws, ni, rnd.randint(1, 12)]
+
+    def take(k, payload):
+        last_rx[0] = time.monotonic()
+        got[k].append(payload)
+        conns[k][-1].append(payload)
+
+    def leave(k):
+        ws, ni, _ = state.pop(k)
+        ws.sock.setblocking(True)
+        if how == "clean":
+            ws.send_close(1000)
+            deadline = time.monotonic() + 5
+            while True:
+                f = ws.recv_frame(max(0.01, deadline - time.monotonic()))
+                if f.opcode in (OP_TEXT, OP_BINARY):
+                    take(k, f.payload)
+                elif f.opcode == OP_CLOSE:
+                    break
+            ws.close_socket()
+        elif how == "rst":
+            kill_rst(ws)
+        else:
+            ws.sock.shutdown(socket.SHUT_WR)
+            try:
+                while True:
+                    f = ws.recv_frame(5)
+                    if f.opcode in (OP_TEXT, OP_BINARY):
+                        take(k, f.payload)
+            except Closed:
+                pass
+            ws.close_socket()
+        connect(k, (ni + 1) % len(nodes))
+
+    for i, k in enumerate(keys):
+        connect(k, i % len(nodes))
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    last_rx = [time.monotonic()]
+    import selectors
+    while time.monotonic() < deadline and not errors:
+        done_pushing = not any(t.is_alive() for t in threads)
+        if done_pushing and (all(len(got[k]) >= len(pushed[k]) for k in keys) or
+                             time.monotonic() - last_rx[0] > 1.0):
+            break
+        sel = selectors.DefaultSelector()
+        for k, (ws, _, _) in state.items():
+            sel.register(ws.sock, selectors.EVENT_READ, k)
+        ready_keys = [key.data for key, _ in sel.select(0.05)]
+        sel.close()
+        for k in ready_keys:
+            ws = state[k][0]
+            try:
+                data = ws.sock.recv(262144)
+            except (BlockingIOError, InterruptedError):
+                continue
+            check(data, "server closed session %s" % k)
+            ws.parser.feed(data)
+            while k in state:
+                f = ws.parser.next()
+                if f is None:
+                    break
+                if f.opcode == OP_PING:
+                    ws.sock.setblocking(True)
+                    ws.send_frame(OP_PONG, f.payload)
+                    ws.sock.setblocking(False)
+                elif f.opcode in (OP_TEXT, OP_BINARY):
+                    take(k, f.payload)
+                    state[k][2] -= 1
+                    if state[k][2] <= 0 and not done_pushing:
+                        leave(k)
+                        break
+                elif f.opcode == OP_CLOSE:
+                    raise AssertionError("server closed %s: %r" % (k, f))
+    for t in threads:
+        t.join(10)
+    check(not errors, "pushes failed: %r" % errors[:5])
+    # whatever is still due arrives on the last connections, nothing more
+    rest = recv_all([v[0] for v in state.values()], 1, timeout=0.3)
+    for k, (ws, _, _) in list(state.items()):
+        for _, d in rest[ws]:
+            take(k, d)
+        ws.close_socket()
+    return pushed, got, conns
+
+
+@test("clean reconnects across nodes while pushing: 0 duplicates, none lost, in order",
+      timeout=90)
+def _():
+    with RedisServer() as redis, gateway(redis, name="A") as a, gateway(redis, name="B") as b:
+        pushed, got, conns = churn([a, b], "clean")
+        total = sum(len(v) for v in pushed.values())
+        nconns = sum(len(v) for v in conns.values())
+        dups = sum(len(got[k]) - len(set(got[k])) for k in got)
+        lost = sum(len(set(pushed[k]) - set(got[k])) for k in got)
+        disorder = sum(1 for k in conns for c in conns[k] if c != sorted(c))
+        note("%d messages, %d connections (clean close handshakes): %d duplicates, %d lost, "
+             "%d connections out of order" % (total, nconns, dups, lost, disorder))
+        check_eq(dups, 0, "duplicates")
+        check_eq(lost, 0, "lost")
+        check_eq(disorder, 0, "connections that got messages out of order")
+        for k in got:
+            check_eq(got[k], pushed[k], "session %s, all connections in sequence" % k)
+
+
+@test("abrupt reconnects (FIN, RST without a close frame): none lost; duplicates reported",
+      timeout=120)
+def _():
+    with RedisServer() as redis, gateway(redis, name="A") as a, gateway(redis, name="B") as b:
+        for how in ("fin", "rst"):
+            pushed, got, conns = churn([a, b], how, prefix=how)
+            total = sum(len(v) for v in pushed.values())
+            nconns = sum(len(v) for v in conns.values())
+            dups = sum(len(got[k]) - len(set(got[k])) for k in got)
+            lost = sum(len(set(pushed[k]) - set(got[k])) for k in got)
+            note("%s: %d messages, %d connections: %d duplicates (%.1f per 1000 messages), "
+                 "%d not received" % (how, total, nconns, dups, 1000.0 * dups / total, lost))
+            if how == "fin":  # the client read to the end: nothing written went missing
+                check_eq(lost, 0, "lost (%s)" % how)
+
+
+@test("a close handshake is answered once its acks are in Redis: the node dying right after "
+      "redelivers nothing (Redis link stalled meanwhile)", timeout=40)
+def _():
+    with RedisServer() as redis, TcpProxy(redis.port) as proxy:
+        env = {"WSGATE_REDIS_URL": proxy.url(), "WSGATE_REDIS_TIMEOUT": "2s",
+               "WSGATE_WEBSOCKET_MAX_INFLIGHT": "16"}
+        a = gateway(redis, env=env, name="A").start()
+        with gateway(redis, name="B") as b:
+            n = 3000
+            want = msgs(n, size=4000)
+            ws = a.ws("/ws/settle1", rcvbuf=4096)
+            with Resp(redis.port) as r:
+                r.command("RPUSH", "ws.recv.settle1", *want)
+            wait_for(window_full(redis, 16), what="16 messages in flight, socket full")
+            nid = [x for x in redis.cmd("SMEMBERS", "ws.nodes")
+                   if b"ws.recv.settle1" in redis.cmd("HVALS", b"ws.node." + x)]
+            check_eq(len(nid), 1, "A's registration")
+            proxy.hold(1.0)  # A's commands (acks, fetches, the release) stall for 1 s
+            # read what A writes meanwhile for 0.3 s: kernel buffers, the window as it drains
+            got = []
+            end = time.monotonic() + 0.3
+            try:
+                while time.monotonic() < end:
+                    got.append(ws.recv_message(max(0.01, end - time.monotonic()))[1])
+            except TestTimeout:
+                pass
+            t0 = time.monotonic()
+            ws.send_close(1000)
+            while True:
+                f = ws.recv_frame(3)
+                if f.opcode in (OP_TEXT, OP_BINARY):
+                    got.append(f.payload)
+                elif f.opcode == OP_CLOSE:
+                    break
+            dt = time.monotonic() - t0
+            a.signal(signal.SIGKILL)  # right after the clean close
+            a.wait(5)
+            ws.close_socket()
+            check_eq(got, want[:len(got)], "received before the close")
+            # B sweeps A's lease away (5 s): anything A had not confirmed comes back then
+            wait_for(lambda: not (set(nid) & set(redis.cmd("SMEMBERS", "ws.nodes"))),
+                     timeout=10, what="A's registration swept by B")
+            with b.ws("/ws/settle1") as ws2:
+                rest = recv_n(ws2, n - len(got), timeout=20)
+                check(ws2.nothing_within(0.5), "duplicates after the rest")
+            dups = len(got) + len(rest) - len(set(got + rest))
+            note("%d received on A (close reply after %.0f ms), %d duplicates"
+                 % (len(got), dt * 1000, dups))
+            check_eq(dups, 0, "duplicates")
+            check(rest == want[len(got):], "the rest, in order")
 
 
 @test("the 101 waits for the SUBSCRIBE confirmation (Redis frozen meanwhile)")

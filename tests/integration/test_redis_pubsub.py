@@ -159,6 +159,67 @@ def _():
         ws.close_socket()
 
 
+# A healthy subscriber of another implementation (python3-websockets, asyncio), in its own
+# process so it reads at full speed: counts the broadcasts it gets (in order) until n or a
+# close, then prints "got=N in_order=0|1 close=CODE".
+FAST_READER = r"""
+import asyncio, sys, websockets
+async def main(url, n):
+    got, order, code = 0, 1, None
+    try:
+        async with websockets.connect(url, max_size=None, compression=None,
+                                      ping_interval=None) as ws:
+            print("ready", flush=True)
+            while got < n:
+                m = await ws.recv()
+                order &= int(m[:6]) == got
+                got += 1
+    except websockets.ConnectionClosed as e:
+        code = e.code
+    print("got=%d in_order=%d close=%s" % (got, order, code), flush=True)
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+@test("a broadcast burst (800 x 64 KiB): a healthy fast reader is not closed 1008, a reader "
+      "that never reads is", timeout=120)
+def _():
+    # Needs the core to judge a slow client after a write attempt (bytes the socket refused):
+    # judged at delivery, the healthy reader is closed whenever it is descheduled long enough
+    # for 1 MiB to queue behind a write waiting for its last few KiB (seen: 988 KiB counted,
+    # 5 KiB refused). redis-pubsub has nothing to hold back: broadcasts are not stored.
+    import subprocess
+    n, size = 800, 64 * 1024
+    env = {"WSGATE_WEBSOCKET_MAX_SEND_BUFFER": "1m", "WSGATE_SERVER_MAX_MESSAGE_SIZE": "1m"}
+    with RedisServer() as redis, gateway(redis, PS, env=env) as a:
+        stalled = a.ws("/ws/never?topics=burst", rcvbuf=16384)
+        fast = subprocess.Popen(["/usr/bin/python3", "-c", FAST_READER,
+                                 "ws://127.0.0.1:%d/ws/fast?topics=burst" % a.port, str(n)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            check_eq(fast.stdout.readline().strip(), b"ready", "fast reader connected")
+            body = [b"%06d" % i + b"." * (size - 6) for i in range(n)]
+            t0 = time.monotonic()
+            with a.http() as h:  # one keep-alive connection, the next as the 202 comes back
+                for i in range(n):
+                    accepted(h.request("POST", "/publish/burst", body[i]), "publish %d" % i)
+            dt = time.monotonic() - t0
+            out, _ = fast.communicate(timeout=60)
+        finally:
+            if fast.poll() is None:
+                fast.kill()
+                fast.wait()
+        res = out.decode().strip().splitlines()[-1]
+        note("%d x %d KiB published in %.2fs; healthy reader: %s; slow closes: %d"
+             % (n, size // 1024, dt, res,
+                metric(a.port, "wsgate_slow_client_closes_total")))
+        check_eq(res, "got=%d in_order=1 close=None" % n, "healthy reader")
+        check_eq(metric(a.port, "wsgate_slow_client_closes_total"), 1.0,
+                 "slow closes (only the reader that never reads)")
+        check(stalled.wait_eof(5), "the reader that never reads is still connected")
+        stalled.close_socket()
+
+
 @test("the 101 waits for the SUBSCRIBE confirmation (Redis frozen meanwhile)")
 def _():
     with RedisServer() as redis:
