@@ -35,7 +35,7 @@ static struct msg *sse_encode(uint64_t msg_id, const struct msg *m)
         size_t lines = 1;
         for (uint32_t i = 0; i < m->len; i++)
             lines += m->data[i] == '\n';
-        cap = il + m->len + lines * 6 + 1; /* "data: " per line, "\n" per line, "\n" */
+        cap = il + m->len + lines * 7 + 1; /* "data: " + "\n" per line, then "\n" */
     } else {
         cap = il + 14 + 6 + 4 * ((size_t)m->len / 3 + 1) + 3; /* "event: binary\n" ... */
     }
