@@ -363,3 +363,24 @@ def check_101_waits_for_subscribe(redis, broker):
             check(ws.recv_message(3)[1] == b"right after", "push after the 101 not delivered")
         finally:
             ws.close_socket()
+
+
+# A fast independent reader (python3-websockets, asyncio, own process): argv URL N; prints
+# "ready", then "got=N in_order=0|1 close=CODE". Messages start with their 6-digit index.
+FAST_READER = r"""
+import asyncio, sys, websockets
+async def main(url, n):
+    got, order, code = 0, 1, None
+    try:
+        async with websockets.connect(url, max_size=None, compression=None,
+                                      ping_interval=None) as ws:
+            print("ready", flush=True)
+            while got < n:
+                m = await ws.recv()
+                order &= int(m[:6]) == got
+                got += 1
+    except websockets.ConnectionClosed as e:
+        code = e.code
+    print("got=%d in_order=%d close=%s" % (got, order, code), flush=True)
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""

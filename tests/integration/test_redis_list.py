@@ -17,7 +17,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from wsgate_test import *  # noqa: E402,F403
 from wsgate_test import recv_all  # noqa: E402
-from redis_helpers import (RedisServer, Resp, TcpProxy,  # noqa: E402
+from redis_helpers import (FAST_READER, RedisServer, Resp, TcpProxy,  # noqa: E402
                            check_101_waits_for_subscribe, gateway, ready, redis_clients,
                            wait_ready)
 
@@ -604,25 +604,6 @@ def _():
             accepted(push(a.port, "sb1", b"after"))
             check_eq(ws.recv_message()[1], b"after", "after the reload")
             check(ws.nothing_within(0.2), "a refused push was delivered")
-
-
-FAST_READER = r"""
-import asyncio, sys, websockets
-async def main(url, n):
-    got, order, code = 0, 1, None
-    try:
-        async with websockets.connect(url, max_size=None, compression=None,
-                                      ping_interval=None) as ws:
-            print("ready", flush=True)
-            while got < n:
-                m = await ws.recv()
-                order &= int(m[:6]) == got
-                got += 1
-    except websockets.ConnectionClosed as e:
-        code = e.code
-    print("got=%d in_order=%d close=%s" % (got, order, code), flush=True)
-asyncio.run(main(sys.argv[1], int(sys.argv[2])))
-"""
 
 
 @test("a burst of 400 x 64 KiB: never more than the socket can take (no 1008), for a fast "

@@ -13,7 +13,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from wsgate_test import *  # noqa: E402,F403
-from redis_helpers import (RedisServer, Resp, check_101_waits_for_subscribe,  # noqa: E402
+from redis_helpers import (FAST_READER, RedisServer, Resp, check_101_waits_for_subscribe,  # noqa: E402
                            gateway, ready, redis_clients, wait_ready)
 
 PS = "redis-pubsub"
@@ -162,23 +162,6 @@ def _():
 # A healthy subscriber of another implementation (python3-websockets, asyncio), in its own
 # process so it reads at full speed: counts the broadcasts it gets (in order) until n or a
 # close, then prints "got=N in_order=0|1 close=CODE".
-FAST_READER = r"""
-import asyncio, sys, websockets
-async def main(url, n):
-    got, order, code = 0, 1, None
-    try:
-        async with websockets.connect(url, max_size=None, compression=None,
-                                      ping_interval=None) as ws:
-            print("ready", flush=True)
-            while got < n:
-                m = await ws.recv()
-                order &= int(m[:6]) == got
-                got += 1
-    except websockets.ConnectionClosed as e:
-        code = e.code
-    print("got=%d in_order=%d close=%s" % (got, order, code), flush=True)
-asyncio.run(main(sys.argv[1], int(sys.argv[2])))
-"""
 
 
 @test("a broadcast burst (800 x 64 KiB): a healthy fast reader is not closed 1008, a reader "
