@@ -43,15 +43,7 @@ from wsgate_test import build_request, encode_frame, ws_handshake_request  # noq
 from redis_helpers import RedisServer, gateway as redis_gateway  # noqa: E402
 
 
-def _asan_binary():
-    try:
-        with open(BIN, "rb") as f:
-            return b"__asan_init" in f.read()
-    except OSError:
-        return False
-
-
-ASAN = _asan_binary()
+ASAN = sanitized()
 MEM_X = 2 if ASAN else 1    # ASan roughly doubles memory
 TIME_X = 2 if ASAN else 1   # and slows the loop 2-3x: wider wall-clock slack
 MB = 1024                   # kB per MiB (RSS figures are in kB)
@@ -65,10 +57,7 @@ def cfg(**kw):
     """Server env: WSGATE_<KEY>=value for each keyword (section_key, lower case ok), plus a
     small ASan quarantine (the 256 MB default would show up as RSS growth of freed memory;
     harmless for a non-ASan binary)."""
-    env = {"WSGATE_" + k.upper(): str(v) for k, v in kw.items()}
-    opts = [o for o in os.environ.get("ASAN_OPTIONS", "").split(":") if o]
-    env["ASAN_OPTIONS"] = ":".join(opts + ["quarantine_size_mb=16"])
-    return env
+    return asan_env({"WSGATE_" + k.upper(): str(v) for k, v in kw.items()})
 
 
 def cpu_seconds(pid):

@@ -347,16 +347,10 @@ def slow_client_check(srv, ws, statuses, rss0, what):
                                                                              grew))
 
 
-def _asan_env(env):
-    # keep ASan's free-memory quarantine (256 MiB by default) from looking like a leak of RSS
-    opts = os.environ.get("ASAN_OPTIONS", "")
-    env["ASAN_OPTIONS"] = (opts + ":" if opts else "") + "quarantine_size_mb=8"
-    return env
-
-
 @test("1008: a client that never reads is closed; memory stays bounded (push)", timeout=60)
 def _():
-    env = _asan_env({"WSGATE_WEBSOCKET_MAX_SEND_BUFFER": "64k", "WSGATE_BROKER_MAX_QUEUE": "8"})
+    env = asan_env({"WSGATE_WEBSOCKET_MAX_SEND_BUFFER": "64k", "WSGATE_BROKER_MAX_QUEUE": "8"},
+                   quarantine_mb=8)
     with Server(env=env) as srv:
         rss0 = srv.rss_kb()
 
@@ -374,7 +368,7 @@ def _():
 
 @test("1008: a broadcast subscriber that never reads is closed; memory bounded", timeout=60)
 def _():
-    env = _asan_env({"WSGATE_WEBSOCKET_MAX_SEND_BUFFER": "64k"})
+    env = asan_env({"WSGATE_WEBSOCKET_MAX_SEND_BUFFER": "64k"}, quarantine_mb=8)
     with Server(env=env) as srv:
         rss0 = srv.rss_kb()
         fast = srv.ws("/ws/fastsub?topics=firehose")
@@ -414,7 +408,7 @@ def _():
     # that never reads (16 KiB receive buffer) is closed 1008.
     import select
     import subprocess
-    env = _asan_env({"WSGATE_WEBSOCKET_MAX_SEND_BUFFER": "256k"})
+    env = asan_env({"WSGATE_WEBSOCKET_MAX_SEND_BUFFER": "256k"}, quarantine_mb=8)
     reader_src = (
         "import asyncio, sys, websockets\n"
         "async def main():\n"

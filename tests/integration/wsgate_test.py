@@ -24,6 +24,7 @@ Run `python3 test_x.py SUBSTRING` to run only the tests whose name contains SUBS
 
 import base64
 import hashlib
+import functools
 import json
 import os
 import re
@@ -44,6 +45,7 @@ __all__ = [
     "metrics", "metric", "check", "check_eq", "check_json_error", "wait_for", "BIN", "note",
     "OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG", "read_proc_status",
     "ws_handshake_request", "LOGDIR", "build_request", "encode_frame", "accepted", "recv_n",
+    "sanitized", "SAN_SLOWDOWN", "asan_env",
 ]
 
 BIN = os.environ.get("WSGATE_BIN") or os.path.join(
@@ -202,6 +204,29 @@ def wait_for(fn, timeout=3.0, interval=0.02, what="condition"):
 # ---------------------------------------------------------------------------------------
 
 _LISTEN_RE = re.compile(r"addr=127\.0\.0\.1:(\d+)")
+
+
+@functools.lru_cache(maxsize=None)
+def sanitized():
+    """True when the binary under test is an AddressSanitizer build (make test-san): tests
+    that bound wall time or memory multiply the bound by SAN_SLOWDOWN rather than drop it,
+    and tests that bound RSS give the server a small quarantine (asan_env)."""
+    try:
+        with open(BIN, "rb") as f:
+            return b"__asan_init" in f.read()
+    except OSError:
+        return False
+
+
+SAN_SLOWDOWN = 2   # ASan: the loop runs 2-3x slower and memory roughly doubles
+
+
+def asan_env(env, quarantine_mb=16):
+    """env plus ASAN_OPTIONS with a small quarantine: ASan's 256 MB default keeps freed
+    memory resident and would read as RSS growth (harmless for a non-ASan binary)."""
+    opts = [o for o in os.environ.get("ASAN_OPTIONS", "").split(":") if o]
+    env["ASAN_OPTIONS"] = ":".join(opts + ["quarantine_size_mb=%d" % quarantine_mb])
+    return env
 
 
 class Server:
