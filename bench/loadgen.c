@@ -27,6 +27,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -224,6 +225,8 @@ struct opts {
     double settle_s;    /* idle: wait after the last connection before reading RSS */
     const char *label;  /* borrowed: argv or "wsgate"/"nchan" */
     char prefix[64];    /* session key prefix, unique per run */
+    const char *push_token; /* borrowed: argv; NULL = pushes carry no Authorization */
+    const char *jwt_secret; /* borrowed: argv; NULL = handshakes carry no token */
 };
 
 /* --- connections --- */
@@ -478,6 +481,41 @@ static void ws_start(struct lg *g, struct conn *c)
     }
 }
 
+/* base64url without padding of n bytes into out (room for 4*(n+2)/3+1); returns length. */
+static int b64url(const unsigned char *in, int n, char *out)
+{
+    int len = EVP_EncodeBlock((unsigned char *)out, in, n);
+    while (len > 0 && out[len - 1] == '=')
+        len--;
+    for (int i = 0; i < len; i++)
+        out[i] = out[i] == '+' ? '-' : out[i] == '/' ? '_' : out[i];
+    out[len] = '\0';
+    return len;
+}
+
+/* An HS256 JWT {"sub": sub, "exp": now + 1 h} signed with --jwt-secret (OpenSSL's HMAC),
+ * minted per handshake as each real client would present its own. Returns its length, or
+ * -1 if it does not fit in cap. */
+static int jwt_mint(const char *secret, const char *sub, char *out, size_t cap)
+{
+    char claims[256];
+    int cn = snprintf(claims, sizeof(claims), "{\"sub\":\"%s\",\"exp\":%lld}", sub,
+                      (long long)time(NULL) + 3600);
+    if (cn < 0 || (size_t)cn >= sizeof(claims) || cap < 512)
+        return -1;
+    /* {"alg":"HS256","typ":"JWT"} */
+    int n = snprintf(out, cap, "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.");
+    n += b64url((const unsigned char *)claims, cn, out + n);
+    unsigned char mac[EVP_MAX_MD_SIZE];
+    unsigned int ml = 0;
+    if (HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)out, (size_t)n,
+             mac, &ml) == NULL)
+        return -1;
+    out[n++] = '.';
+    n += b64url(mac, (int)ml, out + n);
+    return n;
+}
+
 static void ws_on_connected(struct lg *g, struct conn *c)
 {
     unsigned char raw[16];
@@ -499,8 +537,17 @@ static void ws_on_connected(struct lg *g, struct conn *c)
         n = snprintf(req, sizeof(req), "GET /ws/%s-%" PRIu32 " HTTP/1.1\r\n", g->o.prefix, c->idx);
     n += snprintf(req + n, sizeof(req) - (size_t)n,
                   "Host: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                  "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n",
                   g->hostport, key);
+    if (g->o.jwt_secret != NULL) { /* the browser transport: Sec-WebSocket-Protocol */
+        char sub[96], jwt[512];
+        snprintf(sub, sizeof(sub), "%s-%" PRIu32, g->o.prefix, c->idx);
+        int jn = jwt_mint(g->o.jwt_secret, sub, jwt, sizeof(jwt));
+        if (jn > 0)
+            n += snprintf(req + n, sizeof(req) - (size_t)n,
+                          "Sec-WebSocket-Protocol: bearer, %s\r\n", jwt);
+    }
+    n += snprintf(req + n, sizeof(req) - (size_t)n, "\r\n");
     buf_append(&c->out, req, (size_t)n);
     c->state = ST_HANDSHAKE;
     conn_flush(g, c);
@@ -705,7 +752,7 @@ static int64_t msg_stamp(const struct lg *g, uint64_t i)
 
 static void http_request_append(struct lg *g, struct conn *c, uint64_t i)
 {
-    char head[512];
+    char head[1024];
     int hn;
     uint32_t who;
     uint64_t seq;
@@ -719,6 +766,9 @@ static void http_request_append(struct lg *g, struct conn *c, uint64_t i)
         hn = snprintf(head, sizeof(head), "POST /push/%s-%" PRIu32 " HTTP/1.1\r\n", g->o.prefix,
                       who);
     }
+    if (g->o.push_token != NULL)
+        hn += snprintf(head + hn, sizeof(head) - (size_t)hn, "Authorization: Bearer %s\r\n",
+                       g->o.push_token);
     hn += snprintf(head + hn, sizeof(head) - (size_t)hn,
                    "Host: %s\r\nContent-Type: text/plain\r\nContent-Length: %ld\r\n\r\n",
                    g->hostport, g->o.size);
@@ -1107,6 +1157,7 @@ static int lg_run_idle(struct lg *g, int64_t deadline)
     uint32_t open = g->ws_open;
     printf("connections=%" PRIu32 "\n", open);
     printf("connect_s=%.3f\n", connect_s);
+    printf("handshakes_per_s=%.0f\n", connect_s > 0 ? (double)open / connect_s : 0);
     printf("connect_failed=%" PRIu64 "\n", g->connect_failed);
     printf("handshake_failed=%" PRIu64 "\n", g->handshake_failed);
     if (g->handshake_status)
@@ -1272,6 +1323,9 @@ static void usage(FILE *f)
             "  --grace S         wait for deliveries after the last answer (default 5)\n"
             "  --connect-batch N handshakes in flight at once (default 200)\n"
             "  --settle S        idle: wait before reading RSS (default 2)\n"
+            "  --push-token T    send Authorization: Bearer T with every push/publish\n"
+            "  --jwt-secret S    every handshake carries an HS256 JWT (sub = its session)\n"
+            "                    minted with S, as Sec-WebSocket-Protocol: bearer, <jwt>\n"
             "exit: 0 ok, 1 lost/duplicated/out-of-order/refused/failed, 2 usage\n",
             LG_BODY_MIN);
 }
@@ -1332,6 +1386,8 @@ static int opts_parse(struct opts *o, int argc, char **argv)
         {"settle", required_argument, NULL, 'e'},
         {"label", required_argument, NULL, 'l'},
         {"prefix", required_argument, NULL, 'x'},
+        {"push-token", required_argument, NULL, 'A'},
+        {"jwt-secret", required_argument, NULL, 'J'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -1421,6 +1477,12 @@ static int opts_parse(struct opts *o, int argc, char **argv)
         case 'x':
             prefix = optarg;
             break;
+        case 'A':
+            o->push_token = optarg;
+            break;
+        case 'J':
+            o->jwt_secret = optarg;
+            break;
         case 'h':
             usage(stdout);
             exit(0);
@@ -1465,6 +1527,11 @@ static int opts_parse(struct opts *o, int argc, char **argv)
     }
     if (o->messages > UINT32_MAX || o->sessions > 10000000 || o->pipeline > 4096) {
         fprintf(stderr, "loadgen: --messages/--sessions/--pipeline too large\n");
+        return -1;
+    }
+    if ((o->push_token != NULL && strlen(o->push_token) > 256) ||
+        (o->jwt_secret != NULL && (strlen(o->jwt_secret) == 0 || strlen(o->jwt_secret) > 256))) {
+        fprintf(stderr, "loadgen: --push-token/--jwt-secret: 1..256 bytes\n");
         return -1;
     }
     if (!key_valid(o->topic)) {

@@ -10,7 +10,9 @@
 #
 # Environment knobs:
 #   BENCH_SCENARIOS   "queue latency fanout idle" (default: all four)
-#   BENCH_TARGETS     "wsgate nchan"              (default: both)
+#   BENCH_TARGETS     "wsgate nchan"              (default: both); also wsgate-auth: wsgate
+#                     with [auth] on (an HS256 JWT checked on every handshake, a push token
+#                     on every push), e.g. BENCH_TARGETS="wsgate wsgate-auth"
 #   BENCH_BACKENDS    "memory"                    (also redis-list, redis-pubsub, nats, kafka)
 #   BENCH_ARGS_QUEUE, BENCH_ARGS_LATENCY, BENCH_ARGS_FANOUT, BENCH_ARGS_IDLE
 #                     extra loadgen options for one scenario, e.g. "--messages 20000"
@@ -18,6 +20,7 @@
 #   WSGATE_BIN, LOADGEN, NGINX  binaries (defaults ./wsgate, bench/loadgen, nginx)
 #   KAFKA_MOCK        librdkafka mock cluster launcher (default build/tools/kafka_mock); kafka
 #                     runs against it with fetch_wait = 10ms (the mock has no fetch long-poll)
+# The ratio column is the first target over the second (wsgate / nchan by default).
 # Exit status: 0 if every run passed its checks, 1 otherwise, 2 on setup errors.
 set -uo pipefail
 
@@ -169,18 +172,24 @@ nats_start() {
 }
 
 # --- targets: TARGET_PORT, TARGET_PID (to stop), TARGET_PIDS (for RSS), TARGET_LOG ------
-wsgate_start() {
+# bench-only secrets for wsgate-auth (a throwaway token and HS256 key, never used elsewhere)
+AUTH_PUSH_TOKEN=bench-push-token-0123456789abcdef
+AUTH_JWT_SECRET=bench-jwt-secret-0123456789abcdef0123456789abcdef
+
+wsgate_start() { # [auth]: with [auth] push_tokens and jwt_secret set
+    local auth_env=""
+    [ "${1:-}" = auth ] && auth_env="WSGATE_AUTH_PUSH_TOKENS=$AUTH_PUSH_TOKEN WSGATE_AUTH_JWT_SECRET=$AUTH_JWT_SECRET"
     TARGET_PORT=$(free_port)
     TARGET_LOG=$TMP/wsgate.$TARGET_PORT.log
     # shellcheck disable=SC2086 # WSGATE_ENV is a list of NAME=value words
     env WSGATE_SERVER_LISTEN="127.0.0.1:$TARGET_PORT" WSGATE_SERVER_MAX_CONNECTIONS=20000 \
         WSGATE_SERVER_BACKLOG=4096 WSGATE_SERVER_LOG_LEVEL=warn \
-        WSGATE_SERVER_DRAIN_TIMEOUT=2s $WSGATE_ENV "$WSGATE_BIN" 2>"$TARGET_LOG" &
+        WSGATE_SERVER_DRAIN_TIMEOUT=2s $WSGATE_ENV $auth_env "$WSGATE_BIN" 2>"$TARGET_LOG" &
     TARGET_PID=$!
     STARTED="$STARTED $TARGET_PID"
     TARGET_PIDS=$TARGET_PID
     TARGET_LABEL=wsgate+${WSGATE_ENV#WSGATE_BROKER_TYPE=}
-    TARGET_LABEL=${TARGET_LABEL%% *}
+    TARGET_LABEL=${TARGET_LABEL%% *}${1:+-$1}
     wait_http "$TARGET_PORT" /readyz "$TARGET_PID" 10 # broker connected too
 }
 
@@ -231,6 +240,7 @@ run_one() { # BACKEND SCENARIO TARGET
     local started=0
     case $target in
     wsgate) wsgate_start && started=1 ;;
+    wsgate-auth) wsgate_start auth && started=1 ;;
     nchan) nchan_start && started=1 ;;
     *) say "bench: unknown target '$target'" ;;
     esac
@@ -245,6 +255,8 @@ run_one() { # BACKEND SCENARIO TARGET
     fi
     local nchan_flag=""
     [ "$target" = nchan ] && nchan_flag=--nchan
+    [ "$target" = wsgate-auth ] &&
+        nchan_flag="--push-token $AUTH_PUSH_TOKEN --jwt-secret $AUTH_JWT_SECRET"
     # In the background + wait, so a TERM/INT reaches the trap at once (bash runs traps
     # only after a foreground child ends); the trap's cleanup stops loadgen too.
     # shellcheck disable=SC2086 # args and nchan_flag are word lists
@@ -279,7 +291,7 @@ fi
 [ -x "$LOADGEN" ] || { say "bench: $LOADGEN missing (make bench/loadgen)"; exit 2; }
 for t in $TARGETS; do
     case $t in
-    wsgate) [ -x "$WSGATE_BIN" ] || { say "bench: $WSGATE_BIN missing (make)"; exit 2; } ;;
+    wsgate | wsgate-auth) [ -x "$WSGATE_BIN" ] || { say "bench: $WSGATE_BIN missing (make)"; exit 2; } ;;
     nchan)
         if [ ! -x "$NGINX" ] || [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]; then
             say "bench: nginx/nchan missing (scripts/deps.sh bench)"
@@ -310,17 +322,20 @@ metrics_of() {
     queue) echo delivered_per_s server_cpu_us_per_delivery ;;
     latency) echo p50_us p99_us max_us ;;
     fanout) echo delivered_per_s server_cpu_us_per_delivery ;;
-    idle) echo rss_per_conn_bytes ;;
+    idle) echo rss_per_conn_bytes handshakes_per_s ;;
     esac
 }
 
-PAIR=0 # ratio column when both wsgate and nchan ran
-case " $TARGETS " in *" wsgate "*) case " $TARGETS " in *" nchan "*) PAIR=1 ;; esac ;; esac
+# ratio column: the first target over the second, when two or more ran
+T_B=""
+read -r T_A T_B _ <<<"$TARGETS"
+PAIR=0
+[ -n "$T_B" ] && PAIR=1
 say ""
 echo "# wsgate bench: $(nproc) cores, $(date -u +%FT%TZ), $(($(date +%s) - T0)) s"
 echo "# delivered_per_s: higher is better; *_us, server_cpu_us_per_delivery (server CPU"
 echo "# time per delivered message) and rss_per_conn_bytes: lower is better"
-echo "# ratio = wsgate / nchan; a value marked ! comes from a run that failed its checks"
+echo "# ratio = $T_A / $T_B; a value marked ! comes from a run that failed its checks"
 for backend in $BACKENDS; do
     printf '%-8s %-27s' scenario "metric ($backend)"
     for t in $TARGETS; do printf ' %14s' "$t"; done
@@ -335,8 +350,8 @@ for backend in $BACKENDS; do
                 v=$(get "$m" "$f")
                 [ "$(get result "$f")" = ok ] || v="$v!"
                 printf ' %14s' "$v"
-                [ "$t" = wsgate ] && a=${v%!}
-                [ "$t" = nchan ] && b=${v%!}
+                [ "$t" = "$T_A" ] && a=${v%!}
+                [ "$t" = "$T_B" ] && b=${v%!}
             done
             if [ "$PAIR" = 1 ]; then
                 awk -v a="$a" -v b="$b" 'BEGIN {
