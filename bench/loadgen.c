@@ -37,9 +37,9 @@
 #include <strings.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
-#include <sys/timerfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
@@ -217,14 +217,14 @@ struct opts {
     long idle;               /* idle: connections */
     pid_t pids[LG_MAX_PIDS]; /* server processes whose VmRSS is summed */
     int npids;
-    bool nchan;         /* nchan routes: fanout sockets on /topic/T instead of /ws/S?topics=T */
-    double timeout_s;   /* whole-scenario deadline */
-    double grace_s;     /* wait for deliveries after the last push answer */
-    long pipeline;      /* outstanding requests per push connection */
-    long connect_batch; /* WebSocket handshakes in progress at once */
-    double settle_s;    /* idle: wait after the last connection before reading RSS */
-    const char *label;  /* borrowed: argv or "wsgate"/"nchan" */
-    char prefix[64];    /* session key prefix, unique per run */
+    bool nchan;             /* nchan routes: fanout sockets on /topic/T instead of /ws/S?topics=T */
+    double timeout_s;       /* whole-scenario deadline */
+    double grace_s;         /* wait for deliveries after the last push answer */
+    long pipeline;          /* outstanding requests per push connection */
+    long connect_batch;     /* WebSocket handshakes in progress at once */
+    double settle_s;        /* idle: wait after the last connection before reading RSS */
+    const char *label;      /* borrowed: argv or "wsgate"/"nchan" */
+    char prefix[64];        /* session key prefix, unique per run */
     const char *push_token; /* borrowed: argv; NULL = pushes carry no Authorization */
     const char *jwt_secret; /* borrowed: argv; NULL = handshakes carry no token */
 };
@@ -508,8 +508,8 @@ static int jwt_mint(const char *secret, const char *sub, char *out, size_t cap)
     n += b64url((const unsigned char *)claims, cn, out + n);
     unsigned char mac[EVP_MAX_MD_SIZE];
     unsigned int ml = 0;
-    if (HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)out, (size_t)n,
-             mac, &ml) == NULL)
+    if (HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)out, (size_t)n, mac,
+             &ml) == NULL)
         return -1;
     out[n++] = '.';
     n += b64url(mac, (int)ml, out + n);
