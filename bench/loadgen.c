@@ -217,6 +217,8 @@ struct opts {
     long idle;               /* idle: connections */
     pid_t pids[LG_MAX_PIDS]; /* server processes whose VmRSS is summed */
     int npids;
+    pid_t bpids[LG_MAX_PIDS]; /* broker processes whose CPU time is reported */
+    int nbpids;
     bool nchan;             /* nchan routes: fanout sockets on /topic/T instead of /ws/S?topics=T */
     double timeout_s;       /* whole-scenario deadline */
     double grace_s;         /* wait for deliveries after the last push answer */
@@ -1075,13 +1077,14 @@ static long rss_read_kib(const struct lg *g, const char *field)
 }
 
 /* Server CPU seconds (utime + stime) summed over --pid, -1 if unreadable. */
-static double cpu_server_s(const struct lg *g)
+/* utime + stime in seconds summed over pids, or -1 (none given, or one is gone). */
+static double cpu_pids_s(const pid_t *pids, int npids)
 {
     double ticks = 0;
     long hz = sysconf(_SC_CLK_TCK);
-    for (int k = 0; k < g->o.npids; k++) {
+    for (int k = 0; k < npids; k++) {
         char path[64], line[1024];
-        snprintf(path, sizeof(path), "/proc/%d/stat", (int)g->o.pids[k]);
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pids[k]);
         FILE *f = fopen(path, "r");
         if (f == NULL)
             return -1;
@@ -1094,7 +1097,17 @@ static double cpu_server_s(const struct lg *g)
             return -1;
         ticks += (double)ut + (double)st;
     }
-    return g->o.npids > 0 && hz > 0 ? ticks / (double)hz : -1;
+    return npids > 0 && hz > 0 ? ticks / (double)hz : -1;
+}
+
+static double cpu_server_s(const struct lg *g)
+{
+    return cpu_pids_s(g->o.pids, g->o.npids);
+}
+
+static double cpu_broker_s(const struct lg *g)
+{
+    return cpu_pids_s(g->o.bpids, g->o.nbpids);
 }
 
 /* This process's CPU seconds. */
@@ -1191,7 +1204,7 @@ static int lg_run_push(struct lg *g, int64_t deadline)
         return 1;
     }
     uint64_t total = msg_total(g);
-    double srv_cpu0 = cpu_server_s(g), self_cpu0 = cpu_self_s();
+    double srv_cpu0 = cpu_server_s(g), self_cpu0 = cpu_self_s(), brk_cpu0 = cpu_broker_s(g);
     g->t_push_start = lg_now_ns();
     int64_t grace_end = 0;
     bool timed_out = false;
@@ -1227,6 +1240,8 @@ static int lg_run_push(struct lg *g, int64_t deadline)
     }
 
     double srv_cpu = cpu_server_s(g), self_cpu = cpu_self_s() - self_cpu0;
+    double brk_cpu = cpu_broker_s(g);
+    brk_cpu = brk_cpu >= 0 && brk_cpu0 >= 0 ? brk_cpu - brk_cpu0 : -1;
     if (srv_cpu >= 0 && srv_cpu0 >= 0)
         srv_cpu -= srv_cpu0;
     else
@@ -1284,6 +1299,11 @@ static int lg_run_push(struct lg *g, int64_t deadline)
         printf("server_cpu_us_per_delivery=%.2f\n",
                g->delivered ? srv_cpu * 1e6 / (double)g->delivered : 0);
     }
+    if (brk_cpu >= 0) { /* the broker's servers (redis-server, nats-server, ...) */
+        printf("broker_cpu_s=%.2f\n", brk_cpu);
+        printf("broker_cpu_us_per_push=%.2f\n",
+               g->accepted_n ? brk_cpu * 1e6 / (double)g->accepted_n : 0);
+    }
     printf("client_cpu_s=%.2f\n", self_cpu);
     printf("p50_us=%" PRIu32 "\n", lat_pct(g, 0.50));
     printf("p99_us=%" PRIu32 "\n", lat_pct(g, 0.99));
@@ -1316,6 +1336,7 @@ static void usage(FILE *f)
             "  --topic T         fanout topic (default bench)\n"
             "  --idle N          idle: WebSocket connections (default 10000)\n"
             "  --pid PID[,PID]   server processes whose VmRSS is summed (idle)\n"
+            "  --broker-pid PID[,PID]  broker processes: their CPU per push is reported\n"
             "  --nchan           nchan routes (fanout sockets on /topic/T)\n"
             "  --label L         target name printed as target= (default wsgate|nchan)\n"
             "  --prefix P        session key prefix (default lg<pid>-<scenario>)\n"
@@ -1363,6 +1384,22 @@ static bool key_valid(const char *s)
     return true;
 }
 
+/* "PID[,PID...]" appended to pids (at most LG_MAX_PIDS in all). */
+static bool parse_pids(const char *arg, pid_t *pids, int *npids)
+{
+    bool ok = true;
+    char *save = NULL, *copy = strdup(arg);
+    for (char *t = strtok_r(copy, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
+        long v;
+        if (!parse_long(t, 1, &v) || *npids == LG_MAX_PIDS)
+            ok = false;
+        else
+            pids[(*npids)++] = (pid_t)v;
+    }
+    free(copy);
+    return ok;
+}
+
 static int opts_parse(struct opts *o, int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -1378,6 +1415,7 @@ static int opts_parse(struct opts *o, int argc, char **argv)
         {"topic", required_argument, NULL, 't'},
         {"idle", required_argument, NULL, 'i'},
         {"pid", required_argument, NULL, 'P'},
+        {"broker-pid", required_argument, NULL, 'K'},
         {"nchan", no_argument, NULL, 'n'},
         {"timeout", required_argument, NULL, 'T'},
         {"grace", required_argument, NULL, 'g'},
@@ -1441,18 +1479,12 @@ static int opts_parse(struct opts *o, int argc, char **argv)
         case 'i':
             bad |= !parse_long(optarg, 1, &o->idle);
             break;
-        case 'P': {
-            char *save = NULL, *copy = strdup(optarg);
-            for (char *t = strtok_r(copy, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
-                long v;
-                if (!parse_long(t, 1, &v) || o->npids == LG_MAX_PIDS)
-                    bad = true;
-                else
-                    o->pids[o->npids++] = (pid_t)v;
-            }
-            free(copy);
+        case 'P':
+            bad |= !parse_pids(optarg, o->pids, &o->npids);
             break;
-        }
+        case 'K':
+            bad |= !parse_pids(optarg, o->bpids, &o->nbpids);
+            break;
         case 'n':
             o->nchan = true;
             break;

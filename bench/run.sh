@@ -97,19 +97,23 @@ wait_cmd() {
 # --- backends: servers a wsgate backend (and nchan's store) needs -----------------------
 # backend_start BACKEND sets WSGATE_ENV (extra env for wsgate), NCHAN_STORE (memory|redis),
 # REDIS_PORT, DEP_PIDS. To add a backend: start its server(s) here, append to DEP_PIDS.
+# WSGATE_BROKER_PIDS / NCHAN_BROKER_PIDS: the broker servers each target uses (their CPU
+# per push is reported as broker_cpu_us_per_push).
 backend_start() {
     WSGATE_ENV="WSGATE_BROKER_TYPE=$1"
     NCHAN_STORE=memory
-    DEP_PIDS=""
+    DEP_PIDS="" WSGATE_BROKER_PIDS="" NCHAN_BROKER_PIDS=""
     case $1 in
     memory) ;;
     redis-list | redis-pubsub)
         redis_start || return 1
+        WSGATE_BROKER_PIDS=$LAST_PID
         WSGATE_ENV="$WSGATE_ENV WSGATE_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
         NCHAN_STORE=redis
         ;;
     nats)
         nats_start || return 1
+        WSGATE_BROKER_PIDS=$LAST_PID
         WSGATE_ENV="$WSGATE_ENV WSGATE_NATS_URL=nats://127.0.0.1:$NATS_PORT"
         # the peer with a durable broker behind it is nchan on Redis (started only for it)
         case " $TARGETS " in *" nchan "*) redis_start || return 1 ;; esac
@@ -117,6 +121,7 @@ backend_start() {
         ;;
     kafka)
         kafka_start || return 1
+        WSGATE_BROKER_PIDS=$LAST_PID
         WSGATE_ENV="$WSGATE_ENV WSGATE_KAFKA_BROKERS=$KAFKA_BOOTSTRAP WSGATE_KAFKA_NODE=bench"
         WSGATE_ENV="$WSGATE_ENV WSGATE_KAFKA_FETCH_WAIT=${BENCH_KAFKA_FETCH_WAIT:-10ms}"
         case " $TARGETS " in *" nchan "*) redis_start || return 1 ;; esac
@@ -127,6 +132,8 @@ backend_start() {
         return 1
         ;;
     esac
+    [ "$NCHAN_STORE" = redis ] && NCHAN_BROKER_PIDS=$REDIS_PID
+    return 0
 }
 
 backend_stop() {
@@ -144,6 +151,7 @@ redis_start() {
     local pid=$!
     STARTED="$STARTED $pid"
     DEP_PIDS="$DEP_PIDS $pid"
+    LAST_PID=$pid REDIS_PID=$pid
     wait_cmd 10 redis-cli -p "$REDIS_PORT" ping || { say "bench: redis-server did not start"; return 1; }
 }
 
@@ -155,6 +163,7 @@ kafka_start() {
     local pid=$!
     STARTED="$STARTED $pid"
     DEP_PIDS="$DEP_PIDS $pid"
+    LAST_PID=$pid
     wait_cmd 10 test -s "$dir/bootstrap" || { say "bench: kafka_mock did not start"; return 1; }
     KAFKA_BOOTSTRAP=$(cat "$dir/bootstrap")
 }
@@ -167,6 +176,7 @@ nats_start() {
     local pid=$!
     STARTED="$STARTED $pid"
     DEP_PIDS="$DEP_PIDS $pid"
+    LAST_PID=$pid
     wait_cmd 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$NATS_PORT" ||
         { say "bench: nats-server did not start"; return 1; }
 }
@@ -253,16 +263,19 @@ run_one() { # BACKEND SCENARIO TARGET
         backend_stop
         return
     fi
-    local nchan_flag=""
-    [ "$target" = nchan ] && nchan_flag=--nchan
+    local flags=""
+    [ "$target" = nchan ] && flags=--nchan
     [ "$target" = wsgate-auth ] &&
-        nchan_flag="--push-token $AUTH_PUSH_TOKEN --jwt-secret $AUTH_JWT_SECRET"
+        flags="--push-token $AUTH_PUSH_TOKEN --jwt-secret $AUTH_JWT_SECRET"
+    local bpids=$WSGATE_BROKER_PIDS
+    [ "$target" = nchan ] && bpids=$NCHAN_BROKER_PIDS
+    [ -n "$bpids" ] && flags="$flags --broker-pid $bpids"
     # In the background + wait, so a TERM/INT reaches the trap at once (bash runs traps
     # only after a foreground child ends); the trap's cleanup stops loadgen too.
-    # shellcheck disable=SC2086 # args and nchan_flag are word lists
+    # shellcheck disable=SC2086 # args and flags are word lists
     timeout -k 5 "$BENCH_TIMEOUT" "$LOADGEN" --scenario "$scen" --url-host 127.0.0.1 \
         --port "$TARGET_PORT" --pid "$TARGET_PIDS" --label "$TARGET_LABEL" \
-        --timeout $((BENCH_TIMEOUT - 15)) $nchan_flag $args >"$out" 2>&1 &
+        --timeout $((BENCH_TIMEOUT - 15)) $flags $args >"$out" 2>&1 &
     local lg=$!
     STARTED="$STARTED $lg"
     wait "$lg"
@@ -319,7 +332,7 @@ get() { # KEY FILE
 
 metrics_of() {
     case $1 in
-    queue) echo delivered_per_s server_cpu_us_per_delivery ;;
+    queue) echo delivered_per_s server_cpu_us_per_delivery broker_cpu_us_per_push ;;
     latency) echo p50_us p99_us max_us ;;
     fanout) echo delivered_per_s server_cpu_us_per_delivery ;;
     idle) echo rss_per_conn_bytes handshakes_per_s ;;
