@@ -1155,22 +1155,52 @@ static bool lg_connect_all(struct lg *g, int64_t deadline)
     return false;
 }
 
+/* Machine-wide kernel figures for the idle scenario: Slab kB (/proc/meminfo) and TCP
+ * sockets in use (/proc/net/sockstat). Other processes move them too: a rough figure. */
+static void kernel_read(long *slab_kib, long *tcp_inuse)
+{
+    char line[256];
+    *slab_kib = *tcp_inuse = -1;
+    FILE *f = fopen("/proc/meminfo", "r");
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+        if (sscanf(line, "Slab: %ld kB", slab_kib) == 1)
+            break;
+    if (f != NULL)
+        fclose(f);
+    f = fopen("/proc/net/sockstat", "r");
+    while (f != NULL && fgets(line, sizeof(line), f) != NULL)
+        if (sscanf(line, "TCP: inuse %ld", tcp_inuse) == 1)
+            break;
+    if (f != NULL)
+        fclose(f);
+}
+
 static int lg_run_idle(struct lg *g, int64_t deadline)
 {
     long rss_before = rss_read_kib(g, "VmRSS:");
     long pss_before = rss_read_kib(g, "Pss:");
+    long slab_before, tcp_before, slab_after, tcp_after;
+    kernel_read(&slab_before, &tcp_before);
+    double srv_cpu0 = cpu_server_s(g);
     int64_t t0 = lg_now_ns();
     bool all = lg_connect_all(g, deadline);
     double connect_s = (double)(lg_now_ns() - t0) / 1e9;
+    double srv_cpu = cpu_server_s(g);
     int64_t settle_end = lg_now_ns() + (int64_t)(g->o.settle_s * 1e9);
     while (lg_now_ns() < settle_end && lg_now_ns() < deadline)
         lg_poll(g, 20);
     long rss_after = rss_read_kib(g, "VmRSS:");
     long pss_after = rss_read_kib(g, "Pss:");
+    kernel_read(&slab_after, &tcp_after);
     uint32_t open = g->ws_open;
     printf("connections=%" PRIu32 "\n", open);
     printf("connect_s=%.3f\n", connect_s);
     printf("handshakes_per_s=%.0f\n", connect_s > 0 ? (double)open / connect_s : 0);
+    if (srv_cpu >= 0 && srv_cpu0 >= 0 && open > 0) /* accept + handshake + attach + 101 */
+        printf("server_cpu_us_per_handshake=%.1f\n", (srv_cpu - srv_cpu0) * 1e6 / open);
+    if (slab_before >= 0 && slab_after >= 0 && tcp_after > tcp_before) /* both ends count */
+        printf("kernel_slab_per_tcp_socket_bytes=%ld\n",
+               (slab_after - slab_before) * 1024 / (tcp_after - tcp_before));
     printf("connect_failed=%" PRIu64 "\n", g->connect_failed);
     printf("handshake_failed=%" PRIu64 "\n", g->handshake_failed);
     if (g->handshake_status)

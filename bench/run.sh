@@ -335,7 +335,7 @@ metrics_of() {
     queue) echo delivered_per_s server_cpu_us_per_delivery broker_cpu_us_per_push ;;
     latency) echo p50_us p99_us max_us ;;
     fanout) echo delivered_per_s server_cpu_us_per_delivery ;;
-    idle) echo rss_per_conn_bytes handshakes_per_s ;;
+    idle) echo rss_per_conn_bytes handshakes_per_s server_cpu_us_per_handshake ;;
     esac
 }
 
@@ -348,7 +348,8 @@ say ""
 echo "# wsgate bench: $(nproc) cores, $(date -u +%FT%TZ), $(($(date +%s) - T0)) s"
 echo "# delivered_per_s: higher is better; *_us, server_cpu_us_per_delivery (server CPU"
 echo "# time per delivered message) and rss_per_conn_bytes: lower is better"
-echo "# ratio = $T_A / $T_B; a value marked ! comes from a run that failed its checks"
+[ "$PAIR" = 1 ] && echo "# ratio = $T_A / $T_B"
+echo "# a value marked ! comes from a run that failed its checks"
 for backend in $BACKENDS; do
     printf '%-8s %-27s' scenario "metric ($backend)"
     for t in $TARGETS; do printf ' %14s' "$t"; done
