@@ -15,10 +15,12 @@
 #include <sys/socket.h>
 
 struct config;
-struct evp_pkey_st; /* OpenSSL's EVP_PKEY */
+struct evp_pkey_st;    /* OpenSSL's EVP_PKEY */
+struct evp_mac_ctx_st; /* OpenSSL's EVP_MAC_CTX */
 
 #define AUTH_TOKEN_MAX 8192     /* longest client JWT looked at; longer: 401 */
 #define AUTH_DIGEST_LEN 32      /* HMAC-SHA256 */
+#define AUTH_PUSH_LAST_MAX 64   /* longest push token remembered as the last one that passed */
 #define AUTH_FILE_MAX (1 << 20) /* push_tokens_file / jwt_public_key_file size bound */
 
 /* Verdict of auth_jwt_check. The values are the HTTP status to answer. */
@@ -59,25 +61,30 @@ struct auth_cidr {
 };
 
 struct auth {
-    uint8_t mac_key[32];              /* random per process: tokens are compared as HMACs */
-    uint8_t (*push)[AUTH_DIGEST_LEN]; /* owned: digests of push_tokens, then the file's */
-    size_t npush;                     /* digests in push */
-    size_t npush_cfg;                 /* the first npush_cfg come from push_tokens */
-    int push_required;                /* push_tokens or push_tokens_file set */
-    char *push_file;                  /* owned: push_tokens_file path, or NULL */
-    uint8_t metrics[AUTH_DIGEST_LEN]; /* digest of metrics_token */
-    int metrics_required;             /* metrics_token set */
-    unsigned char *hs_secret;         /* owned: jwt_secret bytes (cleansed on free), or NULL */
-    size_t hs_secret_len;             /* bytes in hs_secret */
-    struct evp_pkey_st *pkey;         /* owned: parsed jwt_public_key_file, or NULL */
-    enum auth_key_type key_type;      /* what pkey is: pins RS256 or ES256 */
-    int64_t leeway_s;                 /* jwt_leeway in whole seconds (rounded down) */
-    char *audience;                   /* owned: required aud, or NULL */
-    char *issuer;                     /* owned: required iss, or NULL */
-    struct auth_list origins;         /* allowed_origins */
-    struct auth_list cors;            /* cors_origins */
-    struct auth_cidr *proxies;        /* owned: trusted_proxies */
-    size_t nproxies;                  /* entries in proxies */
+    struct evp_mac_ctx_st *tok_mac;        /* owned: HMAC-SHA256 under a random per-process key;
+                                              tokens are compared as its digests (auth_hmac) */
+    struct evp_mac_ctx_st *jwt_mac;        /* owned: HMAC-SHA256 under jwt_secret, or NULL */
+    uint8_t (*push)[AUTH_DIGEST_LEN];      /* owned: digests of push_tokens, then the file's */
+    size_t npush;                          /* digests in push */
+    size_t npush_cfg;                      /* the first npush_cfg come from push_tokens */
+    uint8_t push_last[AUTH_PUSH_LAST_MAX]; /* the last push token that passed, zero-padded
+                                              (a service repeats it: no HMAC per push) */
+    size_t push_last_len;                  /* its length; 0 = none (cleared on reload) */
+    int push_required;                     /* push_tokens or push_tokens_file set */
+    char *push_file;                       /* owned: push_tokens_file path, or NULL */
+    uint8_t metrics[AUTH_DIGEST_LEN];      /* digest of metrics_token */
+    int metrics_required;                  /* metrics_token set */
+    unsigned char *hs_secret;              /* owned: jwt_secret bytes (cleansed on free), or NULL */
+    size_t hs_secret_len;                  /* bytes in hs_secret */
+    struct evp_pkey_st *pkey;              /* owned: parsed jwt_public_key_file, or NULL */
+    enum auth_key_type key_type;           /* what pkey is: pins RS256 or ES256 */
+    int64_t leeway_s;                      /* jwt_leeway in whole seconds (rounded down) */
+    char *audience;                        /* owned: required aud, or NULL */
+    char *issuer;                          /* owned: required iss, or NULL */
+    struct auth_list origins;              /* allowed_origins */
+    struct auth_list cors;                 /* cors_origins */
+    struct auth_cidr *proxies;             /* owned: trusted_proxies */
+    size_t nproxies;                       /* entries in proxies */
 };
 
 /* --- life cycle --- */
@@ -132,8 +139,14 @@ int auth_push_required(const struct auth *a);
 /* Authorization value (NULL, 0 when absent). 1 when not required, or when it is
  * "Bearer <t>" and t is one of the configured tokens; 0 otherwise (answer 401). Every
  * configured token is compared, as HMAC-SHA256 digests under a per-process key with
- * CRYPTO_memcmp: the time depends on the number of tokens only. */
-int auth_push_ok(const struct auth *a, const char *authz, size_t len);
+ * CRYPTO_memcmp: the time depends on the number of tokens only. The last token that
+ * passed is remembered (a service repeats it) and compared first in constant time. */
+int auth_push_ok(struct auth *a, const char *authz, size_t len);
+/* An HMAC-SHA256 context keyed with key (len bytes), reused for every auth_hmac; NULL when
+ * OpenSSL lacks it or memory is short. Free with EVP_MAC_CTX_free. */
+struct evp_mac_ctx_st *auth_hmac_new(const void *key, size_t len);
+/* out = HMAC-SHA256(ctx's key, p[0..len)). 0, or UV_ENOMEM. Loop thread: ctx is reused. */
+int auth_hmac(struct evp_mac_ctx_st *ctx, const void *p, size_t len, uint8_t out[AUTH_DIGEST_LEN]);
 /* The same for /metrics and metrics_token; 1 when metrics_token is empty. */
 int auth_metrics_ok(const struct auth *a, const char *authz, size_t len);
 

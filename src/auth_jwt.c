@@ -112,14 +112,11 @@ static int auth_es256_verify(EVP_PKEY *k, const unsigned char *data, size_t dlen
 static int auth_hs256_verify(const struct auth *a, const unsigned char *data, size_t dlen,
                              const unsigned char *sig, size_t slen)
 {
-    unsigned char mac[EVP_MAX_MD_SIZE];
-    unsigned int ml = 0;
+    uint8_t mac[AUTH_DIGEST_LEN];
 
-    if (slen != 32 ||
-        HMAC(EVP_sha256(), a->hs_secret, (int)a->hs_secret_len, data, dlen, mac, &ml) == NULL ||
-        ml != 32)
+    if (slen != AUTH_DIGEST_LEN || a->jwt_mac == NULL || auth_hmac(a->jwt_mac, data, dlen, mac) < 0)
         return 0;
-    return CRYPTO_memcmp(mac, sig, 32) == 0;
+    return CRYPTO_memcmp(mac, sig, AUTH_DIGEST_LEN) == 0;
 }
 
 static int auth_json_streq(const json_t *v, const char *s, size_t len)

@@ -384,7 +384,7 @@ void http_check_head(struct http_state *h)
         break;
     case ROUTE_PUSH:
     case ROUTE_PUBLISH: {
-        const struct auth *a = h->c->srv->auth;
+        struct auth *a = h->c->srv->auth;
         size_t olen, alen;
         const char *origin = http_hval(h, HDR_ORIGIN, &olen);
         const char *authz = http_hval(h, HDR_AUTHZ, &alen);

@@ -598,6 +598,12 @@ static void test_token_file_reload(void **state)
     rewrite(path, "two\nfour");
     assert_int_equal(auth_reload(&a, err, sizeof err), 0);
     assert_true(auth_push_ok(&a, "Bearer four", 11));
+    /* the last token that passed is remembered: neither a prefix nor an extension of it,
+     * nor the same bytes with a NUL after them, pass through that shortcut */
+    assert_false(auth_push_ok(&a, "Bearer fou", 10));
+    assert_false(auth_push_ok(&a, "Bearer fourx", 12));
+    assert_false(auth_push_ok(&a, "Bearer four\0", 12));
+    assert_true(auth_push_ok(&a, "Bearer four", 11));
     assert_false(auth_push_ok(&a, "Bearer one", 10));
     assert_true(auth_push_ok(&a, "Bearer cfg", 10)); /* push_tokens survive a reload */
 
