@@ -1,4 +1,4 @@
-/* config.h — the gateway's configuration: one table of keys (src/config.c) drives
+/* config.h — the gateway's configuration: one table of keys (src/config_keys.c) drives
  * defaults, INI parsing (libinih), WSGATE_<SECTION>_<KEY> environment overrides and
  * --check-config. Does NOT open sockets or brokers. Loaded once on the main thread
  * before the loop starts; read-only afterwards (safe to read from any thread). */
