@@ -67,7 +67,7 @@ struct conn {
     uint16_t flags;             /* enum conn_flag */
     uint16_t close_code;        /* WebSocket close code to send at the deferred close */
     uint32_t refs;              /* async ops holding c (push callbacks); free at 0 after close */
-    uint32_t upstream_inflight; /* upstream publishes not yet called back */
+    uint32_t upstream_inflight; /* upstream publishes not yet called back (max_upstream_inflight) */
     uint64_t active_ms;         /* last activity (ws: any frame; http: deadline base) */
     uint64_t wr_ms;             /* last write progress of the in-flight write (write_timeout) */
     size_t wr_left;             /* libuv's write queue size when wr_ms was taken */

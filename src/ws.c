@@ -75,7 +75,7 @@ static void ws_on_upstream(void *arg, int status)
         srv->m.dropped++;
         log_warn("event=upstream_failed err=%s", uv_err_name(status));
     }
-    if (c->state == CONN_WS && c->upstream_inflight < srv->cfg->max_inflight)
+    if (c->state == CONN_WS && c->upstream_inflight < srv->cfg->max_upstream_inflight)
         conn_read_pause(c, 0);
     conn_unref(c);
 }
@@ -107,7 +107,7 @@ static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_m
         return;
     }
     conn_ref(c);
-    if (++c->upstream_inflight >= srv->cfg->max_inflight)
+    if (++c->upstream_inflight >= srv->cfg->max_upstream_inflight)
         conn_read_pause(c, 1); /* backpressure: read no more frames than the broker takes */
 }
 
@@ -259,7 +259,7 @@ static void ws_feed_pre(struct conn *c)
     ws_feed(c, pre, len);
     free(pre);
     if (c->state == CONN_WS && !(c->flags & CONN_F_CLOSE_AFTER) &&
-        c->upstream_inflight < c->srv->cfg->max_inflight)
+        c->upstream_inflight < c->srv->cfg->max_upstream_inflight)
         conn_read_pause(c, 0);
 }
 
