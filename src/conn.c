@@ -191,7 +191,7 @@ int conn_queue_bytes(struct conn *c, const void *data, size_t len)
     if (m == NULL)
         return UV_ENOMEM;
     memcpy(m->data, data, len);
-    m->len = (uint32_t)len; /* raw: hdr_len stays 0, written as is */
+    m->len = (uint32_t)len; /* MSG_KIND_RAW (msg_new): written as is */
     int rc = conn_queue(c, m, 0);
     msg_unref(m);
     return rc;
@@ -223,7 +223,7 @@ static void conn_written(struct conn *c, uint32_t n)
         size_t b = outq_item_bytes(it->m) - c->out.off;
         c->out.bytes -= b;
         c->out.off = 0;
-        if (it->m->opcode == 0x1 || it->m->opcode == 0x2) /* a message (frame or event) */
+        if (it->m->kind != MSG_KIND_RAW) /* a message (frame or event) */
             srv->m.delivered++;
         if (it->msg_id != 0 && can_ack)
             acks[nacks++] = it->msg_id;

@@ -23,7 +23,7 @@
 
 static const char sse_comment[] = ":\n\n";
 
-/* One event for m (a raw msg carrying m's opcode, so it counts as a message). */
+/* One event for m: a MSG_KIND_EVENT msg, written as is and counted as a message. */
 static struct msg *sse_encode(uint64_t msg_id, const struct msg *m)
 {
     char idline[40] = "";
@@ -66,7 +66,7 @@ static struct msg *sse_encode(uint64_t msg_id, const struct msg *m)
     }
     *o++ = '\n';
     e->len = (uint32_t)(o - e->data);
-    e->opcode = m->opcode; /* hdr_len stays 0: written as is */
+    e->kind = MSG_KIND_EVENT; /* no frame header: written as is */
     return e;
 }
 
