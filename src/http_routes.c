@@ -118,7 +118,7 @@ static void http_do_push(struct conn *c, int publish, const char *key)
 
 /* --- upgrade --- */
 
-/* Access control of an upgrade, before any broker work (DESIGN.md §8.1): Origin, the
+/* Access control of an upgrade, before any broker work: Origin, the
  * client's JWT (sub = key, topics within its claim), then the per-IP handshake rate and
  * connection cap. 0 when allowed (c->ip then holds the counted address, if any), or -1
  * after queueing the refusal. */

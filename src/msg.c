@@ -90,8 +90,8 @@ void msg_seal(struct msg *m, enum msg_frame_type type)
         text = 1;
     else if (type == MSG_FRAME_BINARY)
         text = 0;
-    else
-        text = utf8_valid(m->data, m->len); /* the bytes alone decide (DESIGN.md §2) */
+    else /* the bytes alone decide: a broker gives no Content-Type */
+        text = utf8_valid(m->data, m->len);
     m->opcode = text ? 0x1 : 0x2;
     m->hdr_len = (uint8_t)msg_frame_header(m->hdr, m->opcode, m->len);
     m->kind = MSG_KIND_FRAME;

@@ -3,7 +3,7 @@
  * (one header per message, shared by every socket it goes to), the 101 switch, pings,
  * idle and close timeouts, upstream forwarding, and the session_* calls backends use.
  * wslay's send callback always takes every byte into the output queue, so wslay is
- * never mid-frame and our frames can be interleaved safely (DEPS.md, wslay).
+ * never mid-frame and our frames can be interleaved safely (wslay never sees them).
  * Does NOT parse HTTP or know which broker runs. Loop thread only. */
 #include <stdlib.h>
 #include <string.h>
@@ -341,7 +341,8 @@ static void ws_feed(struct conn *c, const uint8_t *data, size_t len)
     }
     if (rc != 0) {
         /* wslay failed without a status code (oversized or fragmented control frame,
-         * non-minimal length): answer 1002 ourselves and close (DEPS.md, wslay) */
+         * non-minimal length: wslay 1.1.1 returns -400 and sends no close code): answer
+         * 1002 ourselves and close; safe as wslay is never mid-frame (ws_on_send) */
         ws_enter_closing(c);
         if (rc == WSLAY_ERR_CALLBACK_FAILURE || rc == WSLAY_ERR_PROTO)
             conn_queue_bytes(c, close_1002, sizeof(close_1002));
