@@ -214,7 +214,7 @@ static void ws_proto_feed(struct conn *c, const uint8_t *data, size_t len)
     ws_feed(c, data, len);
 }
 
-static void ws_drained(struct conn *c)
+static void ws_advance(struct conn *c)
 {
     if (c->state == CONN_WS && c->pre != NULL && c->out.count == 0)
         ws_feed_pre(c);
@@ -223,7 +223,7 @@ static void ws_drained(struct conn *c)
 const struct conn_proto ws_proto = {
     .name = "websocket",
     .feed = ws_proto_feed,
-    .drained = ws_drained,
+    .advance = ws_advance,
     .timeout = ws_check_timeout,
     .end = ws_close,
 };
@@ -245,7 +245,7 @@ int ws_start(struct conn *c, uint8_t *pre, size_t pre_len)
     c->pre_len = pre_len;
     if (pre == NULL)
         conn_read_pause(c, 0);
-    conn_dirty(c);
+    conn_flush_later(c);
     return 0;
 }
 
@@ -278,7 +278,7 @@ static void ws_enter_closing(struct conn *c)
     c->active_ms = uv_now(srv->loop);
     if (!(c->flags & CONN_F_WRITING))
         ws_leave(c);
-    conn_dirty(c);
+    conn_flush_later(c);
 }
 
 /* Send what wslay holds (a close reply among it); close once both closes are through. */
@@ -291,7 +291,7 @@ static void ws_send_pending(struct conn *c)
         c->flags |= CONN_F_CLOSE_AFTER;
         conn_read_pause(c, 1);
     }
-    conn_dirty(c);
+    conn_flush_later(c);
 }
 
 static void ws_on_settled(struct session *s)
@@ -336,7 +336,7 @@ static void ws_feed(struct conn *c, const uint8_t *data, size_t len)
             ws_close(c, bad);
         c->flags |= CONN_F_CLOSE_AFTER;
         conn_read_pause(c, 1);
-        conn_dirty(c);
+        conn_flush_later(c);
         return;
     }
     if (rc != 0) {
@@ -355,7 +355,7 @@ static void ws_feed(struct conn *c, const uint8_t *data, size_t len)
     if ((c->flags & CONN_F_SETTLING) && wslay_event_get_close_received(c->ws)) {
         /* the close reply waits until the broker confirmed the acks (ws_on_settled): a
          * client that reconnects once it has it cannot be handed those messages again */
-        conn_dirty(c);
+        conn_flush_later(c);
         return;
     }
     if (wslay_event_send(c->ws) != 0 ||
@@ -366,7 +366,7 @@ static void ws_feed(struct conn *c, const uint8_t *data, size_t len)
                !c->rx_fragmented && !wslay_event_want_write(c->ws)) {
         ws_free(c); /* quiescent: nothing half read, nothing to send */
     }
-    conn_dirty(c);
+    conn_flush_later(c);
 }
 
 void ws_close(struct conn *c, uint16_t code)
