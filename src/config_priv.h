@@ -1,7 +1,8 @@
 /* config_priv.h — what src/config.c (loading, validation, writing the defaults) and
  * src/config_keys.c (the key table) share: the shape of one key, the units of numbers and
- * the table itself. Private to those two files (and test_config's oracle does not use
- * it). Does NOT parse anything. Thread: main thread at start-up (the table is const). */
+ * the table itself. Included by those two files only (test_config checks the table
+ * against its own copy). Does NOT parse anything. Thread: main thread at start-up (the
+ * table is const). */
 #ifndef WSGATE_CONFIG_PRIV_H
 #define WSGATE_CONFIG_PRIV_H
 
