@@ -143,7 +143,8 @@ $(FUZZ_BUILD)/fuzz_http $(FUZZ_BUILD)/fuzz_ws: $(FUZZ_BUILD)/%: $(FUZZ_BUILD)/te
 	$(FUZZ_CC) $(FUZZ_OPT) -o $@ $^ $(LDLIBS)
 
 $(FUZZ_BUILD)/fuzz_config: $(FUZZ_BUILD)/tests/fuzz/fuzz_config.o $(FUZZ_BUILD)/src/config.o \
-                           $(FUZZ_BUILD)/src/util.o $(FUZZ_BUILD)/src/log.o
+                           $(FUZZ_BUILD)/src/config_keys.o $(FUZZ_BUILD)/src/util.o \
+                           $(FUZZ_BUILD)/src/log.o
 	$(FUZZ_CC) $(FUZZ_OPT) -o $@ $^ $(LDLIBS)
 
 bench:

@@ -1,4 +1,4 @@
-/* broker.h — what the frame path needs from any broker (DESIGN.md §4). One const
+/* broker.h — what the frame path needs from any broker. One const
  * struct broker_ops per backend in backends/<name>.c; src/broker.c lists them.
  * The core never knows which backend runs. Every function here is called on the loop
  * thread; backends with threads of their own (nats.c, librdkafka) cross back to the

@@ -1,4 +1,4 @@
-/* config.h — the gateway's configuration: one table of keys (src/config.c) drives
+/* config.h — the gateway's configuration: one table of keys (src/config_keys.c) drives
  * defaults, INI parsing (libinih), WSGATE_<SECTION>_<KEY> environment overrides and
  * --check-config. Does NOT open sockets or brokers. Loaded once on the main thread
  * before the loop starts; read-only afterwards (safe to read from any thread). */
@@ -44,7 +44,8 @@ struct config {
     enum msg_frame_type frame_type; /* auto|text|binary */
     int upstream;                   /* forward client frames to ws.send.S */
     uint32_t max_topics;            /* topics per connection in ?topics= */
-    uint32_t max_inflight;          /* delivered, not yet written messages per socket (ack window) */
+    uint32_t max_inflight;          /* ack window: queue-broker messages on a socket, unwritten */
+    uint32_t max_upstream_inflight; /* client frames sent upstream, unconfirmed; reads pause */
     uint32_t max_fragments;         /* frames in one fragmented client message; over: 1009 */
     /* [broker] */
     char broker_type[32];           /* memory|redis-list|redis-pubsub|nats|kafka */

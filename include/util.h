@@ -8,7 +8,8 @@
 
 #define KEY_MAX_LEN 128
 
-/* DESIGN.md §2: 1..128 bytes of [A-Za-z0-9_:.-], no leading/trailing '.', no "..".
+/* Session keys and topic names: 1..128 bytes of [A-Za-z0-9_:.-], no leading/trailing
+ * '.' (it separates NATS subject tokens), no "..".
  * Returns 1 when valid. Used for session keys and topic names. */
 int key_valid(const char *s, size_t len);
 /* 1 when buf[0..len) is well-formed UTF-8 (no overlongs, surrogates, > U+10FFFF). */

@@ -1,4 +1,4 @@
-/* auth.c — access control (see include/auth.h, DESIGN.md §8.1): bearer tokens kept as
+/* auth.c — access control (see src/auth.h): bearer tokens kept as
  * HMAC-SHA256 digests under a per-process random key and compared with CRYPTO_memcmp;
  * client JWTs verified with OpenSSL (HMAC, EVP_DigestVerify) and their claims read with
  * jansson, after the header's alg was matched against the configured key types; origin

@@ -1,4 +1,4 @@
-/* auth.h — access control of DESIGN.md §8.1: publisher and /metrics bearer tokens
+/* auth.h — who may push and who may read: publisher and /metrics bearer tokens
  * (compared in constant time), client JWTs (HS256 with [auth] jwt_secret, RS256 or ES256
  * with [auth] jwt_public_key_file, the algorithm pinned by the key), the three client
  * token transports, Origin and CORS lists, and the client IP behind trusted proxies.

@@ -1,4 +1,4 @@
-/* auth_jwt.c — client JWTs (DESIGN.md §8.1): the header's alg matched against the
+/* auth_jwt.c — client JWTs of /ws and /sse: the header's alg matched against the
  * configured key type first (HS256 with jwt_secret, RS256 with an RSA key, ES256 with an
  * EC P-256 key; so "none" and HS/RS confusion are refused), the signature verified with
  * OpenSSL (HMAC, EVP_DigestVerify), the claims read with jansson (sub, exp, nbf, iat,

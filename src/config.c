@@ -1,9 +1,9 @@
-/* config.c — the gateway's configuration. One table of keys (cfg_keys below: section,
- * name, type, field, default, help, limits) drives everything: config_defaults,
- * INI parsing (libinih), WSGATE_<SECTION>_<KEY> environment overrides, validation and
- * config_write_defaults (the text of gateway.conf.example).
- * Does NOT open sockets or brokers, resolve names or check that files named by values
- * exist: it only checks a value's form and range.
+/* config.c — the gateway's configuration, driven by the key table of config_keys.c
+ * (section, name, type, field, default, help, limits): config_defaults, INI parsing
+ * (libinih), WSGATE_<SECTION>_<KEY> environment overrides, validation (each value, then
+ * the rules between keys) and config_write_defaults (the text of gateway.conf.example).
+ * Does NOT define keys (config_keys.c), open sockets or brokers, resolve names or check
+ * that files named by values exist: it only checks a value's form and range.
  * Thread: main thread at start-up, before the loop and any other thread starts.
  *
  * Errors go to the caller's FILE, one line each, all of them (not only the first):
@@ -11,14 +11,14 @@
  *   env WSGATE_SECTION_NAME: key 'section.name': reason
  * Values of secret keys (URLs that may carry a password, tokens) are never echoed.
  *
- * libinih as built by Debian (DEPS.md) does not pass line numbers to the handler and
- * cuts lines at 200 bytes, so the file is read through cfg_file_gets(), which counts
- * lines, refuses over-long lines instead of letting them be cut, reports syntax errors
- * itself (inih only reports the first one) and strips leading blanks so an indented
- * "key = value" is an ordinary key, never a continuation of the previous value. */
+ * libinih as Debian builds it (no INI_HANDLER_LINENO, INI_MAX_LINE 200) does not pass
+ * line numbers to the handler and cuts lines at 200 bytes, so the file is read through
+ * cfg_file_gets(), which counts lines, refuses over-long lines instead of letting them be
+ * cut, reports syntax errors itself (inih only reports the first one) and strips leading
+ * blanks so an indented "key = value" is an ordinary key, never a continuation of the
+ * previous value. */
 #include "config.h"
 
-#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <ini.h>
@@ -27,474 +27,12 @@
 #include <string.h>
 #include <strings.h>
 
+#include "config_priv.h"
 #include "util.h"
 
 /* Longest line (without its line ending) accepted in a config file. libinih reads at
  * most INI_MAX_LINE - 1 = 199 bytes including "\r\n"; config_write_defaults states it. */
 #define CFG_LINE_MAX 197
-
-#define KIB 1024ULL
-#define MIB (1024ULL * 1024ULL)
-#define SEC_MS 1000ULL
-#define MIN_MS (60ULL * SEC_MS)
-#define HOUR_MS (60ULL * MIN_MS)
-
-enum cfg_type {
-    CFG_STR,    /* char[] field; check() validates the form */
-    CFG_CHOICE, /* char[] field holding one of choices[] (canonical spelling) */
-    CFG_ENUM,   /* enum field: the index of the value in choices[] */
-    CFG_U32,    /* uint32_t, decimal */
-    CFG_SIZE,   /* uint64_t bytes: 512, 64k, 1m */
-    CFG_MS,     /* uint64_t milliseconds: 250ms, 30s, 5m, 1h, bare = seconds */
-    CFG_SEC,    /* uint64_t seconds, written as a duration of whole seconds */
-    CFG_BOOL,   /* int 0/1: on/off, true/false, yes/no, 1/0 */
-};
-
-#define CFG_SECRET 0x1 /* never echo the value in an error */
-
-/* String form check: 0, or -1 with the reason in why. */
-typedef int (*cfg_check_fn)(const char *v, char *why, size_t whylen);
-
-struct cfg_key {
-    const char *section;
-    const char *name;
-    enum cfg_type type;
-    size_t offset;              /* of the field in struct config */
-    size_t size;                /* of the field: string capacity or integer width */
-    const char *def;            /* default, in config-file syntax */
-    const char *help;           /* one line for config_write_defaults */
-    uint64_t min, max;          /* numbers: allowed range after unit conversion */
-    const char *const *choices; /* CFG_CHOICE, CFG_ENUM: NULL-terminated */
-    cfg_check_fn check;         /* CFG_STR: form check, or NULL for any text */
-    unsigned flags;             /* CFG_SECRET */
-};
-
-/* --- string form checks --- */
-
-static int cfg_why(char *why, size_t whylen, const char *text)
-{
-    snprintf(why, whylen, "%s", text);
-    return -1;
-}
-
-/* Port digits s[0..len) into *port; 0 or -1. */
-static int cfg_port_parse(const char *s, size_t len, unsigned *port)
-{
-    unsigned v = 0;
-
-    if (len == 0 || len > 5)
-        return -1;
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return -1;
-        v = v * 10 + (unsigned)(s[i] - '0');
-    }
-    if (v > 65535)
-        return -1;
-    *port = v;
-    return 0;
-}
-
-/* "IPv4:port" or "[IPv6]:port" with numeric addresses only (what the listener binds). */
-static int cfg_check_listen(const char *v, char *why, size_t whylen)
-{
-    char host[INET6_ADDRSTRLEN + 1];
-    unsigned char addr[16];
-    const char *colon;
-    unsigned port;
-    int af;
-
-    if (v[0] == '[') {
-        const char *end = strchr(v, ']');
-        if (end == NULL || end[1] != ':' || (size_t)(end - v - 1) >= sizeof host)
-            goto bad;
-        memcpy(host, v + 1, (size_t)(end - v - 1));
-        host[end - v - 1] = '\0';
-        colon = end + 1;
-        af = AF_INET6;
-    } else {
-        colon = strchr(v, ':');
-        if (colon == NULL || strchr(colon + 1, ':') != NULL || (size_t)(colon - v) >= sizeof host)
-            goto bad;
-        memcpy(host, v, (size_t)(colon - v));
-        host[colon - v] = '\0';
-        af = AF_INET;
-    }
-    if (inet_pton(af, host, addr) != 1 || cfg_port_parse(colon + 1, strlen(colon + 1), &port) < 0)
-        goto bad;
-    return 0;
-bad:
-    return cfg_why(why, whylen,
-                   "expected host:port with an IPv4 address or an [IPv6] address and a port "
-                   "0-65535, e.g. 0.0.0.0:8080 or [::1]:8080");
-}
-
-/* Naming prefix, JetStream stream name: [A-Za-z0-9_-]+ (safe in every broker's names). */
-static int cfg_check_name(const char *v, char *why, size_t whylen)
-{
-    if (v[0] == '\0')
-        return cfg_why(why, whylen, "must not be empty");
-    for (const char *p = v; *p; p++) {
-        if (!isalnum((unsigned char)*p) && *p != '_' && *p != '-')
-            return cfg_why(why, whylen, "only letters, digits, '_' and '-' are allowed");
-    }
-    return 0;
-}
-
-/* Kafka consumer group id: [A-Za-z0-9._-]+. */
-static int cfg_check_group(const char *v, char *why, size_t whylen)
-{
-    if (v[0] == '\0')
-        return cfg_why(why, whylen, "must not be empty");
-    for (const char *p = v; *p; p++) {
-        if (!isalnum((unsigned char)*p) && *p != '_' && *p != '-' && *p != '.')
-            return cfg_why(why, whylen, "only letters, digits, '.', '_' and '-' are allowed");
-    }
-    return 0;
-}
-
-/* [kafka] node: empty (the host name) or a group-id token as above. */
-static int cfg_check_node(const char *v, char *why, size_t whylen)
-{
-    return v[0] == '\0' ? 0 : cfg_check_group(v, why, whylen);
-}
-
-/* host[:port] in s[0..len): host is a name/IPv4 of [A-Za-z0-9.-] or an [IPv6] literal. */
-static int cfg_hostport_check(const char *s, size_t len, int port_required)
-{
-    size_t i = 0;
-    unsigned port;
-
-    if (len > 0 && s[0] == '[') {
-        char host[INET6_ADDRSTRLEN + 1];
-        unsigned char addr[16];
-        const char *end = memchr(s, ']', len);
-        if (end == NULL || (size_t)(end - s - 1) >= sizeof host)
-            return -1;
-        memcpy(host, s + 1, (size_t)(end - s - 1));
-        host[end - s - 1] = '\0';
-        if (inet_pton(AF_INET6, host, addr) != 1)
-            return -1;
-        i = (size_t)(end - s) + 1;
-    } else {
-        while (i < len && (isalnum((unsigned char)s[i]) || s[i] == '.' || s[i] == '-'))
-            i++;
-        if (i == 0)
-            return -1;
-    }
-    if (i == len)
-        return port_required ? -1 : 0;
-    if (s[i] != ':')
-        return -1;
-    return cfg_port_parse(s + i + 1, len - i - 1, &port) < 0 || port == 0 ? -1 : 0;
-}
-
-/* scheme://[userinfo@]host[:port], then "/db" digits when db_path; s[0..len). */
-static int cfg_url_check(const char *s, size_t len, const char *scheme, int db_path)
-{
-    size_t sl = strlen(scheme);
-
-    if (len < sl || memcmp(s, scheme, sl) != 0)
-        return -1;
-    s += sl;
-    len -= sl;
-    const char *slash = memchr(s, '/', len);
-    size_t auth_len = slash != NULL ? (size_t)(slash - s) : len;
-    if (slash != NULL) {
-        /* redis: "/db" with a database number; nats: nothing after the authority. */
-        size_t rest = len - auth_len - 1;
-        if (!db_path || rest == 0)
-            return -1;
-        for (size_t i = 0; i < rest; i++) {
-            if (slash[1 + i] < '0' || slash[1 + i] > '9')
-                return -1;
-        }
-    }
-    /* The password may hold anything, '@' included: the host follows the last '@'. */
-    const char *at = NULL;
-    for (size_t i = 0; i < auth_len; i++) {
-        if (s[i] == '@')
-            at = s + i;
-    }
-    if (at != NULL) {
-        auth_len -= (size_t)(at + 1 - s);
-        s = at + 1;
-    }
-    return cfg_hostport_check(s, auth_len, 0);
-}
-
-static int cfg_check_redis_url(const char *v, char *why, size_t whylen)
-{
-    if (cfg_url_check(v, strlen(v), "redis://", 1) < 0)
-        return cfg_why(why, whylen, "expected redis://[:password@]host:port/db");
-    return 0;
-}
-
-/* Comma-separated list; every item passes item_ok. */
-static int cfg_list_check(const char *v, int (*item_ok)(const char *s, size_t len))
-{
-    const char *p = v;
-
-    for (;;) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma != NULL ? (size_t)(comma - p) : strlen(p);
-        if (item_ok(p, len) < 0)
-            return -1;
-        if (comma == NULL)
-            return 0;
-        p = comma + 1;
-    }
-}
-
-static int cfg_nats_item_ok(const char *s, size_t len)
-{
-    if (cfg_url_check(s, len, "nats://", 0) == 0 || cfg_url_check(s, len, "tls://", 0) == 0)
-        return 0;
-    return -1;
-}
-
-static int cfg_check_nats_url(const char *v, char *why, size_t whylen)
-{
-    if (cfg_list_check(v, cfg_nats_item_ok) < 0)
-        return cfg_why(why, whylen, "expected nats://host:port[,nats://host:port...]");
-    return 0;
-}
-
-static int cfg_kafka_item_ok(const char *s, size_t len)
-{
-    return cfg_hostport_check(s, len, 1);
-}
-
-static int cfg_check_kafka_brokers(const char *v, char *why, size_t whylen)
-{
-    if (cfg_list_check(v, cfg_kafka_item_ok) < 0)
-        return cfg_why(why, whylen, "expected host:port[,host:port...]");
-    return 0;
-}
-
-/* --- the table --- */
-
-#define CFG_FIELD(f) offsetof(struct config, f), sizeof(((struct config *)0)->f)
-
-static const char *const cfg_log_levels[] = {"error", "warn", "info", "debug", NULL};
-static const char *const cfg_frame_types[] = {"auto", "text", "binary", NULL};
-static const char *const cfg_broker_types[] = {"memory", "redis-list", "redis-pubsub",
-                                               "nats",   "kafka",      NULL};
-static const char *const cfg_bools[] = {"off", "on", NULL}; /* canonical spellings */
-static const char *const cfg_nats_pulls[] = {"auto", "always", NULL};
-
-_Static_assert(LOG_LEVEL_ERROR == 0 && LOG_LEVEL_DEBUG == 3, "cfg_log_levels order");
-_Static_assert(MSG_FRAME_AUTO == 0 && MSG_FRAME_BINARY == 2, "cfg_frame_types order");
-_Static_assert(sizeof(enum log_level) == sizeof(int), "CFG_ENUM stores an int");
-_Static_assert(sizeof(enum msg_frame_type) == sizeof(int), "CFG_ENUM stores an int");
-
-/* clang-format off */
-static const struct cfg_key cfg_keys[] = {
-    /* [server] */
-    {"server", "listen", CFG_STR, CFG_FIELD(listen), "0.0.0.0:8080",
-     "Address and port to listen on, IPv4 or [IPv6]; port 0 = any free port (logged as addr=).",
-     0, 0, NULL, cfg_check_listen, 0},
-    {"server", "backlog", CFG_U32, CFG_FIELD(backlog), "511",
-     "listen(2) backlog of connections not yet accepted.",
-     1, 65535, NULL, NULL, 0},
-    {"server", "max_connections", CFG_U32, CFG_FIELD(max_connections), "10000",
-     "WebSocket connections at once; the next upgrade is answered 503.",
-     1, 10000000, NULL, NULL, 0},
-    {"server", "max_http_connections", CFG_U32, CFG_FIELD(max_http_connections), "1024",
-     "Plain HTTP connections at once; more are closed.",
-     1, 10000000, NULL, NULL, 0},
-    {"server", "max_header_size", CFG_SIZE, CFG_FIELD(max_header_size), "8k",
-     "Request line plus headers; over it: 431.",
-     64, 1 * MIB, NULL, NULL, 0},
-    {"server", "max_message_size", CFG_SIZE, CFG_FIELD(max_message_size), "1m",
-     "Largest /push or /publish body and WebSocket message; over it: 413 or close 1009.",
-     1, 64 * MIB, NULL, NULL, 0},
-    {"server", "handshake_timeout", CFG_MS, CFG_FIELD(handshake_timeout_ms), "10s",
-     "The whole request head must arrive within this; else 408.",
-     1, 1 * HOUR_MS, NULL, NULL, 0},
-    {"server", "keepalive_timeout", CFG_MS, CFG_FIELD(keepalive_timeout_ms), "60s",
-     "An idle keep-alive HTTP connection is closed after this.",
-     1, 24 * HOUR_MS, NULL, NULL, 0},
-    {"server", "drain_timeout", CFG_MS, CFG_FIELD(drain_timeout_ms), "10s",
-     "On SIGTERM/SIGINT: close every WebSocket with 1001 and exit within this.",
-     0, 1 * HOUR_MS, NULL, NULL, 0},
-    {"server", "max_pipeline", CFG_U32, CFG_FIELD(max_pipeline), "64",
-     "Unanswered pipelined requests per HTTP connection before reading pauses.",
-     1, 1024, NULL, NULL, 0},
-    {"server", "request_timeout", CFG_MS, CFG_FIELD(request_timeout_ms), "30s",
-     "A whole request (head and body) must arrive within this from its first byte; else 408.",
-     1, 1 * HOUR_MS, NULL, NULL, 0},
-    {"server", "write_timeout", CFG_MS, CFG_FIELD(write_timeout_ms), "30s",
-     "A connection whose queued output makes no write progress for this long is closed.",
-     1, 1 * HOUR_MS, NULL, NULL, 0},
-    {"server", "linger_timeout", CFG_MS, CFG_FIELD(linger_timeout_ms), "2s",
-     "After an error answer sent before the request was read: drain input at most this long.",
-     0, 1 * MIN_MS, NULL, NULL, 0},
-    {"server", "max_connections_per_ip", CFG_U32, CFG_FIELD(max_connections_per_ip), "0",
-     "Connections at once from one client IP; over it: 503. 0 = no limit.",
-     0, 10000000, NULL, NULL, 0},
-    {"server", "max_handshakes_per_second_per_ip", CFG_U32,
-     CFG_FIELD(max_handshakes_per_second_per_ip), "0",
-     "WebSocket upgrades per second from one client IP (token bucket); over: 429. 0 = no limit.",
-     0, 10000000, NULL, NULL, 0},
-    {"server", "allowed_origins", CFG_STR, CFG_FIELD(allowed_origins), "*",
-     "Origins allowed to upgrade: * or a comma-separated exact list; others get 403.",
-     0, 0, NULL, NULL, 0},
-    {"server", "cors_origins", CFG_STR, CFG_FIELD(cors_origins), "",
-     "Origins granted CORS on /push and /publish (comma-separated); empty = none.",
-     0, 0, NULL, NULL, 0},
-    {"server", "trusted_proxies", CFG_STR, CFG_FIELD(trusted_proxies), "",
-     "Load balancers (IPs or CIDRs, comma-separated) whose X-Forwarded-For is believed.",
-     0, 0, NULL, NULL, 0},
-    {"server", "demo", CFG_BOOL, CFG_FIELD(demo), "off",
-     "Serve the browser client at /wsgate.js and a demo page at /demo/ (make run turns it on).",
-     0, 0, cfg_bools, NULL, 0},
-    {"server", "log_level", CFG_ENUM, CFG_FIELD(log_level), "info",
-     "Lowest level written to stderr.",
-     0, 0, cfg_log_levels, NULL, 0},
-    /* [websocket] */
-    {"websocket", "ping_interval", CFG_MS, CFG_FIELD(ping_interval_ms), "30s",
-     "The server pings every client this often; 0 = no pings.",
-     0, 24 * HOUR_MS, NULL, NULL, 0},
-    {"websocket", "idle_timeout", CFG_MS, CFG_FIELD(idle_timeout_ms), "75s",
-     "A client silent this long (pongs count) is closed with 1001; > ping_interval.",
-     1, 24 * HOUR_MS, NULL, NULL, 0},
-    {"websocket", "max_send_buffer", CFG_SIZE, CFG_FIELD(max_send_buffer), "1m",
-     "Unsent bytes per connection (frames, pongs, HTTP answers); over it: WS close 1008 (queue brokers hold back), HTTP stops reading.",
-     1, 1024 * MIB, NULL, NULL, 0},
-    {"websocket", "close_timeout", CFG_MS, CFG_FIELD(close_timeout_ms), "5s",
-     "After sending a close frame, wait at most this for the client's.",
-     1, 1 * HOUR_MS, NULL, NULL, 0},
-    {"websocket", "frame_type", CFG_ENUM, CFG_FIELD(frame_type), "auto",
-     "auto: text frame for valid UTF-8, else binary; text/binary force one.",
-     0, 0, cfg_frame_types, NULL, 0},
-    {"websocket", "upstream", CFG_BOOL, CFG_FIELD(upstream), "off",
-     "Forward client frames to <prefix>.send.<session>; off = ignore them.",
-     0, 0, cfg_bools, NULL, 0},
-    {"websocket", "max_topics", CFG_U32, CFG_FIELD(max_topics), "32",
-     "Topics one connection may name in ?topics=.",
-     0, 4096, NULL, NULL, 0},
-    {"websocket", "max_inflight", CFG_U32, CFG_FIELD(max_inflight), "64",
-     "Delivered but not yet written messages per socket (the ack window).",
-     1, 65536, NULL, NULL, 0},
-    {"websocket", "max_fragments", CFG_U32, CFG_FIELD(max_fragments), "1024",
-     "Frames in one fragmented client message; over it: close 1009.",
-     1, 1000000, NULL, NULL, 0},
-    /* [broker] */
-    {"broker", "type", CFG_CHOICE, CFG_FIELD(broker_type), "memory",
-     "Message broker (memory: no setup, one node only).",
-     0, 0, cfg_broker_types, NULL, 0},
-    {"broker", "prefix", CFG_STR, CFG_FIELD(prefix), "ws",
-     "First token of every broker name, <prefix>.recv.S etc. ([A-Za-z0-9_-]).",
-     0, 0, NULL, cfg_check_name, 0},
-    {"broker", "ttl", CFG_MS, CFG_FIELD(ttl_ms), "1h",
-     "How long a message waits for an offline session.",
-     1, 8760 * HOUR_MS, NULL, NULL, 0},
-    {"broker", "max_queue", CFG_U32, CFG_FIELD(max_queue), "1000",
-     "Messages queued per session; a push over it is answered 429.",
-     1, 10000000, NULL, NULL, 0},
-    {"broker", "retry_after", CFG_SEC, CFG_FIELD(retry_after_s), "1s",
-     "Retry-After sent with 429 and 503 (whole seconds).",
-     0, 3600, NULL, NULL, 0},
-    {"broker", "memory_max_bytes", CFG_SIZE, CFG_FIELD(memory_max_bytes), "256m",
-     "memory: bytes stored for all sessions together; a push over it gets 503.",
-     1, 1024 * 1024 * MIB, NULL, NULL, 0},
-    /* [redis] */
-    {"redis", "url", CFG_STR, CFG_FIELD(redis_url), "redis://127.0.0.1:6379/0",
-     "Redis server: redis://[:password@]host:port/db. redis-list enables keyspace events Kl at connect (or set them in redis.conf).",
-     0, 0, NULL, cfg_check_redis_url, CFG_SECRET},
-    {"redis", "timeout", CFG_MS, CFG_FIELD(redis_timeout_ms), "2s",
-     "Connect timeout and deadline of each command.",
-     1, 1 * HOUR_MS, NULL, NULL, 0},
-    {"redis", "ping_interval", CFG_MS, CFG_FIELD(redis_ping_interval_ms), "1s",
-     "Liveness check period of the Redis connections.",
-     1, 1 * HOUR_MS, NULL, NULL, 0},
-    {"redis", "backoff_max", CFG_MS, CFG_FIELD(redis_backoff_max_ms), "5s",
-     "Longest wait between reconnect attempts.",
-     1, 1 * HOUR_MS, NULL, NULL, 0},
-    {"redis", "batch", CFG_U32, CFG_FIELD(redis_batch), "64",
-     "redis-list: most messages moved from a queue by one fetch.",
-     1, 1000, NULL, NULL, 0},
-    /* [nats] */
-    {"nats", "url", CFG_STR, CFG_FIELD(nats_url), "nats://127.0.0.1:4222",
-     "NATS servers: nats://host:port[,nats://host2:port2].",
-     0, 0, NULL, cfg_check_nats_url, CFG_SECRET},
-    {"nats", "stream", CFG_STR, CFG_FIELD(nats_stream), "WSRECV",
-     "JetStream stream holding <prefix>.recv.> ([A-Za-z0-9_-]).",
-     0, 0, NULL, cfg_check_name, 0},
-    {"nats", "token", CFG_STR, CFG_FIELD(nats_token), "",
-     "Authentication token; empty = none. Prefer WSGATE_NATS_TOKEN to a file.",
-     0, 0, NULL, NULL, CFG_SECRET},
-    {"nats", "creds", CFG_STR, CFG_FIELD(nats_creds), "",
-     "Credentials (.creds) file path; empty = none.",
-     0, 0, NULL, NULL, 0},
-    {"nats", "ack_wait", CFG_MS, CFG_FIELD(nats_ack_wait_ms), "1h",
-     "Ack wait of the consumer wsgate; when pulled, a message still stored this long is handed out again.",
-     1, 8760 * HOUR_MS, NULL, NULL, 0},
-    {"nats", "consumer_pull", CFG_ENUM, CFG_FIELD(nats_pull), "auto",
-     "Pull consumer wsgate: auto = only if the server ignores acks ahead of it (probed; 2.11+).",
-     0, 0, cfg_nats_pulls, NULL, 0},
-    {"nats", "timeout", CFG_MS, CFG_FIELD(nats_timeout_ms), "2s",
-     "Deadline of requests and acks.",
-     1, 1 * HOUR_MS, NULL, NULL, 0},
-    /* [auth] */
-    {"auth", "push_tokens", CFG_STR, CFG_FIELD(push_tokens), "",
-     "Bearer tokens (comma-separated) for /push and /publish; empty (and no file) = open.",
-     0, 0, NULL, NULL, CFG_SECRET},
-    {"auth", "push_tokens_file", CFG_STR, CFG_FIELD(push_tokens_file), "",
-     "File with one push token per line; read at start and on SIGHUP.",
-     0, 0, NULL, NULL, 0},
-    {"auth", "jwt_secret", CFG_STR, CFG_FIELD(jwt_secret), "",
-     "HS256 secret (raw bytes) for client JWTs; set = /ws and /sse need a token.",
-     0, 0, NULL, NULL, CFG_SECRET},
-    {"auth", "jwt_public_key_file", CFG_STR, CFG_FIELD(jwt_public_key_file), "",
-     "PEM public key (BEGIN PUBLIC KEY) for RS256 or ES256 client JWTs.",
-     0, 0, NULL, NULL, 0},
-    {"auth", "metrics_token", CFG_STR, CFG_FIELD(metrics_token), "",
-     "Bearer token for /metrics; empty = open.",
-     0, 0, NULL, NULL, CFG_SECRET},
-    {"auth", "jwt_leeway", CFG_MS, CFG_FIELD(jwt_leeway_ms), "60s",
-     "Clock skew allowed when checking exp and nbf.",
-     0, 1 * HOUR_MS, NULL, NULL, 0},
-    {"auth", "jwt_audience", CFG_STR, CFG_FIELD(jwt_audience), "",
-     "Required aud claim; empty = not checked.",
-     0, 0, NULL, NULL, 0},
-    {"auth", "jwt_issuer", CFG_STR, CFG_FIELD(jwt_issuer), "",
-     "Required iss claim; empty = not checked.",
-     0, 0, NULL, NULL, 0},
-    /* [kafka] */
-    {"kafka", "brokers", CFG_STR, CFG_FIELD(kafka_brokers), "127.0.0.1:9092",
-     "Kafka bootstrap brokers: host:port[,host:port].",
-     0, 0, NULL, cfg_check_kafka_brokers, 0},
-    {"kafka", "group", CFG_STR, CFG_FIELD(kafka_group), "wsgate",
-     "Consumer group prefix ([A-Za-z0-9._-]): each node commits its ws.recv offsets as group <group>.<node>.",
-     0, 0, NULL, cfg_check_group, 0},
-    {"kafka", "node", CFG_STR, CFG_FIELD(kafka_node), "",
-     "This node's stable name in its group id; empty = the host name. Two nodes must never share one.",
-     0, 0, NULL, cfg_check_node, 0},
-    {"kafka", "timeout", CFG_MS, CFG_FIELD(kafka_timeout_ms), "5s",
-     "A produce not acknowledged (acks=all) within this is answered 503; also the deadline of metadata and offset requests.",
-     100, 5 * MIN_MS, NULL, NULL, 0},
-    {"kafka", "replay_delay", CFG_MS, CFG_FIELD(kafka_replay_delay_ms), "2s",
-     "After a restart with uncommitted records, wait this long before reading them so reconnecting clients get them.",
-     0, 1 * MIN_MS, NULL, NULL, 0},
-    {"kafka", "max_buffered", CFG_SIZE, CFG_FIELD(kafka_max_buffered), "64m",
-     "Bytes produced and not yet acknowledged by Kafka; a push over it gets 503.",
-     1 * KIB, 1024 * MIB, NULL, NULL, 0},
-    {"kafka", "fetch_wait", CFG_MS, CFG_FIELD(kafka_fetch_wait_ms), "500ms",
-     "fetch.wait.max.ms. Kafka answers a fetch as soon as data arrives; librdkafka's mock cluster waits it out (use 10ms there).",
-     1, 1 * MIN_MS, NULL, NULL, 0},
-};
-/* clang-format on */
-
-#define CFG_NKEYS (sizeof cfg_keys / sizeof cfg_keys[0])
-
-static const char *const cfg_sections[] = {"server", "websocket", "broker", "redis",
-                                           "nats",   "kafka",     "auth"};
-
-/* WSGATE_* variables that are not config keys: scripts/run-tests.sh exports them to every
- * test, and integration tests start wsgate with that environment. */
-static const char *const cfg_env_ignored[] = {"WSGATE_BIN", "WSGATE_TOOLS", "WSGATE_TEST_LOGDIR"};
 
 /* --- values --- */
 
@@ -689,24 +227,25 @@ static int cfg_value_set(struct config *cfg, const struct cfg_key *k, const char
         return 0;
     }
     }
-    return cfg_why(why, whylen, "unsupported key type");
+    snprintf(why, whylen, "unsupported key type");
+    return -1;
 }
 
 /* --- lookup --- */
 
 static const struct cfg_key *cfg_key_find(const char *section, const char *name)
 {
-    for (size_t i = 0; i < CFG_NKEYS; i++) {
-        if (strcmp(cfg_keys[i].section, section) == 0 && strcmp(cfg_keys[i].name, name) == 0)
-            return &cfg_keys[i];
+    for (size_t i = 0; i < cfg__nkeys; i++) {
+        if (strcmp(cfg__keys[i].section, section) == 0 && strcmp(cfg__keys[i].name, name) == 0)
+            return &cfg__keys[i];
     }
     return NULL;
 }
 
 static int cfg_section_known(const char *section)
 {
-    for (size_t i = 0; i < sizeof cfg_sections / sizeof cfg_sections[0]; i++) {
-        if (strcmp(cfg_sections[i], section) == 0)
+    for (size_t i = 0; i < cfg__nsections; i++) {
+        if (strcmp(cfg__sections[i], section) == 0)
             return 1;
     }
     return 0;
@@ -730,14 +269,14 @@ struct cfg_origin {
 };
 
 struct cfg_load {
-    struct config cfg;                   /* being built; copied out only when valid */
-    const char *path;                    /* borrowed: the config file, or NULL */
-    FILE *err;                           /* borrowed: where error lines go */
-    int lineno;                          /* file line being parsed (counted by the reader) */
-    int errors;                          /* error lines written */
-    int bad_section;                     /* after a broken "[..." line: skip its keys */
-    char section[64];                    /* current section as the reader saw it */
-    struct cfg_origin origin[CFG_NKEYS]; /* per key, indexed like cfg_keys */
+    struct config cfg;          /* being built; copied out only when valid */
+    const char *path;           /* borrowed: the config file, or NULL */
+    FILE *err;                  /* borrowed: where error lines go */
+    int lineno;                 /* file line being parsed (counted by the reader) */
+    int errors;                 /* error lines written */
+    int bad_section;            /* after a broken "[..." line: skip its keys */
+    char section[64];           /* current section as the reader saw it */
+    struct cfg_origin origin[]; /* cfg__nkeys: per key, indexed like cfg__keys */
 };
 
 /* One error line: "<where>: key 'section.name': reason". at == NULL: the current file
@@ -908,7 +447,7 @@ static int cfg_on_pair(void *user, const char *section, const char *name, const 
             cfg_error(ld, NULL, NULL, label, "unknown section '%s'", section);
         return 1;
     }
-    struct cfg_origin *o = &ld->origin[k - cfg_keys];
+    struct cfg_origin *o = &ld->origin[k - cfg__keys];
     if (o->src == CFG_SRC_FILE) {
         cfg_error(ld, k, NULL, NULL, "set twice (first on line %d)", o->line);
         return 1;
@@ -992,23 +531,23 @@ static void cfg_env_load(struct cfg_load *ld, char *const *envp)
             continue;
         size_t nlen = (size_t)(eq - var);
         int ignored = 0;
-        for (size_t i = 0; i < sizeof cfg_env_ignored / sizeof cfg_env_ignored[0]; i++) {
-            if (strlen(cfg_env_ignored[i]) == nlen && memcmp(var, cfg_env_ignored[i], nlen) == 0)
+        for (size_t i = 0; i < cfg__nenv_ignored; i++) {
+            if (strlen(cfg__env_ignored[i]) == nlen && memcmp(var, cfg__env_ignored[i], nlen) == 0)
                 ignored = 1;
         }
         if (ignored)
             continue;
         const struct cfg_key *k = NULL;
-        for (size_t i = 0; i < CFG_NKEYS && k == NULL; i++) {
-            cfg_env_name(&cfg_keys[i], env, sizeof env);
+        for (size_t i = 0; i < cfg__nkeys && k == NULL; i++) {
+            cfg_env_name(&cfg__keys[i], env, sizeof env);
             if (strlen(env) == nlen && memcmp(var, env, nlen) == 0)
-                k = &cfg_keys[i];
+                k = &cfg__keys[i];
         }
         if (k == NULL) {
             cfg_env_unknown(ld, var, nlen);
             continue;
         }
-        struct cfg_origin *o = &ld->origin[k - cfg_keys];
+        struct cfg_origin *o = &ld->origin[k - cfg__keys];
         o->src = CFG_SRC_ENV;
         o->line = 0;
         if (cfg_value_set(&ld->cfg, k, eq + 1, why, sizeof why) < 0)
@@ -1021,7 +560,7 @@ static void cfg_env_load(struct cfg_load *ld, char *const *envp)
 static const struct cfg_key *cfg_blame(const struct cfg_load *ld, const struct cfg_key *a,
                                        const struct cfg_key *b)
 {
-    const struct cfg_origin *oa = &ld->origin[a - cfg_keys], *ob = &ld->origin[b - cfg_keys];
+    const struct cfg_origin *oa = &ld->origin[a - cfg__keys], *ob = &ld->origin[b - cfg__keys];
 
     if (oa->src != ob->src)
         return oa->src > ob->src ? a : b;
@@ -1040,7 +579,7 @@ static void cfg_cross_check(struct cfg_load *ld)
         char i[32], p[32];
         cfg_num_format(CFG_MS, c->idle_timeout_ms, i, sizeof i);
         cfg_num_format(CFG_MS, c->ping_interval_ms, p, sizeof p);
-        cfg_error(ld, k, &ld->origin[k - cfg_keys], NULL,
+        cfg_error(ld, k, &ld->origin[k - cfg__keys], NULL,
                   "websocket.idle_timeout (%s) must be greater than websocket.ping_interval "
                   "(%s) when pings are on",
                   i, p);
@@ -1052,12 +591,12 @@ void config_defaults(struct config *cfg)
     char why[512];
 
     memset(cfg, 0, sizeof *cfg);
-    for (size_t i = 0; i < CFG_NKEYS; i++) {
-        int rc = cfg_value_set(cfg, &cfg_keys[i], cfg_keys[i].def, why, sizeof why);
-        /* A default the table itself rejects is a bug in this file (test_config). */
+    for (size_t i = 0; i < cfg__nkeys; i++) {
+        int rc = cfg_value_set(cfg, &cfg__keys[i], cfg__keys[i].def, why, sizeof why);
+        /* A default the table itself rejects is a bug in config_keys.c (test_config). */
         if (rc < 0) {
             fprintf(stderr, "config: built-in default of %s.%s is invalid: %s\n",
-                    cfg_keys[i].section, cfg_keys[i].name, why);
+                    cfg__keys[i].section, cfg__keys[i].name, why);
             abort();
         }
     }
@@ -1066,7 +605,7 @@ void config_defaults(struct config *cfg)
 int config_load(struct config *cfg, const char *path, char *const *envp, FILE *err)
 {
     /* Built aside and copied out only when valid: on error *cfg is left untouched. */
-    struct cfg_load *ld = calloc(1, sizeof *ld);
+    struct cfg_load *ld = calloc(1, sizeof *ld + cfg__nkeys * sizeof ld->origin[0]);
 
     if (err == NULL)
         err = stderr;
@@ -1141,8 +680,8 @@ void config_write_defaults(FILE *out)
     const char *section = NULL;
 
     fputs(cfg_file_header, out);
-    for (size_t i = 0; i < CFG_NKEYS; i++) {
-        const struct cfg_key *k = &cfg_keys[i];
+    for (size_t i = 0; i < cfg__nkeys; i++) {
+        const struct cfg_key *k = &cfg__keys[i];
         if (section == NULL || strcmp(section, k->section) != 0) {
             section = k->section;
             fprintf(out, "\n[%s]\n", section);

@@ -110,7 +110,7 @@ static void conn_on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf
             /* half-close: answer what was asked, then close */
             uv_read_stop(stream);
             c->flags |= CONN_F_CLOSE_AFTER;
-            conn_dirty(c);
+            conn_flush_later(c);
             return;
         }
         conn_close(c);
@@ -181,7 +181,7 @@ int conn_queue(struct conn *c, struct msg *m, uint64_t msg_id)
 {
     int rc = outq_push(&c->out, m, msg_id);
     if (rc == 0)
-        conn_dirty(c);
+        conn_flush_later(c);
     return rc;
 }
 
@@ -191,19 +191,19 @@ int conn_queue_bytes(struct conn *c, const void *data, size_t len)
     if (m == NULL)
         return UV_ENOMEM;
     memcpy(m->data, data, len);
-    m->len = (uint32_t)len; /* raw: hdr_len stays 0, written as is */
+    m->len = (uint32_t)len; /* MSG_KIND_RAW (msg_new): written as is */
     int rc = conn_queue(c, m, 0);
     msg_unref(m);
     return rc;
 }
 
-void conn_dirty(struct conn *c)
+void conn_flush_later(struct conn *c)
 {
-    if (c->flags & CONN_F_DIRTY)
+    if (c->flags & CONN_F_FLUSH_PENDING)
         return;
-    c->flags |= CONN_F_DIRTY;
-    c->dirty_next = c->srv->dirty;
-    c->srv->dirty = c;
+    c->flags |= CONN_F_FLUSH_PENDING;
+    c->flush_next = c->srv->flush_list;
+    c->srv->flush_list = c;
 }
 
 /* Release n (<= FLUSH_MAX_ITEMS) fully written items from the head: count, then ack.
@@ -223,7 +223,7 @@ static void conn_written(struct conn *c, uint32_t n)
         size_t b = outq_item_bytes(it->m) - c->out.off;
         c->out.bytes -= b;
         c->out.off = 0;
-        if (it->m->opcode == 0x1 || it->m->opcode == 0x2) /* a message (frame or event) */
+        if (it->m->kind != MSG_KIND_RAW) /* a message (frame or event) */
             srv->m.delivered++;
         if (it->msg_id != 0 && can_ack)
             acks[nacks++] = it->msg_id;
@@ -301,7 +301,7 @@ static void conn_on_write(uv_write_t *req, int status)
     if (c->state == CONN_WS_CLOSING && (c->flags & CONN_F_ATTACHED))
         ws_leave(c); /* closing waited for this write so its frames could be acked */
     if (c->state != CONN_CLOSING) {
-        c->proto->drained(c);
+        c->proto->advance(c);
         if (c->state != CONN_CLOSING)
             conn_flush(c);
     }
@@ -456,21 +456,21 @@ void conn_flush(struct conn *c)
             else
                 conn_close(c);
         } else {
-            c->proto->drained(c); /* e.g. the 101 is out: read what came with it */
+            c->proto->advance(c); /* e.g. the 101 is out: read what came with it */
         }
     }
 }
 
 void conn_flush_all(struct server *srv)
 {
-    while (srv->dirty != NULL) {
-        struct conn *list = srv->dirty;
-        srv->dirty = NULL;
+    while (srv->flush_list != NULL) {
+        struct conn *list = srv->flush_list;
+        srv->flush_list = NULL;
         while (list != NULL) {
             struct conn *c = list;
-            list = c->dirty_next;
-            c->dirty_next = NULL;
-            c->flags &= ~CONN_F_DIRTY;
+            list = c->flush_next;
+            c->flush_next = NULL;
+            c->flags &= ~CONN_F_FLUSH_PENDING;
             if (c->state == CONN_CLOSING)
                 continue;
             if (c->flags & CONN_F_CLOSE_SOON) {
@@ -482,7 +482,7 @@ void conn_flush_all(struct server *srv)
                 if (c->state == CONN_CLOSING)
                     continue;
             }
-            c->proto->drained(c); /* emits ready answers, may switch to WS */
+            c->proto->advance(c); /* emits ready answers, may switch to WS */
             if (c->state != CONN_CLOSING)
                 conn_flush(c);
         }
@@ -496,7 +496,7 @@ void conn_close_soon(struct conn *c)
     if (c->state == CONN_CLOSING)
         return;
     c->flags |= CONN_F_CLOSE_SOON;
-    conn_dirty(c);
+    conn_flush_later(c);
 }
 
 void conn_close(struct conn *c)
@@ -573,12 +573,12 @@ static void conn_on_closed(uv_handle_t *h)
 {
     struct conn *c = h->data;
     struct server *srv = c->srv;
-    if (c->flags & CONN_F_DIRTY) { /* rare: closed between a dirty mark and the flush */
-        struct conn **pp = &srv->dirty;
+    if (c->flags & CONN_F_FLUSH_PENDING) { /* rare: closed between conn_flush_later and the pass */
+        struct conn **pp = &srv->flush_list;
         while (*pp != NULL && *pp != c)
-            pp = &(*pp)->dirty_next;
+            pp = &(*pp)->flush_next;
         if (*pp == c)
-            *pp = c->dirty_next;
+            *pp = c->flush_next;
     }
     c->flags |= CONN_F_CLOSED_H;
     if (c->refs == 0)

@@ -22,17 +22,17 @@ struct http_state;
 enum conn_state { CONN_HTTP = 0, CONN_WS, CONN_WS_CLOSING, CONN_CLOSING };
 
 enum conn_flag {
-    CONN_F_DIRTY = 1 << 0,       /* on srv->dirty */
-    CONN_F_WRITING = 1 << 1,     /* a uv_write is in flight (c is on srv->writing) */
-    CONN_F_CLOSE_AFTER = 1 << 2, /* close the socket once the queue is written */
-    CONN_F_CLOSE_SOON = 1 << 3,  /* close at the next flush pass (deferred close) */
-    CONN_F_READ_PAUSED = 1 << 4, /* reads stopped for backpressure */
-    CONN_F_PINGED = 1 << 5,      /* a ping went out since the last activity */
-    CONN_F_CLOSED_H = 1 << 6,    /* the uv handle is closed: free when refs reach 0 */
-    CONN_F_ATTACHED = 1 << 7,    /* the broker holds c->sess (101 sent, detach not yet) */
-    CONN_F_LINGER = 1 << 8,      /* at CLOSE_AFTER: shut the write side, drain input, close */
-    CONN_F_LINGERING = 1 << 9,   /* write side shut: input is read and discarded */
-    CONN_F_SETTLING = 1 << 10,   /* closing: waiting for broker_settle before the detach */
+    CONN_F_FLUSH_PENDING = 1 << 0, /* on srv->flush_list */
+    CONN_F_WRITING = 1 << 1,       /* a uv_write is in flight (c is on srv->writing) */
+    CONN_F_CLOSE_AFTER = 1 << 2,   /* close the socket once the queue is written */
+    CONN_F_CLOSE_SOON = 1 << 3,    /* close at the next flush pass (deferred close) */
+    CONN_F_READ_PAUSED = 1 << 4,   /* reads stopped for backpressure */
+    CONN_F_PINGED = 1 << 5,        /* a ping went out since the last activity */
+    CONN_F_CLOSED_H = 1 << 6,      /* the uv handle is closed: free when refs reach 0 */
+    CONN_F_ATTACHED = 1 << 7,      /* the broker holds c->sess (101 sent, detach not yet) */
+    CONN_F_LINGER = 1 << 8,        /* at CLOSE_AFTER: shut the write side, drain input, close */
+    CONN_F_LINGERING = 1 << 9,     /* write side shut: input is read and discarded */
+    CONN_F_SETTLING = 1 << 10,     /* closing: waiting for broker_settle before the detach */
 };
 
 /* The protocol spoken over a connection's transport (HTTP until a valid upgrade, then
@@ -41,9 +41,11 @@ struct conn_proto {
     const char *name;
     /* Bytes read from the socket (borrowed for the call). May close c. */
     void (*feed)(struct conn *c, const uint8_t *data, size_t len);
-    /* A write finished or a flush pass ran: queue answers that became ready, resume
-     * what waited for room. Nothing may have been written. May close c. */
-    void (*drained)(struct conn *c);
+    /* Move on what waited for the output queue: queue answers that became ready (and
+     * switch to WebSocket or SSE behind the last of them), feed bytes held back, resume
+     * reading. Runs before each flush pass writes c, after each finished write and once
+     * the queue ran empty, whether or not anything was written. May close c. */
+    void (*advance)(struct conn *c);
     /* Sweep: deadlines of this protocol (request, keep-alive, ping, idle, close). */
     void (*timeout)(struct conn *c, uint64_t now);
     /* The gateway ends the session (shutdown 1001, slow 1008, broker 1011): close the
@@ -60,14 +62,14 @@ struct conn {
     const struct conn_proto *proto; /* borrowed: static table of the protocol spoken now */
     struct conn *prev;              /* list links (srv->http, srv->ws or srv->closing) */
     struct conn *next;
-    struct conn *dirty_next; /* link on srv->dirty */
+    struct conn *flush_next; /* link on srv->flush_list */
     struct conn *wprev;      /* links on srv->writing while CONN_F_WRITING */
     struct conn *wnext;
     uint8_t state;              /* enum conn_state */
     uint16_t flags;             /* enum conn_flag */
     uint16_t close_code;        /* WebSocket close code to send at the deferred close */
     uint32_t refs;              /* async ops holding c (push callbacks); free at 0 after close */
-    uint32_t upstream_inflight; /* upstream publishes not yet called back */
+    uint32_t upstream_inflight; /* upstream publishes not yet called back (max_upstream_inflight) */
     uint64_t active_ms;         /* last activity (ws: any frame; http: deadline base) */
     uint64_t wr_ms;             /* last write progress of the in-flight write (write_timeout) */
     size_t wr_left;             /* libuv's write queue size when wr_ms was taken */
@@ -102,7 +104,7 @@ int conn_queue(struct conn *c, struct msg *m, uint64_t msg_id);
 /* Queue a copy of bytes as a raw (unframed) message. 0 or UV_ENOMEM. */
 int conn_queue_bytes(struct conn *c, const void *data, size_t len);
 /* Mark c for the next flush pass. */
-void conn_dirty(struct conn *c);
+void conn_flush_later(struct conn *c);
 /* Write what is queued (called from the flush pass). */
 void conn_flush(struct conn *c);
 /* Close now (I/O callbacks only: detaches from the broker synchronously). Idempotent. */
@@ -125,7 +127,7 @@ void conn_detach(struct conn *c);
 void conn_ref(struct conn *c);
 void conn_unref(struct conn *c);
 void conn_read_pause(struct conn *c, int pause);
-/* Flush every dirty conn (flush pass). */
+/* The flush pass: flush every conn marked by conn_flush_later. */
 void conn_flush_all(struct server *srv);
 
 /* --- http.c --- */

@@ -134,7 +134,6 @@ struct msg *http_render_204(const char *extra, int close)
 
 /* --- captured headers --- */
 
-
 /* "Access-Control-Allow-Origin: <origin>" lines for a CORS-granted request, or "". */
 const char *http_cors_lines(const char *origin, size_t len, char *buf, size_t cap)
 {
@@ -181,7 +180,7 @@ void http_answer(struct conn *c, struct msg *m, int close)
     struct http_state *h = c->http;
     if (m == NULL) { /* out of memory while rendering: nothing sane to say */
         c->flags |= CONN_F_CLOSE_AFTER;
-        conn_dirty(c);
+        conn_flush_later(c);
         return;
     }
     if (h->pend_head == NULL) {
@@ -196,7 +195,7 @@ void http_answer(struct conn *c, struct msg *m, int close)
     struct http_pending *p = http_slot_new(h);
     if (p == NULL) {
         c->flags |= CONN_F_CLOSE_AFTER;
-        conn_dirty(c);
+        conn_flush_later(c);
         return;
     }
     p->resp = msg_ref(m);
@@ -228,7 +227,7 @@ void http_error(struct conn *c, int status, const char *reason, int close)
 }
 
 /* Emit ready answers from the head of the pending list (flush pass / write done). */
-static void http_drained(struct conn *c)
+static void http_advance(struct conn *c)
 {
     struct http_state *h = c->http;
     if (h == NULL)
@@ -654,7 +653,7 @@ static void http_end(struct conn *c, uint16_t code)
 const struct conn_proto http_proto = {
     .name = "http",
     .feed = http_feed,
-    .drained = http_drained,
+    .advance = http_advance,
     .timeout = http_check_timeout,
     .end = http_end,
 };
@@ -816,5 +815,5 @@ void http_drain(struct conn *c)
     h->stopped = 1;
     conn_read_pause(c, 1);
     c->flags |= CONN_F_CLOSE_AFTER;
-    conn_dirty(c);
+    conn_flush_later(c);
 }

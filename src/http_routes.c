@@ -62,7 +62,7 @@ static void http_on_pushed(void *arg, int status)
         p->resp = msg_ref(srv->resp_202); /* placeholder so the order holds */
         p->close_after = 1;
     }
-    conn_dirty(c); /* the flush pass emits it in order */
+    conn_flush_later(c); /* the flush pass emits it in order */
     conn_unref(c);
 }
 
@@ -106,7 +106,7 @@ static void http_do_push(struct conn *c, int publish, const char *key)
             p->resp = msg_ref(srv->resp_202);
             p->close_after = 1;
         }
-        conn_dirty(c);
+        conn_flush_later(c);
         return;
     }
     if (publish)
@@ -118,7 +118,7 @@ static void http_do_push(struct conn *c, int publish, const char *key)
 
 /* --- upgrade --- */
 
-/* Access control of an upgrade, before any broker work (DESIGN.md §8.1): Origin, the
+/* Access control of an upgrade, before any broker work: Origin, the
  * client's JWT (sub = key, topics within its claim), then the per-IP handshake rate and
  * connection cap. 0 when allowed (c->ip then holds the counted address, if any), or -1
  * after queueing the refusal. */
@@ -300,7 +300,7 @@ static void http_attach(struct conn *c, const char *key, size_t key_len, const c
         p->close_after = 1;
         p->resp = http_render_error(srv, 503, "broker unavailable", NULL, 1);
         h->upg = NULL;
-        conn_dirty(c);
+        conn_flush_later(c);
     }
 }
 
@@ -346,7 +346,7 @@ void http_upgrade_attached(struct conn *c, int status)
         memcpy(p->resp->data, head, (size_t)n);
         p->resp->len = (uint32_t)n;
     }
-    conn_dirty(c);
+    conn_flush_later(c);
 }
 
 void http_upgrade_abort(struct conn *c)

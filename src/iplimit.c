@@ -1,5 +1,5 @@
 /* iplimit.c — per-IP connection counts and handshake token buckets (see
- * include/iplimit.h). Buckets count milli-tokens in integers: capacity rate * 1000,
+ * src/iplimit.h). Buckets count milli-tokens in integers: capacity rate * 1000,
  * refilled by rate per elapsed millisecond, one handshake costs 1000.
  * Does NOT know about HTTP or sockets. Loop thread only. */
 #include "iplimit.h"

@@ -1,4 +1,4 @@
-/* iplimit.h — per-client-IP limits of DESIGN.md §8.1/§8.4: connections at once
+/* iplimit.h — per-client-IP limits against floods from one address: connections at once
  * ([server] max_connections_per_ip) and a token bucket of upgrades
  * ([server] max_handshakes_per_second_per_ip: capacity = rate, refilled at rate per
  * second). Keys are the client IP text from auth_client_ip(); map.h hashes keys with

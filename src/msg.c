@@ -1,12 +1,16 @@
 /* msg.c — refcounted, pre-framed messages (see include/msg.h). The frame header is
  * computed once in msg_seal so fan-out to N sockets costs N references, not N copies.
  * Does NOT do I/O. Loop thread only. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
 
 #include "msg.h"
 #include "util.h"
+
+/* kind shares opcode's byte: the memory backend counts sizeof(struct msg) per message */
+_Static_assert(offsetof(struct msg, data) == 24, "struct msg grew");
 
 struct msg *msg_new(size_t cap)
 {
@@ -21,6 +25,7 @@ struct msg *msg_new(size_t cap)
     m->cap = (uint32_t)cap;
     m->hdr_len = 0;
     m->opcode = 0;
+    m->kind = MSG_KIND_RAW;
     return m;
 }
 
@@ -85,10 +90,11 @@ void msg_seal(struct msg *m, enum msg_frame_type type)
         text = 1;
     else if (type == MSG_FRAME_BINARY)
         text = 0;
-    else
-        text = utf8_valid(m->data, m->len); /* the bytes alone decide (DESIGN.md §2) */
+    else /* the bytes alone decide: a broker gives no Content-Type */
+        text = utf8_valid(m->data, m->len);
     m->opcode = text ? 0x1 : 0x2;
     m->hdr_len = (uint8_t)msg_frame_header(m->hdr, m->opcode, m->len);
+    m->kind = MSG_KIND_FRAME;
 }
 
 void msg_unref(struct msg *m)

@@ -41,17 +41,17 @@ uint32_t outq_drop_unsent(struct outq *q)
     if (keep == 0 && q->off > 0)
         keep = 1;
     /* of the rest, message frames go; raw bytes (a 101 not yet written, pongs, a close
-     * frame) stay, in order, so the client still reads a well-formed stream */
+     * frame) and SSE events stay, in order, so the client still reads a well-formed
+     * stream */
     kept = keep;
     for (uint32_t i = keep; i < q->count; i++) {
         struct outq_item it = *outq_at(q, i);
-        if (it.m->hdr_len == 0) {
+        if (it.m->kind != MSG_KIND_FRAME) {
             *outq_at(q, kept++) = it;
             continue;
         }
         q->bytes -= outq_item_bytes(it.m);
-        if (it.m->opcode <= 0x2)
-            dropped++;
+        dropped++;
         msg_unref(it.m);
     }
     q->count = kept;

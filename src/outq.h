@@ -25,7 +25,8 @@ struct outq {
     size_t bytes;            /* unwritten bytes of all items */
 };
 
-/* Bytes an item puts on the wire: its frame header (0 for raw bytes) and payload. */
+/* Bytes an item puts on the wire: its frame header (none unless MSG_KIND_FRAME) and
+ * payload. */
 static inline size_t outq_item_bytes(const struct msg *m)
 {
     return (size_t)m->hdr_len + m->len;
@@ -43,8 +44,9 @@ static inline void outq_pop(struct outq *q)
     q->head = (q->head + 1) & (q->cap - 1);
     q->count--;
 }
-/* Drop queued message frames of q not yet being written (closing); raw bytes (the 101,
- * control frames) stay so the stream remains well formed. Returns count dropped. */
+/* Drop queued MSG_KIND_FRAME items of q not yet being written (closing); raw bytes (the
+ * 101, control frames) and SSE events stay so the stream remains well formed. Returns
+ * the count dropped. */
 uint32_t outq_drop_unsent(struct outq *q);
 /* Release every ref and the ring. */
 void outq_free(struct outq *q);

@@ -1,4 +1,4 @@
-/* route.c — request target -> route (include/route.h). Pure; any thread. */
+/* route.c — request target -> route (src/route.h). Pure; any thread. */
 #include <string.h>
 
 #include "route.h"

@@ -1,5 +1,6 @@
-/* route.h — the request target -> route mapping of DESIGN.md §2 (pure: no I/O, no
- * allocation; safe from any thread). Key validation is util.h's key_valid(). */
+/* route.h — the request target -> route mapping (/ws/{S}, /sse/{S}, /push/{S},
+ * /publish/{T}, health, metrics, browser client; pure: no I/O, no allocation; safe from
+ * any thread). Key validation is util.h's key_valid(). */
 #ifndef WSGATE_ROUTE_H
 #define WSGATE_ROUTE_H
 
@@ -7,16 +8,16 @@
 
 enum route_id {
     ROUTE_NONE = 0,
-    ROUTE_WS,       /* /ws/{session} */
-    ROUTE_SSE,      /* /sse/{session} (Server-Sent Events) */
-    ROUTE_PUSH,     /* /push/{session} */
-    ROUTE_PUBLISH,  /* /publish/{topic} */
-    ROUTE_HEALTHZ,  /* /healthz */
-    ROUTE_READYZ,   /* /readyz */
-    ROUTE_METRICS,  /* /metrics */
+    ROUTE_WS,        /* /ws/{session} */
+    ROUTE_SSE,       /* /sse/{session} (Server-Sent Events) */
+    ROUTE_PUSH,      /* /push/{session} */
+    ROUTE_PUBLISH,   /* /publish/{topic} */
+    ROUTE_HEALTHZ,   /* /healthz */
+    ROUTE_READYZ,    /* /readyz */
+    ROUTE_METRICS,   /* /metrics */
     ROUTE_CLIENT_JS, /* /wsgate.js ([server] demo = on) */
     ROUTE_DEMO,      /* /demo/ and /demo ([server] demo = on) */
-    ROUTE_NOTFOUND, /* anything else */
+    ROUTE_NOTFOUND,  /* anything else */
 };
 
 struct route {

@@ -37,15 +37,15 @@ struct server {
     uv_signal_t sighup;         /* embedded: reload push_tokens_file */
     uv_tcp_t listener;          /* embedded */
     uv_timer_t sweep;           /* embedded: timeouts, pings (runs only while conns exist) */
-    uv_prepare_t flush_prep;    /* embedded: flush dirty conns before the loop blocks */
-    uv_check_t flush_check;     /* embedded: flush dirty conns after each I/O round */
+    uv_prepare_t flush_prep;    /* embedded: flush pass before the loop blocks */
+    uv_check_t flush_check;     /* embedded: flush pass after each I/O round */
     uv_signal_t sigterm;        /* embedded */
     uv_signal_t sigint;         /* embedded */
     uv_timer_t drain_timer;     /* embedded: hard deadline for shutdown */
     struct conn_list http;      /* HTTP connections (before upgrade) */
     struct conn_list ws;        /* WebSocket connections, least recently active first */
     struct conn_list closing;   /* WebSockets waiting for the client's close frame */
-    struct conn *dirty;         /* borrowed: singly linked (c->dirty_next) conns to flush */
+    struct conn *flush_list;    /* borrowed: singly linked (c->flush_next) conns to flush */
     struct conn *writing;       /* borrowed: conns with a uv_write in flight (c->wnext/wprev),
                                  * checked by the sweep for write_timeout */
     uint64_t refused_logged_ms; /* when the last http_connection_limit line was logged */

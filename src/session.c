@@ -120,7 +120,7 @@ int session_deliver(struct session *s, uint64_t msg_id, struct msg *m)
     /* the 101 is not out yet: hold it behind, within max_send_buffer (nothing can be
      * written before the 101, so this bound is the only one) */
     size_t queued = c->early.bytes;
-    if (queued > 0 && queued + m->hdr_len + m->len > srv->cfg->max_send_buffer) {
+    if (queued > 0 && queued + outq_item_bytes(m) > srv->cfg->max_send_buffer) {
         conn_count_close(c, CONN_CLOSE_SLOW);
         log_info("event=slow_client session=%s queued=%zu", s->key, queued);
         c->close_code = 1008;

@@ -23,7 +23,7 @@
 
 static const char sse_comment[] = ":\n\n";
 
-/* One event for m (a raw msg carrying m's opcode, so it counts as a message). */
+/* One event for m: a MSG_KIND_EVENT msg, written as is and counted as a message. */
 static struct msg *sse_encode(uint64_t msg_id, const struct msg *m)
 {
     char idline[40] = "";
@@ -66,7 +66,7 @@ static struct msg *sse_encode(uint64_t msg_id, const struct msg *m)
     }
     *o++ = '\n';
     e->len = (uint32_t)(o - e->data);
-    e->opcode = m->opcode; /* hdr_len stays 0: written as is */
+    e->kind = MSG_KIND_EVENT; /* no frame header: written as is */
     return e;
 }
 
@@ -85,7 +85,7 @@ static void sse_feed(struct conn *c, const uint8_t *data, size_t len)
     (void)c, (void)data, (void)len; /* nothing is expected from the client: ignored */
 }
 
-static void sse_drained(struct conn *c)
+static void sse_advance(struct conn *c)
 {
     (void)c;
 }
@@ -122,13 +122,13 @@ static void sse_end(struct conn *c, uint16_t code)
     c->active_ms = uv_now(c->srv->loop);
     c->flags |= CONN_F_CLOSE_AFTER;
     conn_read_pause(c, 1);
-    conn_dirty(c);
+    conn_flush_later(c);
 }
 
 const struct conn_proto sse_proto = {
     .name = "sse",
     .feed = sse_feed,
-    .drained = sse_drained,
+    .advance = sse_advance,
     .timeout = sse_timeout,
     .end = sse_end,
 };
@@ -149,6 +149,6 @@ int sse_start(struct conn *c, uint8_t *pre, size_t pre_len)
     outq_free(&c->early);
     log_debug("event=sse_open session=%s id=%llu", c->sess->key, (unsigned long long)c->sess->id);
     conn_read_pause(c, 0); /* to see the client's EOF */
-    conn_dirty(c);
+    conn_flush_later(c);
     return 0;
 }

@@ -1,5 +1,5 @@
-/* util.c — pure helpers: session-key rules (DESIGN.md §2), strict UTF-8 validation,
- * duration and size parsing for the config.
+/* util.c — pure helpers: session-key rules (1..128 bytes of [A-Za-z0-9_:.-], see
+ * util.h), strict UTF-8 validation, duration and size parsing for the config.
  * Does NOT allocate, log or keep state: every function only reads its arguments, so any
  * thread may call them. utf8_valid runs on every text message: it checks 8 ASCII bytes
  * per step and decodes byte by byte only around non-ASCII characters. */

@@ -3,7 +3,7 @@
  * (one header per message, shared by every socket it goes to), the 101 switch, pings,
  * idle and close timeouts, upstream forwarding, and the session_* calls backends use.
  * wslay's send callback always takes every byte into the output queue, so wslay is
- * never mid-frame and our frames can be interleaved safely (DEPS.md, wslay).
+ * never mid-frame and our frames can be interleaved safely (wslay never sees them).
  * Does NOT parse HTTP or know which broker runs. Loop thread only. */
 #include <stdlib.h>
 #include <string.h>
@@ -75,7 +75,7 @@ static void ws_on_upstream(void *arg, int status)
         srv->m.dropped++;
         log_warn("event=upstream_failed err=%s", uv_err_name(status));
     }
-    if (c->state == CONN_WS && c->upstream_inflight < srv->cfg->max_inflight)
+    if (c->state == CONN_WS && c->upstream_inflight < srv->cfg->max_upstream_inflight)
         conn_read_pause(c, 0);
     conn_unref(c);
 }
@@ -107,7 +107,7 @@ static void ws_on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_m
         return;
     }
     conn_ref(c);
-    if (++c->upstream_inflight >= srv->cfg->max_inflight)
+    if (++c->upstream_inflight >= srv->cfg->max_upstream_inflight)
         conn_read_pause(c, 1); /* backpressure: read no more frames than the broker takes */
 }
 
@@ -214,7 +214,7 @@ static void ws_proto_feed(struct conn *c, const uint8_t *data, size_t len)
     ws_feed(c, data, len);
 }
 
-static void ws_drained(struct conn *c)
+static void ws_advance(struct conn *c)
 {
     if (c->state == CONN_WS && c->pre != NULL && c->out.count == 0)
         ws_feed_pre(c);
@@ -223,7 +223,7 @@ static void ws_drained(struct conn *c)
 const struct conn_proto ws_proto = {
     .name = "websocket",
     .feed = ws_proto_feed,
-    .drained = ws_drained,
+    .advance = ws_advance,
     .timeout = ws_check_timeout,
     .end = ws_close,
 };
@@ -245,7 +245,7 @@ int ws_start(struct conn *c, uint8_t *pre, size_t pre_len)
     c->pre_len = pre_len;
     if (pre == NULL)
         conn_read_pause(c, 0);
-    conn_dirty(c);
+    conn_flush_later(c);
     return 0;
 }
 
@@ -259,7 +259,7 @@ static void ws_feed_pre(struct conn *c)
     ws_feed(c, pre, len);
     free(pre);
     if (c->state == CONN_WS && !(c->flags & CONN_F_CLOSE_AFTER) &&
-        c->upstream_inflight < c->srv->cfg->max_inflight)
+        c->upstream_inflight < c->srv->cfg->max_upstream_inflight)
         conn_read_pause(c, 0);
 }
 
@@ -278,7 +278,7 @@ static void ws_enter_closing(struct conn *c)
     c->active_ms = uv_now(srv->loop);
     if (!(c->flags & CONN_F_WRITING))
         ws_leave(c);
-    conn_dirty(c);
+    conn_flush_later(c);
 }
 
 /* Send what wslay holds (a close reply among it); close once both closes are through. */
@@ -291,7 +291,7 @@ static void ws_send_pending(struct conn *c)
         c->flags |= CONN_F_CLOSE_AFTER;
         conn_read_pause(c, 1);
     }
-    conn_dirty(c);
+    conn_flush_later(c);
 }
 
 static void ws_on_settled(struct session *s)
@@ -336,12 +336,13 @@ static void ws_feed(struct conn *c, const uint8_t *data, size_t len)
             ws_close(c, bad);
         c->flags |= CONN_F_CLOSE_AFTER;
         conn_read_pause(c, 1);
-        conn_dirty(c);
+        conn_flush_later(c);
         return;
     }
     if (rc != 0) {
         /* wslay failed without a status code (oversized or fragmented control frame,
-         * non-minimal length): answer 1002 ourselves and close (DEPS.md, wslay) */
+         * non-minimal length: wslay 1.1.1 returns -400 and sends no close code): answer
+         * 1002 ourselves and close; safe as wslay is never mid-frame (ws_on_send) */
         ws_enter_closing(c);
         if (rc == WSLAY_ERR_CALLBACK_FAILURE || rc == WSLAY_ERR_PROTO)
             conn_queue_bytes(c, close_1002, sizeof(close_1002));
@@ -354,7 +355,7 @@ static void ws_feed(struct conn *c, const uint8_t *data, size_t len)
     if ((c->flags & CONN_F_SETTLING) && wslay_event_get_close_received(c->ws)) {
         /* the close reply waits until the broker confirmed the acks (ws_on_settled): a
          * client that reconnects once it has it cannot be handed those messages again */
-        conn_dirty(c);
+        conn_flush_later(c);
         return;
     }
     if (wslay_event_send(c->ws) != 0 ||
@@ -365,7 +366,7 @@ static void ws_feed(struct conn *c, const uint8_t *data, size_t len)
                !c->rx_fragmented && !wslay_event_want_write(c->ws)) {
         ws_free(c); /* quiescent: nothing half read, nothing to send */
     }
-    conn_dirty(c);
+    conn_flush_later(c);
 }
 
 void ws_close(struct conn *c, uint16_t code)

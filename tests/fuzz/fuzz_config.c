@@ -1,9 +1,9 @@
-/* fuzz_config.c — libFuzzer target: bytes -> config_load() (src/config.c as shipped:
- * cfg_file_gets, libinih, every key's value parser, WSGATE_* environment overrides,
- * the cross-key checks). The file is a memfd named by /proc/self/fd/N, so nothing is
- * written to disk. Besides the sanitizers, the contract of config.h is checked: on error
- * *cfg is left untouched; on success every string is terminated within its field and
- * the limits the server relies on hold. Single thread.
+/* fuzz_config.c — libFuzzer target: bytes -> config_load() (src/config.c and the key
+ * table of src/config_keys.c as shipped: cfg_file_gets, libinih, every key's value
+ * parser, WSGATE_* environment overrides, the cross-key checks). The file is a memfd
+ * named by /proc/self/fd/N, so nothing is written to disk. Besides the sanitizers, the contract of
+ * config.h is checked: on error *cfg is left untouched; on success every string is terminated
+ * within its field and the limits the server relies on hold. Single thread.
  *
  * Input: the config file, then optionally "\0\0" and environment entries separated by
  * single NULs (e.g. "WSGATE_SERVER_LISTEN=[::1]:0"; entries without WSGATE_ are ignored
@@ -87,8 +87,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                  "a string field is not NUL-terminated");
         /* what the server divides by, loops on or sizes buffers from */
         fz_check(cfg.backlog >= 1 && cfg.max_connections >= 1 && cfg.max_http_connections >= 1 &&
-                     cfg.max_pipeline >= 1 && cfg.max_inflight >= 1 && cfg.max_fragments >= 1 &&
-                     cfg.max_queue >= 1,
+                     cfg.max_pipeline >= 1 && cfg.max_inflight >= 1 &&
+                     cfg.max_upstream_inflight >= 1 && cfg.max_fragments >= 1 && cfg.max_queue >= 1,
                  "a count that must be >= 1 is 0");
         fz_check(cfg.max_header_size >= 64 && cfg.max_message_size >= 1 &&
                      cfg.max_message_size <= 64ull * 1024 * 1024,

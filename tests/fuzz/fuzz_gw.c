@@ -74,6 +74,7 @@ void fz_config(struct config *cfg, int flags)
     cfg->max_send_buffer = 8192;
     cfg->max_topics = 4;
     cfg->max_inflight = 4;
+    cfg->max_upstream_inflight = 4;
     cfg->max_fragments = 8;
     cfg->ttl_ms = 1000;
     cfg->max_queue = 4;
@@ -86,6 +87,7 @@ void fz_config(struct config *cfg, int flags)
         cfg->max_send_buffer = 64; /* two pipelined pushes to a live socket: a slow client */
         cfg->max_topics = 1;
         cfg->max_inflight = 1;
+        cfg->max_upstream_inflight = 1;
         cfg->max_fragments = 1;
         cfg->max_queue = 1;
         cfg->frame_type = MSG_FRAME_TEXT;

@@ -12,6 +12,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -169,6 +170,49 @@ def _():
                  ["h\u00e9llo".encode(), b"\x00\x01\xff", b""], "ws.send.up1")
         ttl = redis.cmd("PTTL", "ws.send.up1")
         check(ttl > 0, "ws.send.up1 has no TTL (%r)" % ttl)
+
+
+@test("upstream: reads pause at max_upstream_inflight unconfirmed frames, not at max_inflight",
+      timeout=40)
+def _():
+    n, size = 60, 8192
+    frames = msgs(n, size=size, tag="u")
+
+    def bytes_read_while_frozen(upstream_window, ack_window):
+        """Client bytes the gateway read while Redis could confirm none of its frames."""
+        env = {"WSGATE_WEBSOCKET_UPSTREAM": "on",
+               "WSGATE_WEBSOCKET_MAX_UPSTREAM_INFLIGHT": upstream_window,
+               "WSGATE_WEBSOCKET_MAX_INFLIGHT": ack_window,
+               "WSGATE_REDIS_TIMEOUT": "10s"}  # the frozen RPUSHes must wait, not fail
+        with RedisServer() as redis, gateway(redis, env=env) as a, a.ws("/ws/upf") as ws:
+            before = metric(a.port, "wsgate_bytes_in_total")
+            redis.freeze()
+            sender = threading.Thread(target=lambda: [ws.send_binary(f) for f in frames],
+                                      daemon=True)
+            try:
+                sender.start()
+                time.sleep(1.0)
+                read = metric(a.port, "wsgate_bytes_in_total") - before
+            finally:
+                redis.thaw()
+            sender.join(15)
+            check(not sender.is_alive(), "the client still cannot send after the thaw")
+            wait_for(lambda: redis.cmd("LLEN", "ws.send.upf") == n, timeout=10,
+                     what="%d upstream items" % n)
+            check(redis.cmd("LRANGE", "ws.send.upf", 0, -1) == frames,
+                  "ws.send.upf differs from what the client sent")
+            return read
+
+    # a window of 2: one 64 KiB read at most, then the socket is not read any more
+    held = bytes_read_while_frozen("2", "1000")
+    check(held < 200 * 1024, "max_upstream_inflight 2: read %d of %d bytes while no frame "
+          "was confirmed" % (held, n * size))
+    # and max_inflight (the ack window of deliveries) does not bound client frames
+    free = bytes_read_while_frozen("1000", "2")
+    check(free >= n * size, "max_upstream_inflight 1000, max_inflight 2: read only %d of %d "
+          "bytes while no frame was confirmed" % (free, n * size))
+    note("while Redis was frozen: %d bytes read with a window of 2, %d with 1000"
+         % (held, free))
 
 
 @test("broadcast across nodes: /publish and redis-cli PUBLISH reach every subscriber once")

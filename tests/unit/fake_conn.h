@@ -153,10 +153,10 @@ static inline void fake_feeds(struct conn *c, const char *s)
 }
 
 /* What the flush pass would do before writing: let the protocol emit ready answers. */
-static inline void fake_drained(struct conn *c)
+static inline void fake_advance(struct conn *c)
 {
     if (c->state != CONN_CLOSING)
-        c->proto->drained(c);
+        c->proto->advance(c);
 }
 
 /* Read everything queued on c as if the socket took it (no acks: the fake broker gives
@@ -224,7 +224,7 @@ static inline void fake_upgrade(struct fake *f, struct conn *c)
     struct session *s = f->attaching;
     f->attaching = NULL;
     session_attached(s, 0);
-    fake_drained(c);
+    fake_advance(c);
     fake_take(f, c);
     assert_memory_equal(f->out, "HTTP/1.1 101 ", 13);
     assert_true(c->proto == &ws_proto);

@@ -1,6 +1,7 @@
-/* test_config.c — unit tests of src/config.c: defaults against the fixed key table
- * (keys.md / DESIGN.md §5), INI parsing with line numbers in errors, environment
- * overrides, validation, config_write_defaults and gateway.conf.example.
+/* test_config.c — unit tests of src/config.c and src/config_keys.c: defaults against a
+ * fixed copy of the documented keys (rows[] below), INI parsing with line numbers in
+ * errors, environment overrides, validation, config_write_defaults and
+ * gateway.conf.example.
  * Does NOT start the gateway. Writes temp files under /tmp (mkstemp) and removes them.
  * Run from the repository root (scripts/run-tests.sh does) for the example-file test.
  * Single-threaded. */
@@ -105,7 +106,7 @@ static void assert_ok(const struct run *r)
         fail_msg("config_load rc=%d, errors:\n%.600s", r->rc, r->err);
 }
 
-/* --- the fixed key table (keys.md), an oracle independent of src/config.c --- */
+/* --- every documented key with its default, an oracle independent of config_keys.c --- */
 
 struct row {
     const char *section, *key;
@@ -133,8 +134,10 @@ static const struct row rows[] = {
     {"server", "write_timeout", "30s", "2s", F(write_timeout_ms), 0, 2000},
     {"server", "linger_timeout", "2s", "500ms", F(linger_timeout_ms), 0, 500},
     {"server", "max_connections_per_ip", "0", "20", F(max_connections_per_ip), 0, 20},
-    {"server", "max_handshakes_per_second_per_ip", "0", "5", F(max_handshakes_per_second_per_ip), 0, 5},
-    {"server", "allowed_origins", "*", "https://a.example,https://b.example:8443", F(allowed_origins), 1, 0},
+    {"server", "max_handshakes_per_second_per_ip", "0", "5", F(max_handshakes_per_second_per_ip), 0,
+     5},
+    {"server", "allowed_origins", "*", "https://a.example,https://b.example:8443",
+     F(allowed_origins), 1, 0},
     {"server", "cors_origins", "", "https://a.example", F(cors_origins), 1, 0},
     {"server", "trusted_proxies", "", "10.0.0.0/8,::1", F(trusted_proxies), 1, 0},
     {"server", "demo", "off", "on", F(demo), 0, 1},
@@ -147,6 +150,7 @@ static const struct row rows[] = {
     {"websocket", "upstream", "off", "on", F(upstream), 0, 1},
     {"websocket", "max_topics", "32", "4", F(max_topics), 0, 4},
     {"websocket", "max_inflight", "64", "16", F(max_inflight), 0, 16},
+    {"websocket", "max_upstream_inflight", "64", "8", F(max_upstream_inflight), 0, 8},
     {"websocket", "max_fragments", "1024", "10", F(max_fragments), 0, 10},
     {"broker", "type", "memory", "redis-list", F(broker_type), 1, 0},
     {"broker", "prefix", "ws", "gw1", F(prefix), 1, 0},
@@ -224,7 +228,7 @@ static void test_defaults_match_key_table(void **state)
     memset(&c, 0x5a, sizeof c);
     config_defaults(&c);
 
-    assert_int_equal(NROWS, 62);
+    assert_int_equal(NROWS, 63);
     assert_string_equal(c.listen, "0.0.0.0:8080");
     assert_int_equal(c.backlog, 511);
     assert_int_equal(c.max_connections, 10000);
@@ -244,6 +248,7 @@ static void test_defaults_match_key_table(void **state)
     assert_int_equal(c.upstream, 0);
     assert_int_equal(c.max_topics, 32);
     assert_int_equal(c.max_inflight, 64);
+    assert_int_equal(c.max_upstream_inflight, 64);
     assert_string_equal(c.broker_type, "memory");
     assert_string_equal(c.prefix, "ws");
     assert_int_equal(c.ttl_ms, 3600000);

@@ -50,6 +50,7 @@ static void test_msg_seal_follows_bytes(void **state)
     assert_int_equal(e->len, 0);
     assert_int_equal(nul->opcode, 0x1);
     assert_int_equal(t->hdr_len, 2);
+    assert_int_equal(t->kind, MSG_KIND_FRAME);
     assert_int_equal(t->hdr[1], 6);
     assert_memory_equal(t->data, "h\xc3\xa9llo", 6);
     struct msg *forced = msg_new_copy("text", 4, MSG_FRAME_BINARY);
@@ -69,6 +70,7 @@ static void test_msg_append_grows_and_limits(void **state)
     (void)state;
     struct msg *m = msg_new(4);
     char chunk[1000];
+    assert_int_equal(m->kind, MSG_KIND_RAW); /* bytes as they are until sealed */
     memset(chunk, 'x', sizeof(chunk));
     for (int i = 0; i < 10; i++)
         assert_int_equal(msg_append(&m, chunk, sizeof(chunk), 10000), 0);
@@ -78,6 +80,7 @@ static void test_msg_append_grows_and_limits(void **state)
     assert_int_equal(m->len, 10000); /* unchanged by the refused append */
     msg_seal(m, MSG_FRAME_AUTO);
     assert_int_equal(m->hdr_len, 4);
+    assert_int_equal(m->kind, MSG_KIND_FRAME);
     msg_unref(m);
 }
 
