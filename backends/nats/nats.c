@@ -139,9 +139,8 @@ static int nats_open(struct broker *b, uv_loop_t *loop, const struct config *cfg
     map_init(&p->topics);
     map_init(&p->subs);
     p->window = cfg->max_inflight > 0 ? cfg->max_inflight : 1;
-    p->acker.ahead = cfg->nats_pull
-                         ? NATS_ACKS_AHEAD_NO
-                         : NATS_ACKS_AHEAD_UNKNOWN; /* always: as if the server needed it */
+    /* consumer_pull = always: as if the server needed it */
+    p->acker.ahead = cfg->nats_pull ? NATS_ACKS_AHEAD_NO : NATS_ACKS_AHEAD_UNKNOWN;
     snprintf(p->subj.stream, sizeof(p->subj.stream), "%s.recv.>", cfg->prefix);
     snprintf(p->subj.deliver, sizeof(p->subj.deliver), "%s.deliver.>", cfg->prefix);
     snprintf(p->subj.get, sizeof(p->subj.get), "$JS.API.DIRECT.GET.%s", cfg->nats_stream);
@@ -336,6 +335,8 @@ static void nats_detach(struct broker *b, struct session *s)
         return;            /* never attached, attach failed, or the broker already let it go */
     nats_sess_free(p, ns); /* a read in flight finds its socket gone */
 }
+
+/* --- close --- */
 
 static void nats_on_handle_closed(uv_handle_t *h)
 {

@@ -28,9 +28,9 @@ void nats_acker_pull(struct nats_broker *p)
     char body[96], reply[96];
     natsStatus s;
     int n;
-    if (!nats_conn_ready(p) || nats_closing(p) || p->acker.sub == NULL ||
-        p->acker.ahead != NATS_ACKS_AHEAD_NO || p->check.busy ||
-        p->acker.pull_out > NATS_PULL_BATCH / 4)
+    /* check.busy before acker.ahead: a running stream check may be writing it */
+    if (!nats_conn_ready(p) || nats_closing(p) || p->acker.sub == NULL || p->check.busy ||
+        p->acker.ahead != NATS_ACKS_AHEAD_NO || p->acker.pull_out > NATS_PULL_BATCH / 4)
         return;
     n = snprintf(body, sizeof(body), "{\"batch\":%u,\"expires\":%" PRIu64 "}", NATS_PULL_BATCH,
                  (uint64_t)NATS_PULL_EXPIRES_MS * 1000000);
@@ -84,6 +84,8 @@ void nats_on_acker_msg(struct nats_broker *p, natsMsg *nm)
     }
     nats_acker_pull(p);
 }
+
+/* --- settle: confirm a leaving session's acks --- */
 
 static void nats_settle_push(struct nats_settle **list, struct nats_settle *st)
 {

@@ -34,7 +34,7 @@ void nats_opts_set(struct nats_broker *p, const struct config *cfg, natsStatus *
         s = natsOptions_SetMaxPingsOut(o, NATS_PINGS_OUT);
     if (s == NATS_OK)
         s = natsOptions_UseGlobalMessageDelivery(o, true); /* no thread per subscription */
-    if (s == NATS_OK) /* batch writes through the flusher thread (see the file header) */
+    if (s == NATS_OK) /* batch writes through the flusher thread (docs/NATS.md) */
         s = natsOptions_SetSendAsap(o, false);
     if (s == NATS_OK) /* a stalled server never blocks the loop in write() for longer */
         s = natsOptions_SetWriteDeadline(o, (int64_t)cfg->nats_timeout_ms);
@@ -169,9 +169,8 @@ void nats_on_disconnected(struct nats_broker *p, int from_event)
 {
     if (nats_conn_up(p) || !from_event) {
         p->b->errors++;
-        log_warn("event=nats_disconnected source=%s", from_event            ? "client"
-                                                      : p->lost_why != NULL ? p->lost_why
-                                                                            : "write");
+        const char *source = p->lost_why != NULL ? p->lost_why : "write";
+        log_warn("event=nats_disconnected source=%s", from_event ? "client" : source);
     }
     /* from_event: the loss is confirmed (the connected event will follow); else a local
      * loss stays one until nats.c reports it */

@@ -16,6 +16,8 @@
 
 #include "nats_priv.h"
 
+/* --- nats threads: callbacks only append to xq --- */
+
 /* Remember that a live message of subid was dropped (lock held). */
 static void nats_xq_drop(struct nats_xq *xq, int64_t subid, natsMsg *msg)
 {
@@ -142,6 +144,8 @@ void nats_on_error_thread_cb(natsConnection *nc, natsSubscription *sub, natsStat
     nats_xq_push(closure, NATS_EV_ERROR, 0, NULL, err, 0);
 }
 
+/* --- subscriptions (loop thread) --- */
+
 /* Subscribe subject (in queue group queue unless NULL) with our handler and completion
  * callback; counts live_subs. ref (may be NULL) is filled and put in p->subs so messages
  * find their owner; a subscription with a ref (a key's or a topic's) is live: bounded at
@@ -224,6 +228,8 @@ void nats_grave_flush(struct nats_broker *p, int unsubscribe)
     }
     p->grave.n = 0;
 }
+
+/* --- the loop side of xq --- */
 
 /* Run cb(arg, status) from the async handler (never inside the caller's call). */
 int nats_done_add(struct nats_broker *p, broker_push_cb cb, void *arg, int status)

@@ -37,6 +37,8 @@ static uint64_t nats_header_seq(natsMsg *nm, const char *name)
     return strtoull(v, NULL, 10);
 }
 
+/* --- the pending table and recent acks --- */
+
 static struct nats_pend *nats_pend_add(struct nats_key *k, uint64_t seq, uint64_t id,
                                        struct nats_sess *ns, uint32_t epoch)
 {
@@ -84,6 +86,8 @@ static void nats_key_acked(struct nats_key *k, uint64_t seq)
     if (k->nacked < NATS_ACKED_RING)
         k->nacked++;
 }
+
+/* --- visiting a key again later --- */
 
 /* Visit k again from the key timer (NATS_RETRY_MS): a failed read, a gap to rescue. */
 static void nats_key_later(struct nats_broker *p, struct nats_key *k)
@@ -161,6 +165,8 @@ void nats_pend_ack(struct nats_broker *p, struct nats_key *k, struct nats_pend *
     nats_key_acked(k, e->seq);
     nats_pend_remove(k, e);
 }
+
+/* --- delivery and reads --- */
 
 /* Can ns take a message of len bytes now: attached, window not full, and its unsent
  * bytes within max_send_buffer (else the message waits in the stream: backpressure, not
@@ -311,6 +317,8 @@ static void nats_key_rescue_done(struct nats_broker *p, struct nats_key *k, stru
     nats_key_rescue(p, k);
 }
 
+/* --- sockets and keys leaving --- */
+
 /* Forget k (its last socket left): no more live copies; written messages whose ack
  * could not be sent stay in the stream (delivered again later: at-least-once). nudge: unwritten
  * messages were left in the stream, so tell another node holding the key to read them now (an empty
@@ -375,6 +383,8 @@ void nats_sess_free(struct nats_broker *p, struct nats_sess *ns)
     free(ns->tsubs);
     free(ns);
 }
+
+/* --- replies and live copies --- */
 
 /* The read's sockets waiting for their 101: answer them (status 0: 101; else 503). The
  * key may go away inside (a failed attach frees its socket), so it is looked up again. */
@@ -495,6 +505,8 @@ void nats_on_live_msg(struct nats_broker *p, struct nats_key *k, natsMsg *nm)
     k->maybe_unread = 1;
     nats_key_fetch(p, k);
 }
+
+/* --- attach and ack --- */
 
 /* This node's state for key name, created with its queue subscription when new. */
 int nats_key_get(struct nats_broker *p, const char *name, size_t len, struct nats_key **out)

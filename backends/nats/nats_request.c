@@ -193,6 +193,8 @@ void nats_reqs_fail(struct nats_broker *p, int status)
     uv_timer_stop(&p->req.timer);
 }
 
+/* --- broker_ops.push --- */
+
 int nats_push(struct broker *b, const char *key, struct msg *m, broker_push_cb cb, void *arg)
 {
     struct nats_broker *p = b->priv;

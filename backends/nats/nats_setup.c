@@ -19,7 +19,7 @@ static uint64_t nats_min(uint64_t a, uint64_t b)
 
 /* Create the gateway's one consumer on the stream (NATS_ACKER) or check it: explicit acks,
  * headers-only copies, no limit on pending messages. Its acks are how a written message
- * leaves the work-queue stream (see the file header). Same return convention as below. */
+ * leaves the work-queue stream (docs/NATS.md). Same return convention as below. */
 static int nats_acker_ensure(jsCtx *js, const struct config *cfg, const char *subject, char *why,
                              size_t whylen)
 {
