@@ -26,7 +26,8 @@ LDLIBS  += $(PKG_LIBS) -lwslay -lpthread
 LLHTTP_CFLAGS := -std=c11 $(OPT) -Wall -Wextra -Wno-unused-parameter -Werror \
            -DLLHTTP_STRICT_MODE=1 -I/usr/share/include/llhttp
 
-CORE_SRCS := $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard backends/*.c)
+CORE_SRCS := $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard backends/*.c) \
+             $(wildcard backends/*/*.c)
 CORE_OBJS := $(patsubst %.c,$(BUILD)/%.o,$(CORE_SRCS)) $(BUILD)/gen/web_assets.o
 LLHTTP_OBJS := $(BUILD)/llhttp/llhttp.o $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o
 OBJS := $(BUILD)/src/main.o $(CORE_OBJS) $(LLHTTP_OBJS)
@@ -156,8 +157,8 @@ bench/loadgen: bench/loadgen.c
 	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -o $@ $< -lcrypto -lm
 
 format:
-	clang-format -i src/*.c src/*.h include/*.h backends/*.c tests/unit/*.c tests/fuzz/*.[ch] \
-	    bench/*.c
+	clang-format -i src/*.c src/*.h include/*.h backends/*.c backends/*/*.[ch] tests/unit/*.c \
+	    tests/fuzz/*.[ch] bench/*.c
 
 clean:
 	rm -rf build build-san build-fuzz wsgate bench/loadgen
