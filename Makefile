@@ -69,6 +69,10 @@ $(BUILD)/llhttp/%.o: $(LLHTTP)/%.c
 TEST_OBJS_test_memory := $(BUILD)/backends/memory.o $(BUILD)/src/later.o $(BUILD)/src/topics.o \
                          $(BUILD)/src/qdeliver.o $(BUILD)/src/map.o $(BUILD)/src/msg.o \
                          $(BUILD)/src/util.o $(BUILD)/src/log.o
+TEST_OBJS_test_later := $(BUILD)/src/later.o
+TEST_OBJS_test_topics := $(BUILD)/src/topics.o $(BUILD)/src/map.o $(BUILD)/src/msg.o \
+                         $(BUILD)/src/util.o $(BUILD)/src/log.o
+TEST_OBJS_test_qdeliver := $(BUILD)/src/qdeliver.o $(BUILD)/src/msg.o $(BUILD)/src/util.o
 $(BUILD)/tests/%: tests/unit/%.c $(CORE_OBJS) $(LLHTTP_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Isrc $(shell pkg-config --cflags cmocka) $(LDFLAGS) -o $@ $< \
