@@ -67,8 +67,13 @@ $(BUILD)/llhttp/%.o: $(LLHTTP)/%.c
 # Unit tests: each links the core objects (minus main) and cmocka. A test that needs
 # stand-ins for core calls (test_memory) defines them and links only what it names in
 # TEST_OBJS_<name> below.
-TEST_OBJS_test_memory := $(BUILD)/backends/memory.o $(BUILD)/src/map.o $(BUILD)/src/msg.o \
+TEST_OBJS_test_memory := $(BUILD)/backends/memory.o $(BUILD)/src/later.o $(BUILD)/src/topics.o \
+                         $(BUILD)/src/qdeliver.o $(BUILD)/src/map.o $(BUILD)/src/msg.o \
                          $(BUILD)/src/util.o $(BUILD)/src/log.o
+TEST_OBJS_test_later := $(BUILD)/src/later.o
+TEST_OBJS_test_topics := $(BUILD)/src/topics.o $(BUILD)/src/map.o $(BUILD)/src/msg.o \
+                         $(BUILD)/src/util.o $(BUILD)/src/log.o
+TEST_OBJS_test_qdeliver := $(BUILD)/src/qdeliver.o $(BUILD)/src/msg.o $(BUILD)/src/util.o
 $(BUILD)/tests/%: tests/unit/%.c $(CORE_OBJS) $(LLHTTP_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Isrc $(shell pkg-config --cflags cmocka) $(LDFLAGS) -o $@ $< \

@@ -13,9 +13,12 @@
  * Does NOT survive a restart, share anything between nodes, or forward client frames:
  * `.upstream = NULL`, so broker_upstream() returns UV_ENOSYS and the core drops them —
  * no service can read ws.send.S from inside this process.
- * Idle cost: one uv_idle_t runs deferred callbacks and attach completions and is stopped
- * when there are none; one unref'd uv_timer_t wakes at the earliest expiry and only while
- * offline messages exist. Loop thread only. */
+ * Built on the shared core: later.h runs the push/publish callbacks and attach completions
+ * (one uv_idle_t, active only while some wait), topics.h holds the topic subscriptions and
+ * fans broadcasts out, qdeliver.h keeps a key's sockets and picks one round-robin. This file
+ * keeps the offline FIFOs, their byte bound and the TTL sweep.
+ * Idle cost: the later handle is stopped when nothing waits; one unref'd uv_timer_t wakes
+ * at the earliest expiry and only while offline messages exist. Loop thread only. */
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,16 +26,19 @@
 
 #include "broker.h"
 #include "config.h"
+#include "later.h"
 #include "log.h"
 #include "map.h"
 #include "msg.h"
+#include "qdeliver.h"
 #include "session.h"
+#include "topics.h"
 #include "util.h"
 
 #define MEM_CLOSE_CODE 1001 /* sessions still attached when the broker closes: going away */
 
+struct mem_broker;
 struct mem_queue;
-struct mem_topic;
 
 /* One offline message. It sits in its key's FIFO and in the broker-wide expiry list.
  * Every message lives exactly ttl_ms, so push order is expiry order in both lists and the
@@ -53,134 +59,42 @@ struct mem_item {
 /* One session key that has sockets online here or messages waiting; freed as soon as it
  * has neither. */
 struct mem_queue {
-    struct map_node node;     /* in mem_broker.queues; node.key points at key[] */
-    struct mem_item *head;    /* owned: FIFO of offline messages, oldest first */
-    struct mem_item *tail;    /* borrowed: last item of head's list */
-    uint32_t nitems;          /* items in the FIFO, bounded by max_queue */
-    uint32_t nsessions;       /* sessions in the list below */
-    struct session *sessions; /* borrowed: online sockets of this key, via s->bnext/bprev */
-    struct session *rr;       /* borrowed: member of sessions that gets the next push */
-    char key[];               /* NUL-terminated copy of the session key */
-};
-
-/* One session's membership in one topic. */
-struct mem_sub {
-    struct mem_sub *next; /* borrowed: next subscriber of t */
-    struct mem_sub *prev; /* borrowed: previous subscriber of t */
-    struct mem_topic *t;  /* borrowed: NULL when the name repeats an earlier topic of s */
-    struct session *s;    /* borrowed: the subscriber */
-};
-
-/* One topic with at least one subscriber on this node. */
-struct mem_topic {
-    struct map_node node; /* in mem_broker.topics; node.key points at name[] */
-    struct mem_sub *subs; /* borrowed: subscribers (each owned by its mem_sess) */
-    char name[];          /* NUL-terminated copy of the topic name */
+    struct map_node node;  /* in mem_broker.queues; node.key points at key[] */
+    struct mem_item *head; /* owned: FIFO of offline messages, oldest first */
+    struct mem_item *tail; /* borrowed: last item of head's list */
+    uint32_t nitems;       /* items in the FIFO, bounded by max_queue */
+    struct qd_key socks;   /* online sockets of this key (each a mem_sess's q) */
+    char key[];            /* NUL-terminated copy of the session key */
 };
 
 /* The backend's state for one attached session (s->bpriv). */
 struct mem_sess {
-    struct session *s;      /* borrowed: the core's session; detach frees this first */
-    struct mem_queue *q;    /* borrowed: holds s in q->sessions; NULL once the broker closes */
-    struct mem_sess *anext; /* borrowed: pending-attach list, next */
-    struct mem_sess *aprev; /* borrowed: pending-attach list, previous */
-    int attaching;          /* 1 until session_attached() has run (or been cancelled) */
-    uint16_t nsubs;         /* entries in subs[] (= s->ntopics) */
-    struct mem_sub subs[];  /* one per topic of s */
-};
-
-/* A push/publish callback to run from the idle handle. */
-struct mem_call {
-    struct mem_call *next; /* borrowed: next call in mem_broker.calls */
-    broker_push_cb cb;     /* the caller's callback */
-    void *arg;             /* borrowed: the caller's argument */
-    int status;            /* 0, UV_ENOBUFS (queue full) or UV_ENOSPC (broker full) */
+    struct session *s;        /* borrowed: the core's session; detach frees this first */
+    struct mem_broker *p;     /* borrowed: outlives ms */
+    struct mem_queue *q;      /* borrowed: holds sock in q->socks; NULL once the broker closes */
+    struct qd_sock sock;      /* embedded: s's place among its key's sockets */
+    struct later_call attach; /* embedded: the drain + 101, queued until it runs (or is
+                               * cancelled by detach) */
+    uint16_t nsubs;           /* entries in subs[] (= s->ntopics) */
+    struct topics_sub subs[]; /* one per topic of s */
 };
 
 struct mem_broker {
-    struct broker *b;             /* borrowed: b->priv points here */
-    uv_idle_t idle;               /* embedded: deferred work; active only while there is some */
-    uv_timer_t timer;             /* embedded: TTL sweep; unref'd, active only with items */
-    struct map queues;            /* key -> struct mem_queue (owned) */
-    struct map topics;            /* name -> struct mem_topic (owned) */
-    struct mem_item *ghead;       /* borrowed: expiry list, oldest (items owned by queues) */
-    struct mem_item *gtail;       /* borrowed: expiry list, youngest */
-    struct mem_call *calls;       /* owned: callbacks to run, in order */
-    struct mem_call *calls_tail;  /* borrowed: last of calls */
-    struct mem_sess *attach_head; /* borrowed: sessions waiting for session_attached */
-    struct mem_sess *attach_tail; /* borrowed: last of attach_head's list */
-    uint64_t ttl_ms;              /* [broker] ttl */
-    uint32_t max_queue;           /* [broker] max_queue */
-    uint64_t max_bytes;           /* [broker] memory_max_bytes: bound on bytes below */
-    uint64_t bytes;               /* mem_item_cost() of every item in every FIFO */
-    int closing;                  /* close() was called: refuse new work */
-    int open_handles;             /* idle + timer not yet closed */
-    broker_close_cb close_cb;     /* the owner's close callback */
+    struct broker *b;         /* borrowed: b->priv points here */
+    struct later later;       /* embedded: callbacks and attach completions, in order */
+    uv_timer_t timer;         /* embedded: TTL sweep; unref'd, active only with items */
+    struct map queues;        /* key -> struct mem_queue (owned) */
+    struct topics topics;     /* topic -> local subscribers (topics owned by it) */
+    struct mem_item *ghead;   /* borrowed: expiry list, oldest (items owned by queues) */
+    struct mem_item *gtail;   /* borrowed: expiry list, youngest */
+    uint64_t ttl_ms;          /* [broker] ttl */
+    uint32_t max_queue;       /* [broker] max_queue */
+    uint64_t max_bytes;       /* [broker] memory_max_bytes: bound on bytes below */
+    uint64_t bytes;           /* mem_item_cost() of every item in every FIFO */
+    int closing;              /* close() was called: refuse new work */
+    int open_handles;         /* later + timer not yet closed */
+    broker_close_cb close_cb; /* the owner's close callback */
 };
-
-/* --- deferred work: one idle handle per broker --- */
-
-static void mem_on_idle(uv_idle_t *h);
-
-static void mem_kick(struct mem_broker *p)
-{
-    if (!uv_is_active((uv_handle_t *)&p->idle))
-        uv_idle_start(&p->idle, mem_on_idle);
-}
-
-/* Take call (owned by the caller until now) and run cb(arg, status) later. */
-static void mem_call_add(struct mem_broker *p, struct mem_call *c, broker_push_cb cb, void *arg,
-                         int status)
-{
-    c->next = NULL;
-    c->cb = cb;
-    c->arg = arg;
-    c->status = status;
-    if (p->calls_tail != NULL)
-        p->calls_tail->next = c;
-    else
-        p->calls = c;
-    p->calls_tail = c;
-    mem_kick(p);
-}
-
-static struct mem_call *mem_call_pop(struct mem_broker *p)
-{
-    struct mem_call *c = p->calls;
-    if (c != NULL) {
-        p->calls = c->next;
-        if (p->calls == NULL)
-            p->calls_tail = NULL;
-    }
-    return c;
-}
-
-static void mem_attach_link(struct mem_broker *p, struct mem_sess *ms)
-{
-    ms->attaching = 1;
-    ms->anext = NULL;
-    ms->aprev = p->attach_tail;
-    if (p->attach_tail != NULL)
-        p->attach_tail->anext = ms;
-    else
-        p->attach_head = ms;
-    p->attach_tail = ms;
-    mem_kick(p);
-}
-
-static void mem_attach_unlink(struct mem_broker *p, struct mem_sess *ms)
-{
-    if (ms->aprev != NULL)
-        ms->aprev->anext = ms->anext;
-    else
-        p->attach_head = ms->anext;
-    if (ms->anext != NULL)
-        ms->anext->aprev = ms->aprev;
-    else
-        p->attach_tail = ms->aprev;
-    ms->anext = ms->aprev = NULL;
-    ms->attaching = 0;
-}
 
 /* --- queues and offline items --- */
 
@@ -224,7 +138,7 @@ static struct mem_queue *mem_queue_new(struct mem_broker *p, const char *key, si
 
 static void mem_queue_free_if_empty(struct mem_broker *p, struct mem_queue *q)
 {
-    if (q->nsessions != 0 || q->head != NULL)
+    if (q->socks.nsocks != 0 || q->head != NULL)
         return;
     map_remove(&p->queues, &q->node);
     free(q);
@@ -289,118 +203,29 @@ static void mem_item_drop_head(struct mem_broker *p, struct mem_queue *q)
     free(it);
 }
 
-/* --- sessions of a key (s->bnext/bprev) and topic subscriptions --- */
+/* --- delivery --- */
 
-static void mem_queue_link(struct mem_queue *q, struct session *s)
-{
-    s->bprev = NULL;
-    s->bnext = q->sessions;
-    if (q->sessions != NULL)
-        q->sessions->bprev = s;
-    q->sessions = s;
-    q->nsessions++;
-    if (q->rr == NULL)
-        q->rr = s;
-}
-
-static void mem_queue_unlink(struct mem_queue *q, struct session *s)
-{
-    struct session *next = s->bnext;
-    if (s->bprev != NULL)
-        s->bprev->bnext = s->bnext;
-    else
-        q->sessions = s->bnext;
-    if (s->bnext != NULL)
-        s->bnext->bprev = s->bprev;
-    s->bnext = s->bprev = NULL;
-    q->nsessions--;
-    if (q->rr == s)
-        q->rr = next != NULL ? next : q->sessions;
-}
-
-/* Give m to one socket of q, round-robin, skipping sockets that refuse it (they are being
- * closed). 0 when one took it, else the last refusal (or UV_ENOENT: nobody online). */
+/* Give m to one socket of q, round-robin, skipping sockets that refused before (they are
+ * being closed). 0 when one took it, else UV_ENOENT (nobody online could). */
 static int mem_queue_deliver(struct mem_queue *q, struct msg *m)
 {
-    int rc = UV_ENOENT;
-    for (uint32_t tries = q->nsessions; tries > 0; tries--) {
-        struct session *s = q->rr;
-        if (s == NULL)
-            break; /* defensive: only a detach from inside session_deliver could do this */
-        q->rr = s->bnext != NULL ? s->bnext : q->sessions;
-        if ((rc = session_deliver(s, 0, m)) == 0)
-            return 0;
-    }
-    return rc;
+    return qd_key_give(&q->socks, 0, 0, m) != NULL ? 0 : UV_ENOENT;
 }
 
-/* Hand q's waiting messages to s, oldest first, dropping expired ones; stop at the first
+/* Hand q's waiting messages to ms, oldest first, dropping expired ones; stop at the first
  * refusal (s is closing: the rest stay for the next socket or the TTL). */
-static void mem_queue_drain(struct mem_broker *p, struct mem_queue *q, struct session *s)
+static void mem_queue_drain(struct mem_broker *p, struct mem_queue *q, struct mem_sess *ms)
 {
     uint64_t now = uv_now(p->b->loop);
     struct mem_item *it;
     while ((it = q->head) != NULL) {
         if (it->expires_at <= now)
             p->b->dropped++;
-        else if (session_deliver(s, 0, it->m) != 0)
+        else if (qd_sock_give(&ms->sock, 0, it->m) != 0)
             break;
         mem_item_drop_head(p, q);
     }
     mem_timer_arm(p);
-}
-
-static struct mem_topic *mem_topic_get(struct mem_broker *p, const char *name, size_t len,
-                                       int create)
-{
-    struct map_node *n = map_get(&p->topics, name, len);
-    struct mem_topic *t;
-    if (n != NULL)
-        return map_entry(n, struct mem_topic, node);
-    if (!create || (t = calloc(1, sizeof(*t) + len + 1)) == NULL)
-        return NULL;
-    memcpy(t->name, name, len);
-    t->name[len] = '\0';
-    t->node.key = t->name;
-    t->node.key_len = (uint32_t)len;
-    if (map_put(&p->topics, &t->node) < 0) {
-        free(t);
-        return NULL;
-    }
-    return t;
-}
-
-static void mem_sub_link(struct mem_topic *t, struct mem_sub *sub, struct session *s)
-{
-    sub->t = t;
-    sub->s = s;
-    sub->prev = NULL;
-    sub->next = t->subs;
-    if (t->subs != NULL)
-        t->subs->prev = sub;
-    t->subs = sub;
-}
-
-/* Leave every topic of ms; free topics nobody here subscribes to any more. */
-static void mem_sess_unsubscribe(struct mem_broker *p, struct mem_sess *ms)
-{
-    for (uint16_t i = 0; i < ms->nsubs; i++) {
-        struct mem_sub *sub = &ms->subs[i];
-        struct mem_topic *t = sub->t;
-        if (t == NULL)
-            continue;
-        if (sub->prev != NULL)
-            sub->prev->next = sub->next;
-        else
-            t->subs = sub->next;
-        if (sub->next != NULL)
-            sub->next->prev = sub->prev;
-        sub->t = NULL;
-        if (t->subs == NULL) {
-            map_remove(&p->topics, &t->node);
-            free(t);
-        }
-    }
 }
 
 /* Length of a key or topic name if it is 1..KEY_MAX_LEN bytes, else 0. Full validation
@@ -429,15 +254,16 @@ static int mem_open(struct broker *b, uv_loop_t *loop, const struct config *cfg)
     p->max_queue = cfg->max_queue;
     p->max_bytes = cfg->memory_max_bytes;
     map_init(&p->queues);
-    map_init(&p->topics);
+    topics_init(&p->topics, NULL, NULL, NULL); /* local only: no remote subscriptions */
     /* Neither init fails on Unix (libuv 1.44 always returns 0); checked for the contract. */
-    if ((rc = uv_idle_init(loop, &p->idle)) < 0) {
+    if ((rc = later_init(&p->later, loop)) < 0) {
         free(p);
         return rc;
     }
-    p->idle.data = p;
+    p->later.data = p;
     if ((rc = uv_timer_init(loop, &p->timer)) < 0) {
-        uv_close((uv_handle_t *)&p->idle, mem_on_open_failed); /* frees p */
+        p->later.idle.data = p;
+        uv_close((uv_handle_t *)&p->later.idle, mem_on_open_failed); /* frees p */
         return rc;
     }
     p->timer.data = p;
@@ -449,14 +275,30 @@ static int mem_open(struct broker *b, uv_loop_t *loop, const struct config *cfg)
     return 0;
 }
 
+/* The attach's completion, queued on p->later: drain the key's backlog into the socket,
+ * then the 101 (status 0). With an error (the broker closed first) ms is let go and the
+ * client gets the error: exactly one session_attached either way. */
+static void mem_on_attach_due(void *arg, int status)
+{
+    struct mem_sess *ms = arg;
+    struct session *s = ms->s;
+    if (status < 0) {
+        s->bpriv = NULL;
+        free(ms);
+        session_attached(s, status);
+        return;
+    }
+    mem_queue_drain(ms->p, ms->q, ms);
+    session_attached(s, 0);
+}
+
 static int mem_attach(struct broker *b, struct session *s)
 {
     struct mem_broker *p = b->priv;
     struct mem_sess *ms;
     struct mem_queue *q;
     size_t len = s->key_len;
-    int rc = UV_ENOMEM;
-    uint16_t i;
+    int rc;
     s->bpriv = NULL; /* so that a detach after a failed attach is a no-op */
     if (p == NULL || p->closing)
         return UV_ECANCELED;
@@ -466,40 +308,25 @@ static int mem_attach(struct broker *b, struct session *s)
     if (ms == NULL)
         return UV_ENOMEM;
     ms->s = s;
+    ms->p = p;
     ms->nsubs = s->ntopics;
     q = mem_queue_find(p, s->key, len);
-    if (q == NULL && (q = mem_queue_new(p, s->key, len)) == NULL)
-        goto fail;
-    for (i = 0; i < s->ntopics; i++) {
-        const char *name = s->topics[i];
-        size_t nlen = mem_name_len(name);
-        struct mem_topic *t;
-        int dup = 0;
-        if (nlen == 0) {
-            rc = UV_EINVAL;
-            goto fail_subs;
-        }
-        for (uint16_t j = 0; j < i && !dup; j++) /* ?topics=a,a: subscribe once */
-            dup = strcmp(s->topics[j], name) == 0;
-        if (dup)
-            continue;
-        if ((t = mem_topic_get(p, name, nlen, 1)) == NULL)
-            goto fail_subs;
-        mem_sub_link(t, &ms->subs[i], s);
+    if (q == NULL && (q = mem_queue_new(p, s->key, len)) == NULL) {
+        free(ms);
+        return UV_ENOMEM;
+    }
+    if ((rc = topics_subscribe(&p->topics, s, ms->subs)) < 0) {
+        mem_queue_free_if_empty(p, q);
+        free(ms);
+        return rc;
     }
     /* Subscriptions are in place now; the key's backlog is drained right before the 101
-     * (mem_on_idle), so pushes accepted meanwhile queue behind it in order. */
-    mem_queue_link(q, s);
+     * (mem_on_attach_due), so pushes accepted meanwhile queue behind it in order. */
+    qd_key_link(&q->socks, &ms->sock, s);
     ms->q = q;
     s->bpriv = ms;
-    mem_attach_link(p, ms);
+    later_call_add(&p->later, &ms->attach, mem_on_attach_due, ms, 0);
     return 0;
-fail_subs:
-    mem_sess_unsubscribe(p, ms);
-    mem_queue_free_if_empty(p, q);
-fail:
-    free(ms);
-    return rc;
 }
 
 static void mem_detach(struct broker *b, struct session *s)
@@ -508,11 +335,10 @@ static void mem_detach(struct broker *b, struct session *s)
     struct mem_sess *ms = s->bpriv;
     if (p == NULL || ms == NULL)
         return; /* never attached, attach failed, or the broker already let it go */
-    if (ms->attaching)
-        mem_attach_unlink(p, ms); /* session_attached will not run */
-    mem_sess_unsubscribe(p, ms);
+    later_cancel(&p->later, &ms->attach); /* session_attached will not run */
+    topics_unsubscribe(&p->topics, ms->subs, ms->nsubs);
     if (ms->q != NULL) {
-        mem_queue_unlink(ms->q, s);
+        qd_key_unlink(&ms->q->socks, &ms->sock);
         mem_queue_free_if_empty(p, ms->q);
     }
     s->bpriv = NULL;
@@ -522,7 +348,7 @@ static void mem_detach(struct broker *b, struct session *s)
 static int mem_push(struct broker *b, const char *key, struct msg *m, broker_push_cb cb, void *arg)
 {
     struct mem_broker *p = b->priv;
-    struct mem_call *c;
+    struct later_call *c;
     struct mem_queue *q;
     struct mem_item *it;
     uint64_t cost;
@@ -532,7 +358,7 @@ static int mem_push(struct broker *b, const char *key, struct msg *m, broker_pus
         return UV_ECANCELED;
     if ((len = mem_name_len(key)) == 0)
         return UV_EINVAL;
-    if ((c = malloc(sizeof(*c))) == NULL)
+    if ((c = later_reserve()) == NULL) /* before anything that cannot be undone */
         return UV_ENOMEM;
     q = mem_queue_find(p, key, len);
     /* Straight to a socket only when nothing older waits, so a key's messages stay in order. */
@@ -558,10 +384,10 @@ static int mem_push(struct broker *b, const char *key, struct msg *m, broker_pus
     }
     mem_item_append(p, q, it, m);
 done:
-    mem_call_add(p, c, cb, arg, status);
+    later_push_reserved(&p->later, c, cb, arg, status);
     return 0;
 nomem:
-    free(c);
+    later_unreserve(c);
     return UV_ENOMEM;
 }
 
@@ -569,21 +395,17 @@ static int mem_publish(struct broker *b, const char *topic, struct msg *m, broke
                        void *arg)
 {
     struct mem_broker *p = b->priv;
-    struct mem_topic *t;
-    struct mem_call *c;
+    struct later_call *c;
     size_t len;
     if (p == NULL || p->closing)
         return UV_ECANCELED;
     if ((len = mem_name_len(topic)) == 0)
         return UV_EINVAL;
-    if ((c = malloc(sizeof(*c))) == NULL)
+    if ((c = later_reserve()) == NULL)
         return UV_ENOMEM;
-    /* session_deliver never calls back into the broker, so the list cannot change under
-     * us; a refusal closes that socket and is none of the publisher's business. */
-    if ((t = mem_topic_get(p, topic, len, 0)) != NULL)
-        for (struct mem_sub *sub = t->subs; sub != NULL; sub = sub->next)
-            (void)session_deliver(sub->s, 0, m);
-    mem_call_add(p, c, cb, arg, 0);
+    /* A refusal closes that socket and is none of the publisher's business. */
+    (void)topics_publish(&p->topics, topic, len, m);
+    later_push_reserved(&p->later, c, cb, arg, 0);
     return 0;
 }
 
@@ -591,34 +413,6 @@ static int mem_ready(struct broker *b)
 {
     struct mem_broker *p = b->priv;
     return p != NULL && !p->closing;
-}
-
-/* Deferred work: attach completions (drain, then session_attached), then the push and
- * publish callbacks queued before this pass (a callback that pushes again is served on
- * the next loop iteration, so this never spins). A callback may close the broker: the
- * rest then runs from mem_close_finish. */
-static void mem_on_idle(uv_idle_t *h)
-{
-    struct mem_broker *p = h->data;
-    struct mem_call *last = p->calls_tail, *c;
-    struct mem_sess *ms;
-    while (!p->closing && (ms = p->attach_head) != NULL) {
-        mem_attach_unlink(p, ms);
-        mem_queue_drain(p, ms->q, ms->s);
-        session_attached(ms->s, 0);
-    }
-    while (!p->closing && last != NULL && (c = mem_call_pop(p)) != NULL) {
-        int was_last = c == last;
-        broker_push_cb cb = c->cb;
-        void *arg = c->arg;
-        int status = c->status;
-        free(c);
-        cb(arg, status);
-        if (was_last)
-            break;
-    }
-    if (!p->closing && p->calls == NULL && p->attach_head == NULL)
-        uv_idle_stop(h);
 }
 
 /* Drop every expired message (the oldest first, all in one pass) and re-arm. */
@@ -641,39 +435,28 @@ static void mem_on_timer(uv_timer_t *h)
     mem_timer_arm(p);
 }
 
-static void mem_close_finish(struct mem_broker *p)
+/* Both handles are closed, and later ran every call that still waited (pending attaches
+ * with UV_ECANCELED, accepted pushes and publishes with their status): free p, then cb. */
+static void mem_close_step(struct mem_broker *p)
 {
     struct broker *b = p->b;
     broker_close_cb cb = p->close_cb;
-    struct mem_sess *ms;
-    struct mem_call *c;
-    /* Attaches that never completed: exactly-once session_attached, with an error. */
-    while ((ms = p->attach_head) != NULL) {
-        struct session *s = ms->s;
-        mem_attach_unlink(p, ms);
-        s->bpriv = NULL;
-        free(ms);
-        session_attached(s, UV_ECANCELED);
-    }
-    /* Accepted pushes and publishes still get their one callback. */
-    while ((c = mem_call_pop(p)) != NULL) {
-        broker_push_cb ccb = c->cb;
-        void *arg = c->arg;
-        int status = c->status;
-        free(c);
-        ccb(arg, status);
-    }
+    if (--p->open_handles > 0)
+        return;
     b->priv = NULL;
     free(p);
     if (cb != NULL)
         cb(b);
 }
 
-static void mem_on_handle_closed(uv_handle_t *h)
+static void mem_on_timer_closed(uv_handle_t *h)
 {
-    struct mem_broker *p = h->data;
-    if (--p->open_handles == 0)
-        mem_close_finish(p);
+    mem_close_step(h->data);
+}
+
+static void mem_on_later_closed(struct later *l)
+{
+    mem_close_step(l->data);
 }
 
 /* Free every queue, message and subscription now; sessions still online are closed with
@@ -691,14 +474,18 @@ static void mem_close(struct broker *b, broker_close_cb cb)
     map_iter_init(&iter, &p->queues);
     while ((n = map_iter_next(&iter)) != NULL) {
         struct mem_queue *q = map_entry(n, struct mem_queue, node);
-        struct session *s;
-        while ((s = q->sessions) != NULL) {
+        struct qd_sock *sock;
+        while ((sock = q->socks.socks) != NULL) {
+            struct session *s = sock->s;
             struct mem_sess *ms = s->bpriv;
-            mem_queue_unlink(q, s);
-            mem_sess_unsubscribe(p, ms);
+            qd_key_unlink(&q->socks, sock);
+            topics_unsubscribe(&p->topics, ms->subs, ms->nsubs);
             ms->q = NULL;
-            if (ms->attaching)
-                continue; /* mem_close_finish answers it */
+            if (later_call_queued(&ms->attach)) {
+                /* answered with an error when later closes (mem_on_attach_due) */
+                later_call_status(&ms->attach, UV_ECANCELED);
+                continue;
+            }
             s->bpriv = NULL;
             free(ms);
             session_close(s, MEM_CLOSE_CODE);
@@ -710,12 +497,12 @@ static void mem_close(struct broker *b, broker_close_cb cb)
         map_remove(&p->queues, n);
         free(q);
     }
-    assert(map_count(&p->topics) == 0); /* every subscriber was in some queue */
-    assert(p->bytes == 0);              /* every item went through mem_item_drop_head */
+    assert(topics_count(&p->topics) == 0); /* every subscriber was in some queue */
+    assert(p->bytes == 0);                 /* every item went through mem_item_drop_head */
     map_free(&p->queues);
-    map_free(&p->topics);
-    uv_close((uv_handle_t *)&p->idle, mem_on_handle_closed);
-    uv_close((uv_handle_t *)&p->timer, mem_on_handle_closed);
+    topics_free(&p->topics);
+    later_close(&p->later, mem_on_later_closed);
+    uv_close((uv_handle_t *)&p->timer, mem_on_timer_closed);
 }
 
 const struct broker_ops broker_memory_ops = {

@@ -2,7 +2,10 @@
  * redis_common.h): opening and closing the node's command + pub/sub link pair, p.kind.name
  * naming and PUBLISH, and the attached-session list with its channel subscriptions and
  * confirmation count. Does NOT deliver messages, keep queues or free session structs: the
- * backends do. Loop thread only. */
+ * backends do. Topics here are channels of the pub/sub link's registry (redis_conn.c), which
+ * already subscribes a channel once per node and lists its local users, so topics.h's
+ * registry is not used; only its de-duplication of a session's repeated names is.
+ * Loop thread only. */
 #include "redis_common.h"
 
 #include <stdio.h>
@@ -13,6 +16,7 @@
 #include "log.h"
 #include "msg.h"
 #include "session.h"
+#include "topics.h"
 
 /* --- links --- */
 
@@ -117,23 +121,27 @@ int rcommon_publish(struct broker *b, const char *topic, struct msg *m, broker_p
     return rcommon_publish_to(b->priv, "topic", topic, m, cb, arg);
 }
 
-/* --- sessions --- */
-
-/* 1 when topics[i] already stands at an index below i: one rsub per channel per session. */
-static int rcommon_topic_dup(const struct session *s, uint16_t i)
+void rcommon_broadcast(struct rcommon *r, struct rconn_chan *ch, const char *data, size_t len)
 {
-    for (uint16_t j = 0; j < i; j++)
-        if (strcmp(s->topics[i], s->topics[j]) == 0)
-            return 1;
-    return 0;
+    struct msg *m = NULL;
+    for (struct rsub *u = ch->ready; u; u = u->next) {
+        struct rcommon_sess *cs = u->owner;
+        if (cs->detached || !cs->attached)
+            continue;
+        if (m == NULL && (m = msg_new_copy(data, len, r->cfg->frame_type)) == NULL)
+            return;
+        (void)session_deliver(cs->s, 0, m); /* at-most-once: a refusal drops it */
+    }
+    msg_unref(m);
 }
 
+/* --- sessions --- */
+
+/* One rsub per channel per session: a repeated topic name (?topics=a,a) gets none
+ * (topics_name_repeats, the de-duplication every backend shares). */
 size_t rcommon_sess_nchans(const struct session *s)
 {
-    size_t n = 1;
-    for (uint16_t i = 0; i < s->ntopics; i++)
-        n += !rcommon_topic_dup(s, i);
-    return n;
+    return 1 + (size_t)topics_distinct(s);
 }
 
 int rcommon_sess_attach(struct rcommon *r, struct rcommon_sess *cs, struct rsub *subs,
@@ -157,7 +165,7 @@ int rcommon_sess_attach(struct rcommon *r, struct rcommon_sess *cs, struct rsub 
     subs[0].owner = cs;
     subs[0].tag = RCOMMON_TAG_SESS;
     for (uint16_t i = 0; i < s->ntopics; i++) {
-        if (rcommon_topic_dup(s, i))
+        if (topics_name_repeats(s, i))
             continue;
         k++;
         names[k] = text + used;

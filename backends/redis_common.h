@@ -89,6 +89,11 @@ int rcommon_publish_to(struct rcommon *r, const char *kind, const char *name, st
 int rcommon_publish(struct broker *b, const char *topic, struct msg *m, broker_push_cb cb,
                     void *arg);
 
+/* A message on a topic channel ch (rconn_message_cb): one msg (a copy of data, made only
+ * when some user is attached) delivered with id 0 to every ready user of ch whose session
+ * is attached and not detached; a refusal concerns only that socket. Not stored, no ack. */
+void rcommon_broadcast(struct rcommon *r, struct rconn_chan *ch, const char *data, size_t len);
+
 /* Channels a session s needs: 1 + its distinct topics. Size the rsub array with it. */
 size_t rcommon_sess_nchans(const struct session *s);
 /* Subscribe on r->sub: first (first_len bytes; the backend's channel for s itself), then

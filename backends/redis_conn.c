@@ -1,346 +1,32 @@
 /* redis_conn.c — one Redis connection driven by the gateway's libuv loop (see redis_conn.h):
  * the hiredis 0.14 event hooks on a uv_poll_t, one uv_timer_t per connection for the
  * connect deadline, the reply-progress deadline, the liveness probe and the reconnect
- * backoff, and the subscriber's channel registry. Does NOT know sessions or key naming.
+ * backoff, connect (AUTH, SELECT, the first PING or probe SUBSCRIBE), reconnects and close.
+ * The redis:// URL parser is in redis_conn_url.c, the subscriber's channel registry and
+ * (UN)SUBSCRIBE in redis_conn_sub.c. Does NOT know sessions or key naming.
  * Loop thread only.
  *
  * Lifetimes: a struct rconn lives from rconn_open until its close callback. Each hiredis
  * context gets its own struct rconn_ev (the uv_poll_t), freed in the poll handle's close
  * callback; hiredis owns and frees the context itself right after our cleanup hook runs,
  * so rc->ac is NULLed there and never touched again. */
-#include "redis_conn.h"
+#include "redis_conn_priv.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "log.h"
 #include "map.h"
 
 #define RCONN_BACKOFF_MIN_MS 100
-#define RCONN_SUB_CHUNK 512 /* channels per SUBSCRIBE when resubscribing everything */
-
-enum rconn_state {
-    RC_BACKOFF = 0, /* waiting for the timer to try again */
-    RC_RESOLVING,   /* uv_getaddrinfo in flight */
-    RC_CONNECTING,  /* context exists; AUTH/SELECT/probe sent, no answer yet */
-    RC_UP,          /* usable */
-    RC_CLOSING,     /* rconn_close called */
-};
-
-struct rconn_ev {
-    uv_poll_t poll;        /* embedded: the struct is freed in rconn_ev_on_closed */
-    struct rconn *rc;      /* borrowed: rc waits for this handle's close before freeing */
-    redisAsyncContext *ac; /* borrowed from hiredis: NULL once the cleanup hook ran */
-    int events;            /* UV_READABLE | UV_WRITABLE wanted by hiredis */
-};
-
-struct rconn {
-    uv_loop_t *loop;         /* borrowed: outlives rc */
-    enum rconn_kind kind;    /* command or subscriber */
-    enum rconn_state state;  /* see enum */
-    struct rconn_url url;    /* copy of the parsed URL */
-    char name[16];           /* for logs */
-    char ip[256];            /* resolved address of url.host */
-    uint64_t timeout_ms;     /* connect and reply-progress deadline */
-    uint64_t ping_ms;        /* probe after this long idle */
-    uint64_t backoff_max_ms; /* reconnect delay cap */
-    rconn_state_cb on_state; /* NULL once closing */
-    rconn_message_cb on_message;
-    rconn_sub_ready_cb on_sub_ready;
-    void *arg;                   /* borrowed: for the callbacks */
-    redisAsyncContext *ac;       /* borrowed from hiredis: connect .. cleanup hook, else NULL */
-    struct rconn_ev *ev;         /* borrowed: the live context's poll (frees itself) */
-    uv_timer_t timer;            /* embedded: closed last, then rc is freed */
-    uv_prepare_t prep;           /* embedded: flushes commands queued before the poll */
-    uv_check_t check;            /* embedded: flushes commands queued by I/O callbacks */
-    uv_idle_t idle;              /* embedded: makes the next poll non-blocking when a command
-                                  * was queued after our prepare ran (else it would wait) */
-    uint8_t want_flush;          /* commands are buffered in ac->c.obuf, not yet written */
-    uint8_t in_flush;            /* inside our own redisAsyncHandleWrite call */
-    uint8_t after_prepare;       /* our prepare ran this iteration, our check not yet */
-    unsigned open_handles;       /* timer/prepare/check/idle not yet closed */
-    uv_getaddrinfo_t gai;        /* embedded request; gai_busy while in flight */
-    uint8_t gai_busy;            /* request in flight: rc must not be freed */
-    uint8_t gai_abandoned;       /* resolve timed out: ignore its result */
-    uint8_t dying;               /* redisAsyncFree requested for ac (maybe deferred) */
-    uint8_t timer_closing;       /* uv_close(timer) called */
-    int kill_err;                /* why we killed the context (UV_E*), 0 = hiredis saw an error */
-    const char *kill_why;        /* static string for logs */
-    uint64_t progress_ms;        /* last read, or when the connection started owing replies */
-    uint64_t sub_owed;           /* RCONN_SUB: (un)subscribe replies owed, all channels */
-    unsigned attempts;           /* failed connects in a row (backoff exponent) */
-    uint64_t rng;                /* xorshift state for backoff jitter */
-    unsigned open_evs;           /* poll handles not yet closed */
-    rconn_closed_cb closed_cb;   /* set by rconn_close */
-    void *closed_arg;            /* borrowed: for closed_cb */
-    struct rconn_chan **buckets; /* owned: channel hash table (RCONN_SUB) */
-    struct map_seed hseed;       /* random SipHash key of that table, set by rconn_open */
-    size_t nbuckets;             /* power of two */
-    size_t nchans;               /* channels in the table */
-    struct rconn_chan *probe;    /* owned via the table: liveness channel (RCONN_SUB) */
-    struct rconn_chan *dispatching; /* channel whose replies are being handled: not freed */
-};
 
 static void rconn_on_timer(uv_timer_t *t);
 static void rconn_on_idle(uv_idle_t *h);
 static void rconn_connect_start(struct rconn *rc);
 static void rconn_close_step(struct rconn *rc);
-static void rconn_on_sub_reply(redisAsyncContext *ac, void *r, void *priv);
-
-/* --- URL --- */
-
-static int rconn_hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* Percent-decode s[0..n) into out (size cap). 0 or UV_EINVAL. */
-static int rconn_pct_decode(const char *s, size_t n, char *out, size_t cap)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        int c = (unsigned char)s[i];
-        if (c == '%') {
-            if (i + 2 >= n)
-                return UV_EINVAL;
-            int h = rconn_hexval(s[i + 1]), l = rconn_hexval(s[i + 2]);
-            if (h < 0 || l < 0)
-                return UV_EINVAL;
-            c = h * 16 + l;
-            i += 2;
-        }
-        if (o + 1 >= cap)
-            return UV_EINVAL;
-        out[o++] = (char)c;
-    }
-    out[o] = '\0';
-    return 0;
-}
-
-static int rconn_parse_uint(const char *s, size_t n, long max, int *out)
-{
-    long v = 0;
-    if (n == 0 || n > 9)
-        return UV_EINVAL;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return UV_EINVAL;
-        v = v * 10 + (s[i] - '0');
-    }
-    if (v > max)
-        return UV_EINVAL;
-    *out = (int)v;
-    return 0;
-}
-
-int rconn_url_parse(const char *url, struct rconn_url *out)
-{
-    static const char scheme[] = "redis://";
-    const char *p, *at, *end, *h, *he;
-    memset(out, 0, sizeof(*out));
-    out->port = 6379;
-    if (strncasecmp(url, scheme, sizeof(scheme) - 1) != 0)
-        return UV_EINVAL;
-    p = url + sizeof(scheme) - 1;
-    end = p + strcspn(p, "/?#");
-    /* userinfo as redis-cli reads it: "user:pass@", ":pass@" or "pass@" */
-    at = memchr(p, '@', (size_t)(end - p));
-    if (at == NULL) {
-        /* an '@' after a '/' would belong to the password; accept "redis://:p/w@h" */
-        const char *at2 = strrchr(p, '@');
-        if (at2 != NULL) {
-            at = at2;
-            end = at + 1 + strcspn(at + 1, "/?#");
-        }
-    }
-    if (at != NULL) {
-        const char *colon = memchr(p, ':', (size_t)(at - p));
-        if (colon != NULL) {
-            if (rconn_pct_decode(p, (size_t)(colon - p), out->user, sizeof(out->user)) < 0 ||
-                rconn_pct_decode(colon + 1, (size_t)(at - colon - 1), out->pass,
-                                 sizeof(out->pass)) < 0)
-                return UV_EINVAL;
-        } else if (rconn_pct_decode(p, (size_t)(at - p), out->pass, sizeof(out->pass)) < 0) {
-            return UV_EINVAL;
-        }
-        p = at + 1;
-    }
-    /* host[:port] or [v6][:port] */
-    if (*p == '[') {
-        h = p + 1;
-        he = memchr(h, ']', (size_t)(end - h));
-        if (he == NULL)
-            return UV_EINVAL;
-        p = he + 1;
-    } else {
-        h = p;
-        he = memchr(p, ':', (size_t)(end - p));
-        if (he == NULL)
-            he = end;
-        p = he;
-    }
-    if (he == h || (size_t)(he - h) >= sizeof(out->host))
-        return UV_EINVAL;
-    memcpy(out->host, h, (size_t)(he - h));
-    out->host[he - h] = '\0';
-    if (p < end) {
-        if (*p != ':' || rconn_parse_uint(p + 1, (size_t)(end - p - 1), 65535, &out->port) < 0 ||
-            out->port == 0)
-            return UV_EINVAL;
-    }
-    if (*end == '/' && end[1] != '\0' && end[1] != '?' && end[1] != '#') {
-        size_t n = strcspn(end + 1, "?#");
-        if (rconn_parse_uint(end + 1, n, 1 << 20, &out->db) < 0)
-            return UV_EINVAL;
-    }
-    return 0;
-}
-
-/* --- channel registry (RCONN_SUB) --- */
-
-/* Channel names carry session keys and topics that clients choose: keyed like map.c's
- * tables, so that nobody can line up thousands of them in one bucket. */
-static uint32_t rconn_hash(const struct rconn *rc, const char *s, size_t n)
-{
-    return (uint32_t)map_siphash(&rc->hseed, s, n);
-}
-
-static struct rconn_chan *rconn_chan_find(const struct rconn *rc, const char *name, size_t len)
-{
-    uint32_t h;
-    if (rc->nbuckets == 0)
-        return NULL;
-    h = rconn_hash(rc, name, len);
-    for (struct rconn_chan *ch = rc->buckets[h & (rc->nbuckets - 1)]; ch; ch = ch->hnext)
-        if (ch->hash == h && ch->len == len && memcmp(ch->name, name, len) == 0)
-            return ch;
-    return NULL;
-}
-
-static int rconn_table_grow(struct rconn *rc)
-{
-    size_t n = rc->nbuckets ? rc->nbuckets * 2 : 64;
-    struct rconn_chan **b = calloc(n, sizeof(*b));
-    if (b == NULL)
-        return UV_ENOMEM;
-    for (size_t i = 0; i < rc->nbuckets; i++) {
-        struct rconn_chan *ch = rc->buckets[i], *next;
-        for (; ch; ch = next) {
-            next = ch->hnext;
-            ch->hnext = b[ch->hash & (n - 1)];
-            b[ch->hash & (n - 1)] = ch;
-        }
-    }
-    free(rc->buckets);
-    rc->buckets = b;
-    rc->nbuckets = n;
-    return 0;
-}
-
-/* Find or create a channel. NULL on allocation failure. */
-static struct rconn_chan *rconn_chan_get(struct rconn *rc, const char *name, size_t len)
-{
-    struct rconn_chan *ch = rconn_chan_find(rc, name, len);
-    if (ch != NULL)
-        return ch;
-    if ((rc->nchans + 1 > rc->nbuckets) && rconn_table_grow(rc) < 0)
-        return NULL;
-    ch = calloc(1, sizeof(*ch) + len + 1);
-    if (ch == NULL)
-        return NULL;
-    memcpy(ch->name, name, len);
-    ch->name[len] = '\0';
-    ch->len = (uint32_t)len;
-    ch->hash = rconn_hash(rc, name, len);
-    ch->hnext = rc->buckets[ch->hash & (rc->nbuckets - 1)];
-    rc->buckets[ch->hash & (rc->nbuckets - 1)] = ch;
-    rc->nchans++;
-    return ch;
-}
-
-/* Free ch when nobody uses it and no reply for it is owed (a late reply must still find it,
- * else its count would be credited to a later SUBSCRIBE of the same name). */
-static void rconn_chan_free_maybe(struct rconn *rc, struct rconn_chan *ch)
-{
-    struct rconn_chan **pp;
-    if (ch->internal || ch->ready != NULL || ch->pend_head != NULL || ch->sent != ch->done ||
-        ch == rc->dispatching)
-        return;
-    for (pp = &rc->buckets[ch->hash & (rc->nbuckets - 1)]; *pp != ch; pp = &(*pp)->hnext)
-        ;
-    *pp = ch->hnext;
-    rc->nchans--;
-    free(ch);
-}
-
-static void rconn_pend_append(struct rconn_chan *ch, struct rsub *s)
-{
-    s->next = NULL;
-    s->prev = ch->pend_tail;
-    if (ch->pend_tail != NULL)
-        ch->pend_tail->next = s;
-    else
-        ch->pend_head = s;
-    ch->pend_tail = s;
-}
-
-static void rconn_sub_unlink(struct rsub *s)
-{
-    struct rconn_chan *ch = s->ch;
-    if (s->prev != NULL)
-        s->prev->next = s->next;
-    else if (s->ready)
-        ch->ready = s->next;
-    else
-        ch->pend_head = s->next;
-    if (s->next != NULL)
-        s->next->prev = s->prev;
-    else if (!s->ready)
-        ch->pend_tail = s->prev;
-    s->next = s->prev = NULL;
-}
-
-/* The context is gone: nothing is subscribed any more. Every user waits again. */
-static void rconn_chans_reset(struct rconn *rc)
-{
-    rc->sub_owed = 0;
-    for (size_t i = 0; i < rc->nbuckets; i++) {
-        struct rconn_chan *ch = rc->buckets[i], *next;
-        for (; ch; ch = next) {
-            next = ch->hnext;
-            ch->sent = ch->done = 0;
-            while (ch->ready != NULL) {
-                struct rsub *s = ch->ready;
-                rconn_sub_unlink(s);
-                s->ready = 0;
-                rconn_pend_append(ch, s);
-            }
-            for (struct rsub *s = ch->pend_head; s; s = s->next)
-                s->target = UINT64_MAX;
-            rconn_chan_free_maybe(rc, ch);
-        }
-    }
-}
-
-struct rconn_chan *rconn_chan_lookup(const struct rconn *rc, const char *name, size_t len)
-{
-    return rc->kind == RCONN_SUB ? rconn_chan_find(rc, name, len) : NULL;
-}
-
-size_t rconn_channels(const struct rconn *rc)
-{
-    return rc->nchans;
-}
 
 /* --- output flushing --- */
 
@@ -551,8 +237,8 @@ static void rconn_kill(struct rconn *rc, int err, const char *why)
 
 /* Append a command to the context's output buffer; hiredis writes it when the socket is
  * writable, i.e. everything sent during this loop iteration leaves in one write. */
-static int rconn_send(struct rconn *rc, redisCallbackFn *fn, void *priv, int argc,
-                      const char **argv, const size_t *lens)
+int rconn_send(struct rconn *rc, redisCallbackFn *fn, void *priv, int argc, const char **argv,
+               const size_t *lens)
 {
     int was_busy;
     if (rc->ac == NULL || rc->dying)
@@ -630,7 +316,7 @@ static void rconn_on_timer(uv_timer_t *t)
 
 /* --- connect --- */
 
-static void rconn_set_up(struct rconn *rc)
+void rconn_set_up(struct rconn *rc)
 {
     rc->state = RC_UP;
     rc->attempts = 0;
@@ -664,39 +350,6 @@ static void rconn_on_connect(const redisAsyncContext *ac, int status)
 {
     (void)ac;
     (void)status; /* failures arrive in the cleanup hook with c.errstr set */
-}
-
-/* SUBSCRIBE every registered channel (the probe first) on a fresh context. */
-static void rconn_resubscribe_all(struct rconn *rc)
-{
-    const char *argv[RCONN_SUB_CHUNK + 1];
-    size_t lens[RCONN_SUB_CHUNK + 1];
-    int n = 0;
-    struct rconn_chan *probe = rc->probe;
-    argv[0] = "SUBSCRIBE";
-    lens[0] = 9;
-    for (size_t i = 0; i <= rc->nbuckets; i++) {
-        struct rconn_chan *ch = i == 0 ? probe : rc->buckets[i - 1];
-        for (; ch; ch = i == 0 ? NULL : ch->hnext) {
-            if (i > 0 && ch == probe)
-                continue;
-            if (!ch->internal && ch->pend_head == NULL)
-                continue;
-            ch->sent = 1;
-            ch->done = 0;
-            rc->sub_owed++;
-            for (struct rsub *s = ch->pend_head; s; s = s->next)
-                s->target = 1;
-            argv[1 + n] = ch->name;
-            lens[1 + n] = ch->len;
-            if (++n == RCONN_SUB_CHUNK) {
-                rconn_send(rc, rconn_on_sub_reply, rc, n + 1, argv, lens);
-                n = 0;
-            }
-        }
-    }
-    if (n > 0)
-        rconn_send(rc, rconn_on_sub_reply, rc, n + 1, argv, lens);
 }
 
 static void rconn_connect_ip(struct rconn *rc)
@@ -1009,167 +662,4 @@ int rconn_command_status(struct rconn *rc, rconn_status_cb cb, void *arg, int ar
     if (r < 0)
         free(req);
     return r;
-}
-
-/* --- subscriber --- */
-
-static void rconn_on_sub_reply(redisAsyncContext *ac, void *r, void *priv)
-{
-    struct rconn *rc = priv;
-    redisReply *reply = r, *t, *c;
-    struct rconn_chan *ch;
-    if (reply == NULL || rc->ac != ac)
-        return;
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
-        reply->element[0]->type != REDIS_REPLY_STRING ||
-        reply->element[1]->type != REDIS_REPLY_STRING) {
-        if (reply->type == REDIS_REPLY_ERROR)
-            log_warn("event=redis_error conn=%s err=\"%.*s\"", rc->name, (int)reply->len,
-                     reply->str);
-        return;
-    }
-    t = reply->element[0];
-    c = reply->element[1];
-    ch = rconn_chan_find(rc, c->str, c->len);
-    if (ch == NULL)
-        return;
-    if (t->len == 7 && memcmp(t->str, "message", 7) == 0) {
-        redisReply *d = reply->element[2];
-        if (ch->ready != NULL && d->type == REDIS_REPLY_STRING) {
-            rc->dispatching = ch;
-            rc->on_message(rc, ch, d->str, d->len, rc->arg);
-            rc->dispatching = NULL;
-            rconn_chan_free_maybe(rc, ch);
-        }
-        return;
-    }
-    if (!((t->len == 9 && strncasecmp(t->str, "subscribe", 9) == 0) ||
-          (t->len == 11 && strncasecmp(t->str, "unsubscribe", 11) == 0)))
-        return;
-    if (ch->done >= ch->sent)
-        return; /* not ours to count (cannot happen with one callback per context) */
-    ch->done++;
-    rc->sub_owed--;
-    if (ch == rc->probe && rc->state == RC_CONNECTING) {
-        rconn_set_up(rc);
-        if (rc->ac != ac)
-            return;
-    }
-    rc->dispatching = ch;
-    while (ch->pend_head != NULL && ch->pend_head->target <= ch->done) {
-        struct rsub *s = ch->pend_head;
-        rconn_sub_unlink(s);
-        s->ready = 1;
-        s->prev = NULL;
-        s->next = ch->ready;
-        if (ch->ready != NULL)
-            ch->ready->prev = s;
-        ch->ready = s;
-        rc->on_sub_ready(rc, s, rc->arg); /* may unsubscribe s */
-        if (rc->ac != ac)
-            break;
-    }
-    rc->dispatching = NULL;
-    rconn_chan_free_maybe(rc, ch);
-}
-
-int rconn_subscribe(struct rconn *rc, struct rsub *subs, const char *const *names,
-                    const size_t *lens, size_t n)
-{
-    const char **argv;
-    size_t *alens;
-    int send = rc->kind == RCONN_SUB && rc->ac != NULL && !rc->dying && rc->state != RC_CLOSING;
-    size_t i;
-    for (i = 0; i < n; i++) {
-        subs[i].ch = rconn_chan_get(rc, names[i], lens[i]);
-        if (subs[i].ch == NULL)
-            goto fail;
-    }
-    argv = send ? malloc((n + 1) * sizeof(*argv)) : NULL;
-    alens = send ? malloc((n + 1) * sizeof(*alens)) : NULL;
-    if (send && (argv == NULL || alens == NULL)) {
-        free(argv);
-        free(alens);
-        goto fail;
-    }
-    for (i = 0; i < n; i++) {
-        struct rsub *s = &subs[i];
-        struct rconn_chan *ch = s->ch;
-        s->ready = 0;
-        s->target = UINT64_MAX;
-        if (send) {
-            ch->sent++;
-            rc->sub_owed++;
-            s->target = ch->sent;
-            argv[1 + i] = ch->name;
-            alens[1 + i] = ch->len;
-        }
-        rconn_pend_append(ch, s);
-    }
-    if (send) {
-        argv[0] = "SUBSCRIBE";
-        alens[0] = 9;
-        if (rconn_send(rc, rconn_on_sub_reply, rc, (int)n + 1, argv, alens) < 0) {
-            /* the context is going away: the cleanup hook resets every count */
-        }
-        free(argv);
-        free(alens);
-    }
-    return 0;
-fail:
-    for (size_t j = 0; j < i; j++) {
-        struct rconn_chan *ch = subs[j].ch;
-        subs[j].ch = NULL;
-        rconn_chan_free_maybe(rc, ch);
-    }
-    return UV_ENOMEM;
-}
-
-void rconn_unsubscribe(struct rconn *rc, struct rsub *subs, size_t n)
-{
-    const char *stack_argv[17];
-    size_t stack_lens[17];
-    const char **argv = stack_argv;
-    size_t *lens = stack_lens;
-    int send = rc->ac != NULL && !rc->dying && rc->state != RC_CLOSING;
-    int argc = 1;
-    if (n + 1 > 17) {
-        argv = malloc((n + 1) * sizeof(*argv));
-        lens = malloc((n + 1) * sizeof(*lens));
-        if (argv == NULL || lens == NULL) {
-            free(argv);
-            free(lens);
-            argv = stack_argv;
-            lens = stack_lens;
-            send = 0; /* channels stay subscribed until the next reconnect: harmless */
-        }
-    }
-    for (size_t i = 0; i < n; i++) {
-        struct rsub *s = &subs[i];
-        struct rconn_chan *ch = s->ch;
-        if (ch == NULL)
-            continue;
-        rconn_sub_unlink(s);
-        s->ch = NULL;
-        s->ready = 0;
-        if (ch->internal || ch->ready != NULL || ch->pend_head != NULL)
-            continue;
-        if (send && ch->sent > 0 && (argv != stack_argv || argc < 17)) {
-            ch->sent++;
-            rc->sub_owed++;
-            argv[argc] = ch->name;
-            lens[argc] = ch->len;
-            argc++;
-        }
-        rconn_chan_free_maybe(rc, ch);
-    }
-    if (argc > 1) {
-        argv[0] = "UNSUBSCRIBE";
-        lens[0] = 11;
-        rconn_send(rc, rconn_on_sub_reply, rc, argc, argv, lens);
-    }
-    if (argv != stack_argv) {
-        free(argv);
-        free(lens);
-    }
 }

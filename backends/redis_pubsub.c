@@ -39,20 +39,14 @@ struct rps {
     struct rcommon base; /* first: links, url, sessions, close (redis_common.h) */
 };
 
+/* Every channel here is a broadcast one: the session's own p.recv.S too (pub/sub fans
+ * out to every socket of S). */
 static void rps_on_message(struct rconn *rc, struct rconn_chan *ch, const char *data, size_t len,
                            void *arg)
 {
     struct rps *rp = arg;
-    struct msg *m;
     (void)rc;
-    if (ch->ready == NULL || (m = msg_new_copy(data, len, rp->base.cfg->frame_type)) == NULL)
-        return;
-    for (struct rsub *u = ch->ready; u; u = u->next) {
-        struct rps_sess *rs = u->owner;
-        if (!rs->base.detached && rs->base.attached)
-            session_deliver(rs->base.s, 0, m); /* at-most-once: a refusal drops it */
-    }
-    msg_unref(m);
+    rcommon_broadcast(&rp->base, ch, data, len);
 }
 
 static void rps_on_sess_ready(struct rcommon *r, struct rcommon_sess *cs)
