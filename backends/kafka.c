@@ -26,10 +26,20 @@
  * A record older than [broker] ttl (by its timestamp) is never delivered (counted in
  * wsgate_messages_dropped_total): that bounds what a node that was down for long replays.
  *
+ * Built on the shared delivery core: later.h runs the attach completions and the offset
+ * store (one uv_idle_t, active only while one waits), topics.h holds the broadcast
+ * subscriptions and fans p.topic records out, qdeliver.h's qd_key keeps a key's sockets
+ * (every one of them gets each record: no round-robin, no window). This file keeps what is
+ * Kafka's: the partitions' offsets, the per-record pending counts and per-socket refs that
+ * move them, the TTL check and the close with its final commit. Push, publish and upstream
+ * complete from librdkafka's delivery report (kafka_io.c), which already runs on a later
+ * loop iteration than the produce.
+ *
  * Does NOT: buffer for offline sessions (a record whose session is not connected to any
  * node is gone for it), hold back for slow clients (a slow socket is closed 1008 by the
  * core, as on redis-pubsub: the shared consumer is never paused for one client), settle,
  * or talk to librdkafka itself (kafka_io.c does). Loop thread only. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -37,10 +47,13 @@
 #include "broker.h"
 #include "config.h"
 #include "kafka_io.h"
+#include "later.h"
 #include "log.h"
 #include "map.h"
 #include "msg.h"
+#include "qdeliver.h"
 #include "session.h"
+#include "topics.h"
 #include "util.h"
 
 #define KAFKA_CLOSE_CODE 1001 /* sessions still attached when the broker closes: going away */
@@ -112,73 +125,60 @@ struct kafka_part {
     int64_t stored;         /* last done handed to the offset store; -1 none */
 };
 
-/* One local session key with sockets (s->bnext/bprev links them). */
+/* One local session key with sockets. */
 struct kafka_key {
-    struct map_node node;     /* in kafka.keys; node.key points at key[] */
-    struct session *sessions; /* borrowed: attached sockets of this key */
-    char key[];               /* NUL-terminated copy */
-};
-
-/* One broadcast topic with local subscribers. */
-struct kafka_topic {
-    struct map_node node;   /* in kafka.topics; node.key points at name[] */
-    struct kafka_sub *subs; /* borrowed: each owned by its kafka_sess */
-    char name[];            /* NUL-terminated copy */
-};
-
-struct kafka_sub {
-    struct kafka_sub *next; /* borrowed: next subscriber of t */
-    struct kafka_sub *prev; /* borrowed */
-    struct kafka_topic *t;  /* borrowed: NULL when unused (a repeated topic name) */
-    struct session *s;      /* borrowed: the subscriber */
+    struct map_node node; /* in kafka.keys; node.key points at key[] */
+    struct qd_key socks;  /* attached sockets of this key (each a kafka_sess's sock) */
+    char key[];           /* NUL-terminated copy */
 };
 
 /* The backend's state for one attached socket (s->bpriv). */
 struct kafka_sess {
     struct session *s;        /* borrowed: the core's; detach frees this */
-    struct kafka_key *key;    /* borrowed: holds s; NULL once the broker closes */
-    struct kafka_sess *anext; /* borrowed: pending-attach list */
-    struct kafka_sess *aprev; /* borrowed */
-    uint8_t attaching;        /* session_attached has not run yet */
+    struct kafka_key *key;    /* borrowed: holds sock in key->socks; NULL once the broker closes */
+    struct qd_sock sock;      /* embedded: s's place among its key's sockets */
+    struct later_call attach; /* embedded: the 101, queued until it runs (or detach cancels it) */
     struct kafka_ring refs;   /* struct kafka_ref in delivery (seq) order */
     uint16_t nsubs;           /* entries in subs[] (= s->ntopics) */
-    struct kafka_sub subs[];  /* one per topic of s */
+    struct topics_sub subs[]; /* one per topic of s */
 };
 
 struct kafka {
-    struct broker *b;  /* borrowed: b->priv points here */
-    struct kio *io;    /* owned: librdkafka on the loop; closed by kafka_close */
-    uv_idle_t idle;    /* embedded: attach completions, offset stores; active only with work */
-    struct map keys;   /* key -> struct kafka_key (owned) */
-    struct map topics; /* name -> struct kafka_topic (owned) */
-    struct kafka_part *parts;       /* owned: p.recv partitions, grown as records arrive */
-    int32_t nparts;                 /* entries in parts */
-    uint64_t seq;                   /* last msg id given */
-    struct kafka_sess *attach_head; /* borrowed: waiting for session_attached */
-    struct kafka_sess *attach_tail; /* borrowed */
-    uint8_t dirty;                  /* some partition's done is not stored yet */
-    uint8_t closing;                /* close() was called */
-    int close_pending;              /* idle handle and kio still closing */
-    broker_close_cb close_cb;       /* the owner's */
+    struct broker *b;         /* borrowed: b->priv points here */
+    struct kio *io;           /* owned: librdkafka on the loop; closed by kafka_close */
+    struct later later;       /* embedded: attach completions and offset stores, in order */
+    struct later_call store;  /* embedded: kafka_store queued on later (some done moved) */
+    struct map keys;          /* key -> struct kafka_key (owned) */
+    struct topics topics;     /* topic -> local subscribers (topics owned by it) */
+    struct kafka_part *parts; /* owned: p.recv partitions, grown as records arrive */
+    int32_t nparts;           /* entries in parts */
+    uint64_t seq;             /* last msg id given */
+    uint8_t closing;          /* close() was called */
+    int close_pending;        /* later and kio still closing */
+    broker_close_cb close_cb; /* the owner's */
 };
 
-static void kafka_on_idle(uv_idle_t *h);
 static void kafka_store(struct kafka *k);
 
-static void kafka_kick(struct kafka *k)
+static struct kafka_sess *kafka_sess_of(struct qd_sock *q)
 {
-    if (!k->closing && !uv_is_active((uv_handle_t *)&k->idle))
-        uv_idle_start(&k->idle, kafka_on_idle);
+    return (struct kafka_sess *)(void *)((char *)q - offsetof(struct kafka_sess, sock));
 }
 
-/* A partition's done moved: store it this loop iteration (at once while closing). */
-static void kafka_dirty(struct kafka *k)
+static void kafka_on_store_due(void *arg, int status)
 {
-    k->dirty = 1;
+    (void)status;
+    kafka_store(arg);
+}
+
+/* A partition's done moved: store it on this loop iteration's later pass (at once while
+ * closing: nothing more is queued on later then). */
+static void kafka_store_soon(struct kafka *k)
+{
     if (k->closing)
         kafka_store(k);
-    else
-        kafka_kick(k);
+    else if (!later_call_queued(&k->store))
+        later_call_add(&k->later, &k->store, kafka_on_store_due, k, 0);
 }
 
 /* --- offsets --- */
@@ -205,7 +205,7 @@ static void kafka_part_skip(struct kafka *k, struct kafka_part *p, int64_t offse
 {
     if (p->recs.count == 0) {
         p->done = offset + 1;
-        kafka_dirty(k);
+        kafka_store_soon(k);
         return;
     }
     ((struct kafka_rec *)kafka_ring_at(&p->recs, sizeof(struct kafka_rec), p->recs.count - 1))
@@ -238,7 +238,7 @@ static void kafka_release(struct kafka *k, int32_t part, uint64_t seq)
         p->done = rec->end;
         kafka_ring_pop(&p->recs);
     }
-    kafka_dirty(k);
+    kafka_store_soon(k);
 }
 
 /* Hand every partition's new done to the offset store (kafka_io.c: committed later). */
@@ -246,7 +246,6 @@ static void kafka_store(struct kafka *k)
 {
     rd_kafka_topic_partition_list_t *l = NULL;
     const char *topic = kio_topic_name(k->io, KIO_RECV);
-    k->dirty = 0;
     for (int32_t i = 0; i < k->nparts; i++) {
         struct kafka_part *p = &k->parts[i];
         if (p->done < 0 || p->done == p->stored)
@@ -284,6 +283,7 @@ static void kafka_on_recv(struct kafka *k, const rd_kafka_message_t *rm)
 {
     struct kafka_part *p = kafka_part_get(k, rm->partition);
     struct map_node *n = NULL;
+    struct qd_sock *q;
     struct kafka_rec *rec;
     struct msg *m;
     uint32_t taken = 0;
@@ -312,10 +312,13 @@ static void kafka_on_recv(struct kafka *k, const rd_kafka_message_t *rm)
         return;
     }
     seq = ++k->seq;
-    for (struct session *s = map_entry(n, struct kafka_key, node)->sessions; s; s = s->bnext) {
-        struct kafka_sess *ks = s->bpriv;
+    /* every socket of the key, not one of them: qd_key_give's round-robin is for queues */
+    for (q = map_entry(n, struct kafka_key, node)->socks.socks; q != NULL; q = q->next) {
+        struct kafka_sess *ks = kafka_sess_of(q);
         struct kafka_ref *ref;
-        if (kafka_ring_reserve(&ks->refs, sizeof(*ref)) < 0 || session_deliver(s, seq, m) != 0)
+        /* session_deliver, not qd_sock_give: a refusal is not remembered (one from a
+         * failed allocation leaves the socket open), so the next record is offered again */
+        if (kafka_ring_reserve(&ks->refs, sizeof(*ref)) < 0 || session_deliver(q->s, seq, m) != 0)
             continue; /* not taken: nothing to wait for on this socket */
         ref = kafka_ring_push(&ks->refs, sizeof(*ref));
         ref->seq = seq;
@@ -335,19 +338,16 @@ static void kafka_on_recv(struct kafka *k, const rd_kafka_message_t *rm)
 
 static void kafka_on_broadcast(struct kafka *k, const rd_kafka_message_t *rm)
 {
-    struct map_node *n;
-    struct kafka_topic *t;
+    struct topics_topic *t;
     struct msg *m;
     if (rm->key_len == 0 || rm->key_len > KEY_MAX_LEN ||
-        (n = map_get(&k->topics, rm->key, rm->key_len)) == NULL)
+        (t = topics_find(&k->topics, rm->key, rm->key_len)) == NULL)
         return;
-    t = map_entry(n, struct kafka_topic, node);
     if (kafka_too_old(rm, k->b->cfg->ttl_ms) || (m = kafka_msg(k, rm)) == NULL) {
         k->b->dropped++;
         return;
     }
-    for (struct kafka_sub *sub = t->subs; sub != NULL; sub = sub->next)
-        (void)session_deliver(sub->s, 0, m); /* a refusal closes that socket: at-most-once */
+    (void)topics_deliver(t, m); /* a refusal closes that socket: at-most-once */
     msg_unref(m);
 }
 
@@ -373,7 +373,7 @@ static void kafka_on_assigned(void *arg, const rd_kafka_topic_partition_list_t *
             (p = kafka_part_get(k, e->partition)) == NULL || p->next >= 0)
             continue;
         p->done = e->offset;
-        kafka_dirty(k);
+        kafka_store_soon(k);
     }
 }
 
@@ -384,65 +384,34 @@ static const struct kio_handlers kafka_handlers = {
 
 /* --- keys, topics, sessions --- */
 
-/* The map entry for name[0..len), created when create is set; NULL if absent or ENOMEM. */
-static struct map_node *kafka_map_get(struct map *map, const char *name, size_t len, size_t head,
-                                      int create)
+/* The entry of key name[0..len), created when absent; NULL on allocation failure. */
+static struct kafka_key *kafka_key_get(struct kafka *k, const char *name, size_t len)
 {
-    struct map_node *n = map_get(map, name, len);
-    char *e;
-    if (n != NULL || !create)
-        return n;
-    /* head bytes of struct (map_node first), then the name; the node is at offset 0 */
-    if ((e = calloc(1, head + len + 1)) == NULL)
+    struct map_node *n = map_get(&k->keys, name, len);
+    struct kafka_key *key;
+    if (n != NULL)
+        return map_entry(n, struct kafka_key, node);
+    if ((key = calloc(1, sizeof(*key) + len + 1)) == NULL)
         return NULL;
-    memcpy(e + head, name, len);
-    n = (struct map_node *)(void *)e;
-    n->key = e + head;
-    n->key_len = (uint32_t)len;
-    if (map_put(map, n) < 0) {
-        free(e);
+    memcpy(key->key, name, len);
+    key->node.key = key->key;
+    key->node.key_len = (uint32_t)len;
+    if (map_put(&k->keys, &key->node) < 0) { /* only ENOMEM: looked up first */
+        free(key);
         return NULL;
     }
-    return n;
+    return key;
 }
 
-/* Leave every topic of ks; free topics nobody here subscribes to any more. */
-static void kafka_unsubscribe(struct kafka *k, struct kafka_sess *ks)
-{
-    for (uint16_t i = 0; i < ks->nsubs; i++) {
-        struct kafka_sub *sub = &ks->subs[i];
-        struct kafka_topic *t = sub->t;
-        if (t == NULL)
-            continue;
-        if (sub->prev != NULL)
-            sub->prev->next = sub->next;
-        else
-            t->subs = sub->next;
-        if (sub->next != NULL)
-            sub->next->prev = sub->prev;
-        sub->t = NULL;
-        if (t->subs == NULL) {
-            map_remove(&k->topics, &t->node);
-            free(t);
-        }
-    }
-}
-
+/* Take ks out of its key; the key goes with its last socket. */
 static void kafka_key_unlink(struct kafka *k, struct kafka_sess *ks)
 {
     struct kafka_key *key = ks->key;
-    struct session *s = ks->s;
     if (key == NULL)
         return;
-    if (s->bprev != NULL)
-        s->bprev->bnext = s->bnext;
-    else
-        key->sessions = s->bnext;
-    if (s->bnext != NULL)
-        s->bnext->bprev = s->bprev;
-    s->bnext = s->bprev = NULL;
+    qd_key_unlink(&key->socks, &ks->sock);
     ks->key = NULL;
-    if (key->sessions == NULL) {
+    if (key->socks.nsocks == 0) {
         map_remove(&k->keys, &key->node);
         free(key);
     }
@@ -460,40 +429,11 @@ static void kafka_refs_release(struct kafka *k, struct kafka_sess *ks)
     ks->refs = (struct kafka_ring){0};
 }
 
-static void kafka_attach_unlink(struct kafka *k, struct kafka_sess *ks)
-{
-    if (ks->aprev != NULL)
-        ks->aprev->anext = ks->anext;
-    else
-        k->attach_head = ks->anext;
-    if (ks->anext != NULL)
-        ks->anext->aprev = ks->aprev;
-    else
-        k->attach_tail = ks->aprev;
-    ks->anext = ks->aprev = NULL;
-    ks->attaching = 0;
-}
-
 /* --- broker_ops --- */
 
-static void kafka_on_idle(uv_idle_t *h)
+static void kafka_on_open_failed(struct later *l)
 {
-    struct kafka *k = h->data;
-    struct kafka_sess *ks;
-    /* the socket is registered since attach: the 101 goes out now, never inside attach */
-    while ((ks = k->attach_head) != NULL) {
-        kafka_attach_unlink(k, ks);
-        session_attached(ks->s, 0);
-    }
-    if (k->dirty)
-        kafka_store(k);
-    if (k->attach_head == NULL && !k->dirty)
-        uv_idle_stop(h);
-}
-
-static void kafka_on_open_failed(uv_handle_t *h)
-{
-    free(h->data);
+    free(l->data);
 }
 
 static int kafka_open(struct broker *b, uv_loop_t *loop, const struct config *cfg)
@@ -504,14 +444,14 @@ static int kafka_open(struct broker *b, uv_loop_t *loop, const struct config *cf
         return UV_ENOMEM;
     k->b = b;
     map_init(&k->keys);
-    map_init(&k->topics);
-    if ((rc = uv_idle_init(loop, &k->idle)) < 0) {
+    topics_init(&k->topics, NULL, NULL, NULL); /* every node reads all of p.topic: no hooks */
+    if ((rc = later_init(&k->later, loop)) < 0) {
         free(k);
         return rc;
     }
-    k->idle.data = k;
+    k->later.data = k;
     if ((rc = kio_open(&k->io, b, loop, cfg, &kafka_handlers, k)) < 0) {
-        uv_close((uv_handle_t *)&k->idle, kafka_on_open_failed); /* frees k */
+        later_close(&k->later, kafka_on_open_failed); /* frees k */
         return rc;
     }
     b->priv = k;
@@ -525,12 +465,26 @@ static int kafka_ready(struct broker *b)
     return k != NULL && !k->closing && kio_ready(k->io);
 }
 
+/* The attach's completion, queued on k->later: the socket is registered since attach, so
+ * the 101 goes out now, never inside attach. With an error (the broker closed first) ks is
+ * let go and the client gets the error: exactly one session_attached either way. */
+static void kafka_on_attach_due(void *arg, int status)
+{
+    struct kafka_sess *ks = arg;
+    struct session *s = ks->s;
+    if (status < 0) {
+        s->bpriv = NULL;
+        free(ks);
+    }
+    session_attached(s, status);
+}
+
 static int kafka_attach(struct broker *b, struct session *s)
 {
     struct kafka *k = b->priv;
     struct kafka_sess *ks;
-    struct map_node *n;
-    int rc = UV_ENOMEM;
+    struct kafka_key *key;
+    int rc;
     s->bpriv = NULL; /* so that a detach after a failed attach is a no-op */
     if (k == NULL || k->closing)
         return UV_ECANCELED;
@@ -542,51 +496,20 @@ static int kafka_attach(struct broker *b, struct session *s)
         return UV_ENOMEM;
     ks->s = s;
     ks->nsubs = s->ntopics;
-    for (uint16_t i = 0; i < s->ntopics; i++) {
-        size_t len = strnlen(s->topics[i], KEY_MAX_LEN + 1);
-        int dup = 0;
-        for (uint16_t j = 0; j < i && !dup; j++) /* ?topics=a,a: subscribe once */
-            dup = strcmp(s->topics[j], s->topics[i]) == 0;
-        if (dup)
-            continue;
-        if (len == 0 || len > KEY_MAX_LEN) {
-            rc = UV_EINVAL;
-            goto fail;
-        }
-        n = kafka_map_get(&k->topics, s->topics[i], len, sizeof(struct kafka_topic), 1);
-        if (n == NULL)
-            goto fail;
-        struct kafka_topic *t = map_entry(n, struct kafka_topic, node);
-        struct kafka_sub *sub = &ks->subs[i];
-        sub->t = t;
-        sub->s = s;
-        sub->next = t->subs;
-        if (t->subs != NULL)
-            t->subs->prev = sub;
-        t->subs = sub;
+    if ((rc = topics_subscribe(&k->topics, s, ks->subs)) < 0) {
+        free(ks);
+        return rc;
     }
-    if ((n = kafka_map_get(&k->keys, s->key, s->key_len, sizeof(struct kafka_key), 1)) == NULL)
-        goto fail;
-    ks->key = map_entry(n, struct kafka_key, node);
-    s->bprev = NULL;
-    s->bnext = ks->key->sessions;
-    if (s->bnext != NULL)
-        s->bnext->bprev = s;
-    ks->key->sessions = s;
+    if ((key = kafka_key_get(k, s->key, s->key_len)) == NULL) {
+        topics_unsubscribe(&k->topics, ks->subs, ks->nsubs);
+        free(ks);
+        return UV_ENOMEM;
+    }
+    qd_key_link(&key->socks, &ks->sock, s);
+    ks->key = key;
     s->bpriv = ks;
-    ks->attaching = 1;
-    ks->aprev = k->attach_tail;
-    if (k->attach_tail != NULL)
-        k->attach_tail->anext = ks;
-    else
-        k->attach_head = ks;
-    k->attach_tail = ks;
-    kafka_kick(k);
+    later_call_add(&k->later, &ks->attach, kafka_on_attach_due, ks, 0);
     return 0;
-fail:
-    kafka_unsubscribe(k, ks);
-    free(ks);
-    return rc;
 }
 
 static void kafka_detach(struct broker *b, struct session *s)
@@ -595,9 +518,8 @@ static void kafka_detach(struct broker *b, struct session *s)
     struct kafka_sess *ks = s->bpriv;
     if (k == NULL || ks == NULL)
         return; /* never attached, attach failed, or the broker already let it go */
-    if (ks->attaching)
-        kafka_attach_unlink(k, ks); /* session_attached will not run */
-    kafka_unsubscribe(k, ks);
+    later_cancel(&k->later, &ks->attach); /* session_attached will not run */
+    topics_unsubscribe(&k->topics, ks->subs, ks->nsubs);
     kafka_key_unlink(k, ks);
     s->bpriv = NULL;
     kafka_refs_release(k, ks);
@@ -648,35 +570,28 @@ static int kafka_upstream(struct broker *b, struct session *s, struct msg *m, br
     return kio_produce(k->io, KIO_SEND, s->key, s->key_len, m, cb, arg);
 }
 
+/* later and kio are closed (later ran the attaches still pending, with UV_ECANCELED):
+ * free k, then cb. */
 static void kafka_close_step(struct kafka *k)
 {
     struct broker *b = k->b;
     broker_close_cb cb = k->close_cb;
-    struct kafka_sess *ks;
     if (--k->close_pending > 0)
         return;
-    /* attaches that never completed: exactly-once session_attached, with an error */
-    while ((ks = k->attach_head) != NULL) {
-        struct session *s = ks->s;
-        kafka_attach_unlink(k, ks);
-        s->bpriv = NULL;
-        free(ks);
-        session_attached(s, UV_ECANCELED);
-    }
     for (int32_t i = 0; i < k->nparts; i++)
         free(k->parts[i].recs.items);
     free(k->parts);
     map_free(&k->keys);
-    map_free(&k->topics);
+    topics_free(&k->topics);
     b->priv = NULL;
     free(k);
     if (cb != NULL)
         cb(b);
 }
 
-static void kafka_on_idle_closed(uv_handle_t *h)
+static void kafka_on_later_closed(struct later *l)
 {
-    kafka_close_step(h->data);
+    kafka_close_step(l->data);
 }
 
 static void kafka_on_io_closed(void *arg)
@@ -685,8 +600,9 @@ static void kafka_on_io_closed(void *arg)
 }
 
 /* Sockets still attached are closed with 1001 and let go (their unwritten frames count as
- * done, so the final commit covers them); then librdkafka is closed without blocking
- * (kafka_io.c), and cb runs once everything is freed. */
+ * done, so the final commit covers them); pending attaches are answered UV_ECANCELED when
+ * later closes; then librdkafka is closed without blocking (kafka_io.c), and cb runs once
+ * everything is freed. */
 static void kafka_close(struct broker *b, broker_close_cb cb)
 {
     struct kafka *k = b->priv;
@@ -698,23 +614,27 @@ static void kafka_close(struct broker *b, broker_close_cb cb)
     k->close_cb = cb;
     map_iter_init(&iter, &k->keys);
     while ((n = map_iter_next(&iter)) != NULL) {
-        struct session *s = map_entry(n, struct kafka_key, node)->sessions, *next;
-        for (; s != NULL; s = next) {
-            struct kafka_sess *ks = s->bpriv;
-            next = s->bnext;
-            kafka_unsubscribe(k, ks);
+        struct qd_sock *q = map_entry(n, struct kafka_key, node)->socks.socks, *next;
+        for (; q != NULL; q = next) {
+            struct kafka_sess *ks = kafka_sess_of(q);
+            struct session *s = q->s;
+            next = q->next;
+            topics_unsubscribe(&k->topics, ks->subs, ks->nsubs);
             kafka_refs_release(k, ks);
-            kafka_key_unlink(k, ks); /* frees the key with its last session */
-            if (ks->attaching)
-                continue; /* answered in kafka_close_step */
+            kafka_key_unlink(k, ks); /* frees the key with its last socket */
+            if (later_call_queued(&ks->attach)) {
+                later_call_status(&ks->attach, UV_ECANCELED); /* kafka_on_attach_due */
+                continue;
+            }
             s->bpriv = NULL;
             free(ks);
             session_close(s, KAFKA_CLOSE_CODE);
         }
     }
     kafka_store(k);
+    later_cancel(&k->later, &k->store); /* stored just now */
     k->close_pending = 2;
-    uv_close((uv_handle_t *)&k->idle, kafka_on_idle_closed);
+    later_close(&k->later, kafka_on_later_closed);
     kio_close(k->io, kafka_on_io_closed, k);
 }
 
