@@ -132,7 +132,7 @@ backend_start() {
         return 1
         ;;
     esac
-    [ "$NCHAN_STORE" = redis ] && NCHAN_BROKER_PIDS=$REDIS_PID
+    [ "$NCHAN_STORE" = redis ] && NCHAN_BROKER_PIDS=${REDIS_PID:-} # unset: nchan is no target
     return 0
 }
 
