@@ -424,12 +424,11 @@ static void nats_close(struct broker *b, broker_close_cb cb)
     map_iter_init(&it, &p->keys);
     while ((n = map_iter_next(&it)) != NULL) {
         struct nats_key *k = map_entry(n, struct nats_key, node);
-        uint32_t left = k->socks.nsocks;
-        for (struct nats_sess *ns = k->waiting; ns != NULL; ns = ns->wnext)
-            left++;
+        uint32_t left = k->waiting.nsocks + k->socks.nsocks;
         /* the last socket frees the key (after the loop's cursor has moved past it) */
         while (left-- > 0) {
-            struct nats_sess *ns = k->waiting != NULL ? k->waiting : k->socks.socks->s->bpriv;
+            struct qd_sock *q = k->waiting.nsocks > 0 ? k->waiting.socks : k->socks.socks;
+            struct nats_sess *ns = q->s->bpriv;
             struct session *s = ns->s;
             int waiting = ns->waiting;
             nats_sess_free(p, ns);

@@ -230,7 +230,7 @@ void nats_key_fetch(struct nats_broker *p, struct nats_key *k)
     int n, rc;
     if (nats_key_reading(k) || !nats_conn_ready(p) || nats_closing(p))
         return;
-    if (k->waiting == NULL && (!k->pull.may_have_more || !nats_key_room(p, k)))
+    if (k->waiting.nsocks == 0 && (!k->pull.may_have_more || !nats_key_room(p, k)))
         return;
     n = snprintf(body, sizeof(body), "{\"seq\":%" PRIu64 ",\"next_by_subj\":\"%s\"}", k->next_seq,
                  k->subject);
@@ -316,19 +316,6 @@ static void nats_key_rescue_done(struct nats_broker *p, struct nats_key *k, stru
 
 /* --- sockets and keys leaving --- */
 
-/* Take ns out of k's sockets waiting for their 101. */
-static void nats_key_unwait(struct nats_key *k, struct nats_sess *ns)
-{
-    if (ns->wprev != NULL)
-        ns->wprev->wnext = ns->wnext;
-    else
-        k->waiting = ns->wnext;
-    if (ns->wnext != NULL)
-        ns->wnext->wprev = ns->wprev;
-    ns->wprev = ns->wnext = NULL;
-    ns->waiting = 0;
-}
-
 /* Forget k (its last socket left): no more live copies; written messages whose ack
  * could not be sent stay in the stream (delivered again later: at-least-once). nudge: unwritten
  * messages were left in the stream, so tell another node holding the key to read them now (an empty
@@ -372,13 +359,10 @@ void nats_sess_free(struct nats_broker *p, struct nats_sess *ns)
             left = 1;
             nats_pend_remove(k, e);
         }
-        if (ns->waiting)
-            nats_key_unwait(k, ns);
-        else
-            qd_key_unlink(&k->socks, &ns->sock);
+        qd_key_unlink(ns->waiting ? &k->waiting : &k->socks, &ns->sock);
         if (left)
             qd_pull_wake(&k->pull);
-        if (k->socks.nsocks == 0 && k->waiting == NULL)
+        if (k->socks.nsocks == 0 && k->waiting.nsocks == 0)
             nats_key_free(p, k, left);
         else
             nats_key_fetch(p, k);
@@ -401,9 +385,13 @@ static void nats_key_attach_waiting(struct nats_broker *p, uint64_t kid, uint64_
         struct session *s;
         if ((k = nats_key_find(p, kid)) == NULL)
             return;
-        for (ns = k->waiting; ns != NULL; ns = ns->wnext)
-            if (ns->need_fetch <= fetch_no)
+        for (struct qd_sock *q = k->waiting.socks; q != NULL; q = q->next) {
+            struct nats_sess *w = q->s->bpriv;
+            if (w->need_fetch <= fetch_no) {
+                ns = w;
                 break;
+            }
+        }
         if (ns == NULL)
             return;
         s = ns->s;
@@ -411,7 +399,8 @@ static void nats_key_attach_waiting(struct nats_broker *p, uint64_t kid, uint64_
             nats_sess_free(p, ns); /* the core will not call detach after a failed attach */
             session_attached(s, status);
         } else {
-            nats_key_unwait(k, ns);
+            qd_key_unlink(&k->waiting, &ns->sock);
+            ns->waiting = 0;
             qd_key_link(&k->socks, &ns->sock, s); /* it takes messages from now on */
             session_attached(s, 0);
         }
@@ -560,11 +549,7 @@ void nats_key_join(struct nats_broker *p, struct nats_key *k, struct nats_sess *
 {
     ns->k = k;
     ns->waiting = 1;
-    ns->wprev = NULL;
-    ns->wnext = k->waiting;
-    if (k->waiting != NULL)
-        k->waiting->wprev = ns;
-    k->waiting = ns;
+    qd_key_link(&k->waiting, &ns->sock, ns->s);
     ns->need_fetch = k->fetch_sent + 1; /* the next read, sent after our SUBs */
     nats_key_fetch(p, k);               /* (if one is in flight, its reply sends the next) */
 }

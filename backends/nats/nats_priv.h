@@ -146,22 +146,21 @@ struct nats_pend {
 };
 
 /* The backend's state for one socket (s->bpriv). Freed by detach (or a failed attach).
- * A socket waits in its key's `waiting` list until the barrier read answers its 101
- * (nats_key_attach_waiting), then takes messages from k->socks (qdeliver.h: round robin,
- * its window of unacked messages, refused once session_deliver said no). */
+ * Its sock waits in its key's `waiting` until the barrier read answers its 101
+ * (nats_key_attach_waiting), then moves to k->socks and takes messages (qdeliver.h: round
+ * robin, its window of unacked messages, refused once session_deliver said no). */
 struct nats_sess {
-    struct session *s;               /* borrowed: the core's session */
-    struct nats_key *k;              /* borrowed: its key's shared state */
-    struct qd_sock sock;             /* embedded: in k->socks once its 101 went out */
-    struct nats_sess *wprev, *wnext; /* borrowed: k->waiting neighbours while waiting */
-    uint64_t next_id;                /* last msg_id given out */
-    uint64_t need_fetch;             /* the 101 waits for the reply of this key fetch */
-    uint64_t last_ack;               /* stream sequence of the last ack given for s, or 0 */
-    struct nats_settle *settle;      /* borrowed: its settle in progress (in the broker's
-                                      * lists), or NULL */
-    uint8_t waiting;                 /* 1 until its 101: in k->waiting, not in k->socks */
-    uint16_t ntsubs;                 /* entries in tsubs (= s->ntopics) */
-    struct topics_sub tsubs[];       /* its places in p->topics, one per topic of s */
+    struct session *s;          /* borrowed: the core's session */
+    struct nats_key *k;         /* borrowed: its key's shared state */
+    struct qd_sock sock;        /* embedded: in k->waiting, then (101) in k->socks */
+    uint64_t next_id;           /* last msg_id given out */
+    uint64_t need_fetch;        /* the 101 waits for the reply of this key fetch */
+    uint64_t last_ack;          /* stream sequence of the last ack given for s, or 0 */
+    struct nats_settle *settle; /* borrowed: its settle in progress (in the broker's
+                                 * lists), or NULL */
+    uint8_t waiting;            /* 1 until its 101 (sock in k->waiting) */
+    uint16_t ntsubs;            /* entries in tsubs (= s->ntopics) */
+    struct topics_sub tsubs[];  /* its places in p->topics, one per topic of s */
 };
 
 /* A settle in progress (broker_ops.settle): cb(s) runs when the barrier's reply comes
@@ -185,7 +184,7 @@ struct nats_key {
     struct nats_subref ref;       /* in subs while sub is open */
     struct qd_key socks;          /* this node's sockets of the key past their 101 (each a
                                    * nats_sess's sock), round robin */
-    struct nats_sess *waiting;    /* borrowed: sockets whose 101 waits for a read */
+    struct qd_key waiting;        /* sockets whose 101 waits for a read (never given to) */
     uint64_t next_seq;            /* cursor: read from here; below it nothing waits for us */
     uint64_t fetch_sent;          /* reads sent so far */
     struct qd_pull pull;          /* the reads from the cursor (FETCH): may_have_more =
