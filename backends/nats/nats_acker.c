@@ -113,7 +113,8 @@ void nats_settle_unlink(struct nats_broker *p, struct nats_settle *st)
 void nats_settle_cancel(struct nats_broker *p, struct nats_settle *st)
 {
     later_cancel(&p->later, &st->due); /* a due one is queued there */
-    if (st->req != 0) {                /* its reply, if it still comes, completes nothing */
+    if (st->req != 0) {
+        /* its reply, if it still comes, completes nothing */
         struct map_node *n = map_get(&p->req.map, (const char *)&st->req, sizeof(st->req));
         if (n != NULL)
             map_entry(n, struct nats_req, node)->settle = NULL;
@@ -145,9 +146,9 @@ void nats_settle_done(struct nats_broker *p, struct nats_settle *st)
  * handed those messages again by any node. Acks are plain publishes (one per written
  * frame, no round trip); here the last one goes out again with a reply subject, and its
  * reply is the barrier (nats_req_complete). Nothing acked yet, or no connection to
- * confirm on: cb from p->later (the next loop pass). Never blocks. cb never runs when detach(s)
- * comes first, or when the broker is closing or out of memory (the core then closes the socket
- * after its close timeout). */
+ * confirm on: cb from p->later (the next loop pass). Never blocks. cb never runs when
+ * detach(s) comes first, or when the broker is closing or out of memory (the core then
+ * closes the socket after its close timeout). */
 void nats_settle(struct broker *b, struct session *s, broker_settle_cb cb)
 {
     struct nats_broker *p = b->priv;

@@ -7,8 +7,8 @@
  * (nats_drops_apply). The async handler also runs the clean-up of a connection we took
  * as lost, and advances a close.
  * Does NOT: interpret messages (keys, topics, requests and the acker do), touch a
- * session, or run deferred callbacks (p->later does: later.h). Threads: *_thread_cb on nats.c's
- * threads (they touch only xq); the rest on the loop. */
+ * session, or run deferred callbacks (p->later does: later.h). Threads: *_thread_cb on
+ * nats.c's threads (they touch only xq); the rest on the loop. */
 #include <stdio.h>
 #include <string.h>
 
