@@ -66,12 +66,21 @@ void qd_key_unlink(struct qd_key *k, struct qd_sock *q);
  * it. With window > 0 only sockets with room (qd_sock_room, session_can_take(m->len)) are
  * offered it. Returns the socket that took it, or NULL (none could: the backend keeps m). */
 struct qd_sock *qd_key_give(struct qd_key *k, uint32_t window, uint64_t id, struct msg *m);
+/* The choice of qd_key_give without the giving, for a backend that must prepare per socket
+ * (its own message id, a slot in its table) before it gives: the next socket in round-robin
+ * order from k->rr that could take a message of len bytes (qd_sock_can_take), each looked
+ * at most once; k->rr moves past it. NULL when none could. The caller then calls
+ * qd_sock_give; after a refusal the next call goes on from there. */
+struct qd_sock *qd_key_next(struct qd_key *k, uint32_t window, size_t len);
 
 /* --- one socket's window --- */
 
 /* Messages q can still be given or promised: window - unacked - promised, 0 when refused or
  * full. window 0: no window (returns UINT32_MAX unless refused). */
 uint32_t qd_sock_room(const struct qd_sock *q, uint32_t window);
+/* Could q be given a message of len bytes now: not refused and, with window > 0, room in
+ * its window (qd_sock_room) and in its send buffer (session_can_take). Changes nothing. */
+int qd_sock_can_take(const struct qd_sock *q, uint32_t window, size_t len);
 /* session_deliver(q->s, id, m). 0: taken, counted in unacked when id != 0. < 0: refused
  * (q->refused is set; the message was not taken and stays the backend's). */
 int qd_sock_give(struct qd_sock *q, uint64_t id, struct msg *m);

@@ -63,20 +63,33 @@ int qd_sock_ack(struct qd_sock *q, uint32_t window)
     return qd_sock_room(q, window) > 0;
 }
 
-struct qd_sock *qd_key_give(struct qd_key *k, uint32_t window, uint64_t id, struct msg *m)
+int qd_sock_can_take(const struct qd_sock *q, uint32_t window, size_t len)
+{
+    if (q->refused)
+        return 0;
+    return window == 0 || (qd_sock_room(q, window) > 0 && session_can_take(q->s, len));
+}
+
+struct qd_sock *qd_key_next(struct qd_key *k, uint32_t window, size_t len)
 {
     for (uint32_t tries = k->nsocks; tries > 0; tries--) {
         struct qd_sock *q = k->rr;
         if (q == NULL)
             break; /* defensive: only an unlink from inside session_deliver could do this */
         k->rr = q->next != NULL ? q->next : k->socks;
-        if (q->refused)
-            continue;
-        if (window > 0 && (qd_sock_room(q, window) == 0 || !session_can_take(q->s, m->len)))
-            continue;
-        if (qd_sock_give(q, id, m) == 0)
+        if (qd_sock_can_take(q, window, len))
             return q;
     }
+    return NULL;
+}
+
+struct qd_sock *qd_key_give(struct qd_key *k, uint32_t window, uint64_t id, struct msg *m)
+{
+    struct qd_sock *q;
+    /* a refusal marks q refused, so the next look skips it: this ends */
+    while ((q = qd_key_next(k, window, m->len)) != NULL)
+        if (qd_sock_give(q, id, m) == 0)
+            return q;
     return NULL;
 }
 

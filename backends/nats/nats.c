@@ -109,7 +109,7 @@ static void nats_free(struct nats_broker *p)
     map_free(&p->keys_by_id);
     free(p->retry.kids);
     map_free(&p->req.map);
-    map_free(&p->topics);
+    topics_free(&p->topics);
     map_free(&p->subs);
     natsOptions_Destroy(p->opts);
     free(p);
@@ -118,6 +118,13 @@ static void nats_free(struct nats_broker *p)
 static void nats_on_open_failed_closed(uv_handle_t *h)
 {
     struct nats_broker *p = h->data;
+    if (--p->open_handles == 0)
+        nats_free(p);
+}
+
+static void nats_on_open_failed_later_closed(struct later *l)
+{
+    struct nats_broker *p = l->data;
     if (--p->open_handles == 0)
         nats_free(p);
 }
@@ -136,7 +143,7 @@ static int nats_open(struct broker *b, uv_loop_t *loop, const struct config *cfg
     map_init(&p->keys);
     map_init(&p->keys_by_id);
     map_init(&p->req.map);
-    map_init(&p->topics);
+    topics_init(&p->topics, nats_topic_on_first, nats_topic_on_last, p);
     map_init(&p->subs);
     p->window = cfg->max_inflight > 0 ? cfg->max_inflight : 1;
     /* consumer_pull = always: as if the server needed it */
@@ -180,9 +187,10 @@ static int nats_open(struct broker *b, uv_loop_t *loop, const struct config *cfg
     uv_timer_init(loop, &p->check.timer);
     uv_timer_init(loop, &p->retry.timer);
     uv_timer_init(loop, &p->acker.timer);
+    (void)later_init(&p->later, loop); /* uv_idle_init: cannot fail either */
     p->async.data = p->req.timer.data = p->check.timer.data = p->retry.timer.data = p;
-    p->acker.timer.data = p;
-    p->open_handles = 5;
+    p->acker.timer.data = p->later.data = p;
+    p->open_handles = 6;
     p->last_rx = uv_now(loop);
     nats_url_redact(cfg->nats_url, url, sizeof(url));
 
@@ -274,6 +282,7 @@ fail:
     uv_close((uv_handle_t *)&p->check.timer, nats_on_open_failed_closed);
     uv_close((uv_handle_t *)&p->retry.timer, nats_on_open_failed_closed);
     uv_close((uv_handle_t *)&p->acker.timer, nats_on_open_failed_closed);
+    later_close(&p->later, nats_on_open_failed_later_closed); /* nothing queued yet */
     return rc < 0 ? rc : UV_EINVAL;
 }
 
@@ -297,26 +306,17 @@ static int nats_attach(struct broker *b, struct session *s)
         return UV_ECANCELED;
     if (!nats_ready(b))
         return UV_EAGAIN; /* 503: clients retry; nothing is held for them */
-    if ((ns = calloc(1, sizeof(*ns))) == NULL)
+    if ((ns = calloc(1, sizeof(*ns) + (size_t)s->ntopics * sizeof(ns->tsubs[0]))) == NULL)
         return UV_ENOMEM;
-    if (s->ntopics > 0 && (ns->tsubs = calloc(s->ntopics, sizeof(*ns->tsubs))) == NULL) {
-        free(ns);
-        return UV_ENOMEM;
-    }
     ns->ntsubs = s->ntopics;
     ns->s = s;
     s->bpriv = ns;
-    if ((rc = nats_sess_topics(p, ns)) < 0 || (rc = nats_key_get(p, s->key, s->key_len, &k)) < 0) {
+    if ((rc = topics_subscribe(&p->topics, s, ns->tsubs)) < 0 ||
+        (rc = nats_key_get(p, s->key, s->key_len, &k)) < 0) {
         nats_sess_free(p, ns);
         return rc;
     }
-    ns->k = k;
-    ns->knext = k->socks;
-    if (k->socks != NULL)
-        k->socks->kprev = ns;
-    k->socks = ns;
-    ns->need_fetch = k->fetch_sent + 1; /* the next read, sent after our SUBs */
-    nats_key_fetch(p, k);               /* (if one is in flight, its reply sends the next) */
+    nats_key_join(p, k, ns);
     return 0;
 }
 
@@ -338,24 +338,28 @@ static void nats_detach(struct broker *b, struct session *s)
 
 /* --- close --- */
 
-static void nats_on_handle_closed(uv_handle_t *h)
+/* One of our handles is closed; after the last one (later ran every call still queued:
+ * accepted pushes and publishes got their one callback) free p, then the owner's cb. */
+static void nats_close_handle_done(struct nats_broker *p)
 {
-    struct nats_broker *p = h->data;
     struct broker *b = p->b;
     broker_close_cb cb = p->close_cb;
-    struct nats_done *d;
     if (--p->open_handles > 0)
         return;
-    /* Accepted pushes and publishes still get their one callback. */
-    while ((d = p->done) != NULL) {
-        p->done = d->next;
-        d->cb(d->arg, d->status);
-        free(d);
-    }
     b->priv = NULL;
     nats_free(p);
     if (cb != NULL)
         cb(b);
+}
+
+static void nats_on_handle_closed(uv_handle_t *h)
+{
+    nats_close_handle_done(h->data);
+}
+
+static void nats_on_later_closed(struct later *l)
+{
+    nats_close_handle_done(l->data);
 }
 
 /* Advance the close: first natsConnection_Close on the thread pool (it flushes our acks
@@ -413,27 +417,33 @@ static void nats_close(struct broker *b, broker_close_cb cb)
     while ((r = p->req.head) != NULL) {
         nats_req_unlink(p, r);
         if (r->kind == NATS_REQ_PUSH)
-            (void)nats_done_add(p, r->cb, r->arg, UV_ECANCELED);
+            (void)later_push_done(&p->later, r->cb, r->arg, UV_ECANCELED);
         free(r);
     }
     uv_timer_stop(&p->req.timer);
     map_iter_init(&it, &p->keys);
     while ((n = map_iter_next(&it)) != NULL) {
         struct nats_key *k = map_entry(n, struct nats_key, node);
-        struct nats_sess *ns;
+        uint32_t left = k->waiting.nsocks + k->socks.nsocks;
         /* the last socket frees the key (after the loop's cursor has moved past it) */
-        while ((ns = k->socks) != NULL) {
+        while (left-- > 0) {
+            struct qd_sock *q = k->waiting.nsocks > 0 ? k->waiting.socks : k->socks.socks;
+            struct nats_sess *ns = q->s->bpriv;
             struct session *s = ns->s;
-            int attached = ns->state != NATS_SESS_WAITING, last = ns->knext == NULL;
+            int waiting = ns->waiting;
             nats_sess_free(p, ns);
-            if (attached)
-                session_close(s, NATS_CLOSE_CODE);
-            else
+            if (waiting)
                 session_attached(s, UV_ECANCELED);
-            if (last)
-                break;
+            else
+                session_close(s, NATS_CLOSE_CODE);
         }
     }
+    /* settles due get no callback at close (the core closes their sockets) */
+    for (struct nats_settle *st = p->settle_due; st != NULL; st = st->next)
+        later_cancel(&p->later, &st->due);
+    /* the pushes cancelled above (and publishes accepted before) get their callback once
+     * later's handle is closed, a pass or so from now; p goes with the last handle */
+    later_close(&p->later, nats_on_later_closed);
     nats_unsubscribe(p, &p->req.sub, NULL);
     nats_unsubscribe(p, &p->acker.sub, NULL);
     log_info("event=broker_close type=nats");

@@ -112,13 +112,23 @@ void nats_settle_unlink(struct nats_broker *p, struct nats_settle *st)
 /* Forget st without calling back: its session was detached first. */
 void nats_settle_cancel(struct nats_broker *p, struct nats_settle *st)
 {
-    if (st->req != 0) { /* its reply, if it still comes, completes nothing */
+    later_cancel(&p->later, &st->due); /* a due one is queued there */
+    if (st->req != 0) {
+        /* its reply, if it still comes, completes nothing */
         struct map_node *n = map_get(&p->req.map, (const char *)&st->req, sizeof(st->req));
         if (n != NULL)
             map_entry(n, struct nats_req, node)->settle = NULL;
     }
     nats_settle_unlink(p, st);
     free(st);
+}
+
+/* A due settle's turn on p->later: nothing to confirm, or no way to. */
+static void nats_on_settle_due(void *arg, int status)
+{
+    struct nats_settle *st = arg;
+    (void)status;
+    nats_settle_done(st->p, st);
 }
 
 /* st is complete: call back (the core detaches s inside). */
@@ -136,9 +146,9 @@ void nats_settle_done(struct nats_broker *p, struct nats_settle *st)
  * handed those messages again by any node. Acks are plain publishes (one per written
  * frame, no round trip); here the last one goes out again with a reply subject, and its
  * reply is the barrier (nats_req_complete). Nothing acked yet, or no connection to
- * confirm on: cb from the async handler. Never blocks. cb never runs when detach(s) comes
- * first, or when the broker is closing or out of memory (the core then closes the
- * socket after its close timeout). */
+ * confirm on: cb from p->later (the next loop pass). Never blocks. cb never runs when
+ * detach(s) comes first, or when the broker is closing or out of memory (the core then
+ * closes the socket after its close timeout). */
 void nats_settle(struct broker *b, struct session *s, broker_settle_cb cb)
 {
     struct nats_broker *p = b->priv;
@@ -152,6 +162,7 @@ void nats_settle(struct broker *b, struct session *s, broker_settle_cb cb)
         p->b->errors++;
         return;
     }
+    st->p = p;
     st->s = s;
     st->ns = ns;
     st->cb = cb;
@@ -171,5 +182,5 @@ void nats_settle(struct broker *b, struct session *s, broker_settle_cb cb)
     nats_settle_push(&p->settle_due, st);
     if (ns != NULL)
         ns->settle = st;
-    nats_kick(p);
+    later_call_add(&p->later, &st->due, nats_on_settle_due, st, 0);
 }

@@ -108,8 +108,7 @@ static void nats_resume(struct nats_broker *p)
             if (k->npend == n)
                 i++;
         }
-        k->maybe_unread = 1;
-        nats_key_fetch(p, k);
+        nats_key_wake(p, k);
     }
     p->acker.pull_out = 0; /* requests do not survive a reconnect */
     nats_acker_pull(p);
@@ -137,13 +136,13 @@ static void nats_seq_reset(struct nats_broker *p, uint64_t last)
                 i++;
                 continue;
             }
-            if (e->ns != NULL && e->ns->live > 0)
-                e->ns->live--;
+            if (e->ns != NULL) /* its window slot comes back now */
+                (void)qd_sock_ack(&e->ns->sock, p->window);
             nats_pend_remove(k, e);
         }
         k->next_seq = 0;
         k->gap_from = 0;
-        k->maybe_unread = 1;
+        (void)qd_pull_wake(&k->pull);
     }
     p->max_seq = last;
 }
@@ -158,8 +157,7 @@ void nats_rescan(struct nats_broker *p)
     while ((n = map_iter_next(&it)) != NULL) {
         struct nats_key *k = map_entry(n, struct nats_key, node);
         k->next_seq = 0;
-        k->maybe_unread = 1;
-        nats_key_fetch(p, k);
+        nats_key_wake(p, k);
     }
 }
 

@@ -4,11 +4,11 @@
  * dispatches each event to the file that owns it. Live messages (a key's deliver subject,
  * topics: anyone may publish there) are bounded in bytes at the hand-over; what is
  * dropped over the bound is remembered per subscription and made good here
- * (nats_drops_apply). The async handler also runs deferred push callbacks and due
- * settles, and advances a close.
- * Does NOT: interpret messages (keys, topics, requests and the acker do), or touch a
- * session. Threads: *_thread_cb on nats.c's threads (they touch only xq); the rest on
- * the loop. */
+ * (nats_drops_apply). The async handler also runs the clean-up of a connection we took
+ * as lost, and advances a close.
+ * Does NOT: interpret messages (keys, topics, requests and the acker do), touch a
+ * session, or run deferred callbacks (p->later does: later.h). Threads: *_thread_cb on
+ * nats.c's threads (they touch only xq); the rest on the loop. */
 #include <stdio.h>
 #include <string.h>
 
@@ -231,25 +231,6 @@ void nats_grave_flush(struct nats_broker *p, int unsubscribe)
 
 /* --- the loop side of xq --- */
 
-/* Run cb(arg, status) from the async handler (never inside the caller's call). */
-int nats_done_add(struct nats_broker *p, broker_push_cb cb, void *arg, int status)
-{
-    struct nats_done *d = malloc(sizeof(*d));
-    if (d == NULL)
-        return UV_ENOMEM;
-    d->next = NULL;
-    d->cb = cb;
-    d->arg = arg;
-    d->status = status;
-    if (p->done_tail != NULL)
-        p->done_tail->next = d;
-    else
-        p->done = d;
-    p->done_tail = d;
-    nats_kick(p);
-    return 0;
-}
-
 /* Live messages were dropped at the hand-over (nats_xq_push) since the last pass: a key
  * with a dropped copy reads the stream from its cursor, which delivers it (messages we
  * hold or acked lately are skipped, removed ones are not returned); dropped broadcasts
@@ -273,8 +254,7 @@ static void nats_drops_apply(struct nats_broker *p, const struct nats_drop *d, s
             p->b->errors += d[i].count;
             if (d[i].seq == 0)
                 k->next_seq = 0;
-            k->maybe_unread = 1;
-            nats_key_fetch(p, k);
+            nats_key_wake(p, k);
         } else { /* a broadcast, or a subscription gone since (then stored ones stay) */
             p->ovl.dropped += d[i].count;
             p->b->dropped += d[i].count;
@@ -321,7 +301,6 @@ void nats_on_async(uv_async_t *h)
     struct nats_broker *p = h->data;
     struct nats_ev *evs;
     size_t n, cap;
-    struct nats_done *d;
     struct nats_drop drops[NATS_DROP_SLOTS];
     int subs_left, closed;
     uint64_t lost, drops_more;
@@ -392,27 +371,6 @@ void nats_on_async(uv_async_t *h)
         p->cleanup_pending = 0;
         nats_on_disconnected(p, 0);
     }
-    /* Deferred push/publish callbacks queued before this pass (one queued by a callback
-     * waits for the next pass, so this never spins). */
-    if (!nats_closing(p) && (d = p->done) != NULL) {
-        p->done = p->done_tail = NULL;
-        while (d != NULL) {
-            struct nats_done *next = d->next;
-            if (nats_closing(p)) { /* a callback closed the broker: the rest run at its end */
-                d->next = p->done;
-                p->done = d;
-                if (p->done_tail == NULL)
-                    for (p->done_tail = d; p->done_tail->next != NULL;)
-                        p->done_tail = p->done_tail->next;
-                break;
-            }
-            d->cb(d->arg, d->status);
-            free(d);
-            d = next;
-        }
-    }
-    while (!nats_closing(p) && p->settle_due != NULL)
-        nats_settle_done(p, p->settle_due); /* nothing to confirm, or no way to */
     if (!nats_closing(p))
         return;
     uv_mutex_lock(&p->xq.lock);

@@ -1,10 +1,13 @@
 /* nats_keys.c — one session key's delivery on this node (struct nats_key, shared by its
  * sockets here): the live copies, the cursor and its reads (DIRECT.GET next_by_subj), the
- * window per socket, the table of messages delivered and not yet removed, the ack after
- * the write (broker_ops.ack), the rescue of a message stuck on another node, and what a
- * leaving socket leaves behind (the cursor goes back; the last one nudges another node).
- * maybe_unread says messages may wait in the stream at or after the cursor: a live copy
- * is delivered at once only when it is 0 and no read is in flight, so order holds.
+ * table of messages delivered and not yet removed, the ack after the write
+ * (broker_ops.ack), the rescue of a message stuck on another node, the sockets waiting
+ * for their 101, and what a leaving socket leaves behind (the cursor goes back; the last
+ * one nudges another node). The key's sockets past their 101, the round robin among them
+ * and each one's window are qdeliver.h's (k->socks, ns->sock); so is the bookkeeping of
+ * the reads from the cursor (k->pull): may_have_more says messages may wait in the stream
+ * at or after the cursor, and a live copy is delivered at once only when it is 0 and no
+ * read is in flight, so order holds.
  * Does NOT: subscribe or parse replies itself (nats_events.c, nats_request.c), or handle
  * topics. Thread: the loop. */
 #include <inttypes.h>
@@ -37,21 +40,26 @@ static uint64_t nats_header_seq(natsMsg *nm, const char *name)
     return strtoull(v, NULL, 10);
 }
 
+/* A read (FETCH from the cursor, or RESCUE from gap_from) is in flight: one at a time. */
+static int nats_key_reading(const struct nats_key *k)
+{
+    return k->pull.asked > 0 || k->rescuing;
+}
+
 /* --- the pending table and recent acks --- */
 
-static struct nats_pend *nats_pend_add(struct nats_key *k, uint64_t seq, uint64_t id,
-                                       struct nats_sess *ns, uint32_t epoch)
+/* Room for one more entry in k's pending table (filled once a socket took the message). */
+static int nats_pend_reserve(struct nats_key *k)
 {
     if (k->npend == k->pend_cap) {
         uint32_t cap = k->pend_cap ? k->pend_cap * 2 : 8;
         struct nats_pend *a = realloc(k->pend, cap * sizeof(*a));
         if (a == NULL)
-            return NULL;
+            return UV_ENOMEM;
         k->pend = a;
         k->pend_cap = cap;
     }
-    k->pend[k->npend] = (struct nats_pend){.seq = seq, .id = id, .ns = ns, .epoch = epoch};
-    return &k->pend[k->npend++];
+    return 0;
 }
 
 static struct nats_pend *nats_pend_find_seq(struct nats_key *k, uint64_t seq)
@@ -111,7 +119,7 @@ static void nats_key_later(struct nats_broker *p, struct nats_key *k)
 /* Read k again after NATS_RETRY_MS (its read failed or could not be sent). */
 static void nats_key_retry_later(struct nats_broker *p, struct nats_key *k)
 {
-    k->maybe_unread = 1;
+    qd_pull_abort(&k->pull, 1);
     nats_key_later(p, k);
 }
 
@@ -168,59 +176,45 @@ void nats_pend_ack(struct nats_broker *p, struct nats_key *k, struct nats_pend *
 
 /* --- delivery and reads --- */
 
-/* Can ns take a message of len bytes now: attached, window not full, and its unsent
- * bytes within max_send_buffer (else the message waits in the stream: backpressure, not
- * a 1008 for a client that reads slowly)? */
-static int nats_sess_room(const struct nats_broker *p, const struct nats_sess *ns, size_t len)
-{
-    return ns->state == NATS_SESS_ATTACHED && ns->live < p->window && session_can_take(ns->s, len);
-}
-
-/* Can a socket of k take one more (small) message? */
+/* Can a socket of k past its 101 take one more (small) message: its window not full, and
+ * its unsent bytes within max_send_buffer (else the message waits in the stream:
+ * backpressure, not a 1008 for a client that reads slowly)? */
 static int nats_key_room(const struct nats_broker *p, const struct nats_key *k)
 {
-    for (const struct nats_sess *ns = k->socks; ns != NULL; ns = ns->knext)
-        if (nats_sess_room(p, ns, 0))
+    for (const struct qd_sock *q = k->socks.socks; q != NULL; q = q->next)
+        if (qd_sock_can_take(q, p->window, 0))
             return 1;
     return 0;
 }
 
-/* Give the stored message seq to one attached socket of k with room in its window (round
- * robin). Returns 1 when a socket took it, 0 when none could (it stays in the stream). */
+/* Give the stored message seq to one socket of k with room (round robin, qd_key_next),
+ * with that socket's next msg_id and an entry in the pending table. Returns 1 when a
+ * socket took it, 0 when none could (it stays in the stream). The message is copied only
+ * once a socket could take it. */
 static int nats_key_deliver(struct nats_broker *p, struct nats_key *k, uint64_t seq,
                             const void *data, size_t len)
 {
-    struct nats_sess *start = k->rr != NULL ? k->rr : k->socks, *ns = start;
+    struct qd_sock *q;
     struct msg *m = NULL;
-    if (ns == NULL)
-        return 0;
-    do {
-        if (nats_sess_room(p, ns, len)) {
-            struct nats_pend *e;
-            uint64_t id = ns->next_id + 1;
-            if (m == NULL && (m = msg_new_copy(data, len, p->cfg->frame_type)) == NULL)
-                break;
-            if ((e = nats_pend_add(k, seq, id, ns, p->epoch)) == NULL)
-                break;
-            if (session_deliver(ns->s, id, m) < 0) {
-                /* closing (over max_send_buffer, or going away): not taken */
-                nats_pend_remove(k, e);
-                ns->state = NATS_SESS_REFUSED;
-            } else {
-                ns->next_id = id;
-                ns->live++;
-                k->rr = ns->knext;
-                msg_unref(m);
-                return 1;
-            }
-        }
-        ns = ns->knext != NULL ? ns->knext : k->socks;
-    } while (ns != start);
+    while ((q = qd_key_next(&k->socks, p->window, len)) != NULL) {
+        struct nats_sess *ns = q->s->bpriv;
+        uint64_t id = ns->next_id + 1;
+        if (m == NULL && (m = msg_new_copy(data, len, p->cfg->frame_type)) == NULL)
+            break;
+        if (nats_pend_reserve(k) < 0)
+            break;
+        if (qd_sock_give(q, id, m) < 0)
+            continue; /* closing (over max_send_buffer, or going away): not taken */
+        ns->next_id = id;
+        k->pend[k->npend++] = (struct nats_pend){.seq = seq, .id = id, .ns = ns, .epoch = p->epoch};
+        msg_unref(m);
+        return 1;
+    }
     msg_unref(m);
     /* Not taken. An ack (a write) will make room, unless none of them has anything of
      * ours in flight (the bytes ahead are broadcasts): then look again from the timer. */
-    for (ns = k->socks; ns != NULL; ns = ns->knext)
-        if (ns->live > 0)
+    for (q = k->socks.socks; q != NULL; q = q->next)
+        if (q->unacked > 0)
             return 0;
     nats_key_later(p, k);
     return 0;
@@ -233,12 +227,10 @@ void nats_key_fetch(struct nats_broker *p, struct nats_key *k)
 {
     char body[NATS_NAME_SUBJ + 64];
     struct nats_req *r;
-    int waiting = 0, n, rc;
-    if (k->fetching || !nats_conn_ready(p) || nats_closing(p))
+    int n, rc;
+    if (nats_key_reading(k) || !nats_conn_ready(p) || nats_closing(p))
         return;
-    for (struct nats_sess *ns = k->socks; ns != NULL && !waiting; ns = ns->knext)
-        waiting = ns->state == NATS_SESS_WAITING;
-    if (!waiting && (!k->maybe_unread || !nats_key_room(p, k)))
+    if (k->waiting.nsocks == 0 && (!k->pull.may_have_more || !nats_key_room(p, k)))
         return;
     n = snprintf(body, sizeof(body), "{\"seq\":%" PRIu64 ",\"next_by_subj\":\"%s\"}", k->next_seq,
                  k->subject);
@@ -256,8 +248,13 @@ void nats_key_fetch(struct nats_broker *p, struct nats_key *k)
         return;
     }
     k->fetch_sent++;
-    k->fetching = 1;
-    k->maybe_unread = 0; /* a live copy skipped meanwhile sets it again */
+    qd_pull_start(&k->pull, 1); /* a live copy skipped meanwhile asks for another */
+}
+
+void nats_key_wake(struct nats_broker *p, struct nats_key *k)
+{
+    if (qd_pull_wake(&k->pull)) /* else the read in flight is followed by another */
+        nats_key_fetch(p, k);
 }
 
 /* Read the oldest message of k still stored at or after gap_from: one that another node
@@ -269,7 +266,7 @@ static void nats_key_rescue(struct nats_broker *p, struct nats_key *k)
     char body[NATS_NAME_SUBJ + 64];
     struct nats_req *r;
     int n;
-    if (k->fetching || k->gap_from == 0 || !nats_conn_ready(p) || nats_closing(p))
+    if (nats_key_reading(k) || k->gap_from == 0 || !nats_conn_ready(p) || nats_closing(p))
         return;
     if (!nats_key_room(p, k)) {
         nats_key_later(p, k);
@@ -289,7 +286,7 @@ static void nats_key_rescue(struct nats_broker *p, struct nats_key *k)
         nats_key_later(p, k);
         return;
     }
-    k->fetching = 1;
+    k->rescuing = 1;
 }
 
 /* The reply to a rescue read (seq 0: nothing stored at or after gap_from). */
@@ -348,8 +345,7 @@ void nats_sess_free(struct nats_broker *p, struct nats_sess *ns)
     struct nats_key *k = ns->k;
     if (ns->settle != NULL)
         nats_settle_cancel(p, ns->settle); /* detach before the settle's end cancels it */
-    for (uint16_t i = 0; i < ns->ntsubs; i++)
-        nats_topic_unlink(p, &ns->tsubs[i]);
+    topics_unsubscribe(&p->topics, ns->tsubs, ns->ntsubs);
     if (k != NULL) {
         int left = 0;
         for (uint32_t i = 0; i < k->npend;) {
@@ -363,24 +359,16 @@ void nats_sess_free(struct nats_broker *p, struct nats_sess *ns)
             left = 1;
             nats_pend_remove(k, e);
         }
-        if (ns->kprev != NULL)
-            ns->kprev->knext = ns->knext;
-        else
-            k->socks = ns->knext;
-        if (ns->knext != NULL)
-            ns->knext->kprev = ns->kprev;
-        if (k->rr == ns)
-            k->rr = ns->knext;
+        qd_key_unlink(ns->waiting ? &k->waiting : &k->socks, &ns->sock);
         if (left)
-            k->maybe_unread = 1;
-        if (k->socks == NULL)
+            qd_pull_wake(&k->pull);
+        if (k->socks.nsocks == 0 && k->waiting.nsocks == 0)
             nats_key_free(p, k, left);
         else
             nats_key_fetch(p, k);
     }
     if (ns->s != NULL)
         ns->s->bpriv = NULL;
-    free(ns->tsubs);
     free(ns);
 }
 
@@ -397,9 +385,13 @@ static void nats_key_attach_waiting(struct nats_broker *p, uint64_t kid, uint64_
         struct session *s;
         if ((k = nats_key_find(p, kid)) == NULL)
             return;
-        for (ns = k->socks; ns != NULL; ns = ns->knext)
-            if (ns->state == NATS_SESS_WAITING && ns->need_fetch <= fetch_no)
+        for (struct qd_sock *q = k->waiting.socks; q != NULL; q = q->next) {
+            struct nats_sess *w = q->s->bpriv;
+            if (w->need_fetch <= fetch_no) {
+                ns = w;
                 break;
+            }
+        }
         if (ns == NULL)
             return;
         s = ns->s;
@@ -407,7 +399,9 @@ static void nats_key_attach_waiting(struct nats_broker *p, uint64_t kid, uint64_
             nats_sess_free(p, ns); /* the core will not call detach after a failed attach */
             session_attached(s, status);
         } else {
-            ns->state = NATS_SESS_ATTACHED;
+            qd_key_unlink(&k->waiting, &ns->sock);
+            ns->waiting = 0;
+            qd_key_link(&k->socks, &ns->sock, s); /* it takes messages from now on */
             session_attached(s, 0);
         }
     }
@@ -422,7 +416,8 @@ void nats_key_fetch_done(struct nats_broker *p, struct nats_req *r, int status, 
     uint64_t seq = 0;
     if (k == NULL)
         return;
-    k->fetching = 0;
+    if (r->kind == NATS_REQ_RESCUE)
+        k->rescuing = 0;
     if (status == 0 && nm != NULL) {
         seq = nats_header_seq(nm, NATS_SEQ_HDR);
         if (seq > p->max_seq)
@@ -455,20 +450,19 @@ void nats_key_fetch_done(struct nats_broker *p, struct nats_req *r, int status, 
             nats_key_fetch(p, k);
         return;
     }
+    /* A message found: more may follow (with no room it waits for an ack). None (404): read
+     * again only when a live copy was skipped or the cursor moved meanwhile. */
+    qd_pull_done(&k->pull, seq != 0);
     nats_key_attach_waiting(p, r->kid, r->fetch_no, 0);
     if ((k = nats_key_find(p, r->kid)) == NULL)
         return;
-    if (seq != 0) {
-        if (k->next_seq != r->seq) {
-            k->maybe_unread = 1; /* the cursor moved back while this read was out: read again */
-        } else if (nats_key_ours(k, seq)) {
-            k->next_seq = seq + 1; /* ours already (unwritten, or acked: removal on its way) */
-            k->maybe_unread = 1;
-        } else {
-            k->maybe_unread = 1; /* more may follow; with no room it waits for an ack */
-            if (nats_key_deliver(p, k, seq, natsMsg_GetData(nm), (size_t)natsMsg_GetDataLength(nm)))
-                k->next_seq = seq + 1;
-        }
+    if (seq == 0 || k->next_seq != r->seq) {
+        /* nothing, or the cursor moved back while this read was out: read again */
+    } else if (nats_key_ours(k, seq)) {
+        k->next_seq = seq + 1; /* ours already (unwritten, or acked: removal on its way) */
+    } else if (nats_key_deliver(p, k, seq, natsMsg_GetData(nm),
+                                (size_t)natsMsg_GetDataLength(nm))) {
+        k->next_seq = seq + 1;
     }
     nats_key_fetch(p, k);
 }
@@ -483,13 +477,12 @@ void nats_on_live_msg(struct nats_broker *p, struct nats_key *k, natsMsg *nm)
         p->max_seq = seq;
     if (seq == 0) {
         k->next_seq = 0;
-        k->maybe_unread = 1;
-        nats_key_fetch(p, k);
+        nats_key_wake(p, k);
         return;
     }
     if (seq < k->next_seq)
         return; /* read already (or ours) */
-    if (!k->fetching && !k->maybe_unread &&
+    if (!nats_key_reading(k) && !k->pull.may_have_more &&
         nats_key_deliver(p, k, seq, natsMsg_GetData(nm), (size_t)natsMsg_GetDataLength(nm))) {
         uint64_t last = nats_header_seq(nm, NATS_LAST_HDR);
         if (last != 0 && last >= k->next_seq && k->gap_from == 0) {
@@ -502,8 +495,7 @@ void nats_on_live_msg(struct nats_broker *p, struct nats_key *k, natsMsg *nm)
         k->next_seq = seq + 1;
         return;
     }
-    k->maybe_unread = 1;
-    nats_key_fetch(p, k);
+    nats_key_wake(p, k);
 }
 
 /* --- attach and ack --- */
@@ -529,7 +521,7 @@ int nats_key_get(struct nats_broker *p, const char *name, size_t len, struct nat
     k->idnode.key = (const char *)&k->kid;
     k->idnode.key_len = sizeof(k->kid);
     k->ref.k = k;
-    k->maybe_unread = 1;
+    (void)qd_pull_wake(&k->pull); /* the stream may hold messages for the key: read them */
     if ((rc = nats_subject(p, "recv", k->name, k->subject)) < 0 ||
         (rc = nats_subject(p, "deliver", k->name, subject)) < 0 ||
         (rc = nats_subscribe(p, subject, p->cfg->nats_stream, &k->sub, &k->ref)) < 0) {
@@ -551,6 +543,17 @@ int nats_key_get(struct nats_broker *p, const char *name, size_t len, struct nat
     return 0;
 }
 
+/* ns (its subscriptions sent) joins k: its 101 waits for the reply of the next read, which
+ * goes out after those SUBs (nats_key_attach_waiting moves it to k->socks then). */
+void nats_key_join(struct nats_broker *p, struct nats_key *k, struct nats_sess *ns)
+{
+    ns->k = k;
+    ns->waiting = 1;
+    qd_key_link(&k->waiting, &ns->sock, ns->s);
+    ns->need_fetch = k->fetch_sent + 1; /* the next read, sent after our SUBs */
+    nats_key_fetch(p, k);               /* (if one is in flight, its reply sends the next) */
+}
+
 /* The frame of msg_id reached the socket: remove the message from the stream, and read
  * more for the key if some waited for this room. */
 void nats_ack(struct broker *b, struct session *s, uint64_t msg_id)
@@ -564,10 +567,10 @@ void nats_ack(struct broker *b, struct session *s, uint64_t msg_id)
         struct nats_pend *e = &k->pend[i];
         if (e->ns != ns || e->id != msg_id)
             continue;
-        ns->live--;
+        (void)qd_sock_ack(&ns->sock, p->window);
         ns->last_ack = e->seq;
         nats_pend_ack(p, k, e);
-        if (k->maybe_unread)
+        if (k->pull.may_have_more)
             nats_key_fetch(p, k);
         return;
     }

@@ -18,7 +18,10 @@
 
 #include "broker.h"
 #include "config.h"
+#include "later.h"
 #include "map.h"
+#include "qdeliver.h"
+#include "topics.h"
 #include "util.h"
 
 #define NATS_CLOSE_CODE 1001       /* sockets still attached when the broker closes */
@@ -115,40 +118,22 @@ struct nats_req {
     struct nats_req *prev, *next; /* borrowed: timeout FIFO neighbours */
 };
 
-/* A push callback to run later (pushes refused after acceptance, publishes, close). */
-struct nats_done {
-    struct nats_done *next; /* owned: next in the list */
-    broker_push_cb cb;      /* the caller's callback */
-    void *arg;              /* borrowed: the caller's argument */
-    int status;             /* 0 or UV_E* */
-};
-
-struct nats_topic;
 struct nats_sess;
 struct nats_key;
 
 /* What one of our subscriptions is for, found by nats.c's subscription id. */
 struct nats_subref {
-    struct map_node node; /* in nats_broker.subs; key = the 8 bytes of id */
-    int64_t id;           /* natsSubscription_GetID */
-    struct nats_key *k;   /* borrowed: the key whose republished messages come here, or NULL */
-    struct nats_topic *t; /* borrowed: the topic whose broadcasts come here, or NULL */
+    struct map_node node;   /* in nats_broker.subs; key = the 8 bytes of id */
+    int64_t id;             /* natsSubscription_GetID */
+    struct nats_key *k;     /* borrowed: the key whose republished messages come here, or NULL */
+    struct topics_topic *t; /* borrowed: the topic whose broadcasts come here, or NULL */
 };
 
-/* One session's membership in one topic. */
-struct nats_tsub {
-    struct nats_tsub *prev, *next; /* borrowed: the topic's subscriber list */
-    struct nats_topic *t;          /* borrowed: NULL when the name repeats an earlier one */
-    struct nats_sess *ns;          /* borrowed: the subscriber */
-};
-
-/* One topic with subscribers on this node: one core subscription. */
+/* The NATS side of a topic with subscribers on this node (its topics_topic.bdata, made by
+ * nats_topic_on_first, freed by nats_topic_on_last): one core subscription. */
 struct nats_topic {
-    struct map_node node;   /* in topics; key = name */
     natsSubscription *sub;  /* owned: core sub on <prefix>.topic.<name> */
     struct nats_subref ref; /* in subs while sub is open */
-    struct nats_tsub *subs; /* borrowed: subscribers (owned by their nats_sess) */
-    char name[];            /* NUL-terminated topic name */
 };
 
 /* A stored message handed to a socket of its key and not yet acked (removed). */
@@ -160,37 +145,34 @@ struct nats_pend {
     uint32_t epoch;       /* nats_broker.epoch when it was read (nats_seq_reset) */
 };
 
-/* Where a socket is in its life here. WAITING -> ATTACHED -> REFUSED, never back. */
-enum nats_sess_state {
-    NATS_SESS_WAITING,  /* its 101 waits for the barrier read (nats_key_attach_waiting) */
-    NATS_SESS_ATTACHED, /* session_attached(s, 0) has run: it takes messages */
-    NATS_SESS_REFUSED,  /* session_deliver refused: s is closing, it takes nothing more */
-};
-
-/* The backend's state for one socket (s->bpriv). Freed by detach (or a failed attach). */
+/* The backend's state for one socket (s->bpriv). Freed by detach (or a failed attach).
+ * Its sock waits in its key's `waiting` until the barrier read answers its 101
+ * (nats_key_attach_waiting), then moves to k->socks and takes messages (qdeliver.h: round
+ * robin, its window of unacked messages, refused once session_deliver said no). */
 struct nats_sess {
-    struct session *s;               /* borrowed: the core's session */
-    struct nats_key *k;              /* borrowed: its key's shared state */
-    struct nats_sess *kprev, *knext; /* borrowed: the key's socket list */
-    uint64_t next_id;                /* last msg_id given out */
-    uint64_t need_fetch;             /* the 101 waits for the reply of this key fetch */
-    uint32_t live;                   /* messages delivered and not yet written: the window */
-    enum nats_sess_state state;      /* see the enum */
-    uint16_t ntsubs;                 /* entries in tsubs (= s->ntopics) */
-    struct nats_tsub *tsubs;         /* owned: one per topic of s */
-    uint64_t last_ack;               /* stream sequence of the last ack given for s, or 0 */
-    struct nats_settle *settle;      /* borrowed: its settle in progress (in the broker's
-                                      * lists), or NULL */
+    struct session *s;          /* borrowed: the core's session */
+    struct nats_key *k;         /* borrowed: its key's shared state */
+    struct qd_sock sock;        /* embedded: in k->waiting, then (101) in k->socks */
+    uint64_t next_id;           /* last msg_id given out */
+    uint64_t need_fetch;        /* the 101 waits for the reply of this key fetch */
+    uint64_t last_ack;          /* stream sequence of the last ack given for s, or 0 */
+    struct nats_settle *settle; /* borrowed: its settle in progress (in the broker's
+                                 * lists), or NULL */
+    uint8_t waiting;            /* 1 until its 101 (sock in k->waiting) */
+    uint16_t ntsubs;            /* entries in tsubs (= s->ntopics) */
+    struct topics_sub tsubs[];  /* its places in p->topics, one per topic of s */
 };
 
 /* A settle in progress (broker_ops.settle): cb(s) runs when the barrier's reply comes
- * (or it fails), or from the async handler when there is nothing to confirm. */
+ * (or it fails), or from p->later (due) when there is nothing to confirm. */
 struct nats_settle {
-    struct nats_settle *prev, *next; /* borrowed: neighbours in settles.due or settles.wait */
+    struct nats_settle *prev, *next; /* borrowed: neighbours in settle_due or settle_wait */
+    struct nats_broker *p;           /* borrowed: the broker (for the later call) */
     struct session *s;               /* borrowed: the leaving session */
     struct nats_sess *ns;            /* borrowed: s's state here, or NULL (not ours) */
     broker_settle_cb cb;             /* the core's callback */
     uint64_t req;                    /* id of the barrier request, 0 when due now */
+    struct later_call due;           /* embedded: queued on p->later while in settle_due */
 };
 
 /* One session key with sockets on this node: what they share. */
@@ -200,14 +182,17 @@ struct nats_key {
     uint64_t kid;                 /* unique per broker: requests find the key by it */
     natsSubscription *sub;        /* owned: queue sub on <prefix>.deliver.<name> */
     struct nats_subref ref;       /* in subs while sub is open */
-    struct nats_sess *socks;      /* borrowed: this node's sockets of the key */
-    struct nats_sess *rr;         /* borrowed: the socket to try first (round robin) */
+    struct qd_key socks;          /* this node's sockets of the key past their 101 (each a
+                                   * nats_sess's sock), round robin */
+    struct qd_key waiting;        /* sockets whose 101 waits for a read (never given to) */
     uint64_t next_seq;            /* cursor: read from here; below it nothing waits for us */
     uint64_t fetch_sent;          /* reads sent so far */
-    int fetching;                 /* a read (FETCH or RESCUE) is in flight */
-    int maybe_unread;             /* messages may wait in the stream at or after next_seq:
-                                   * read before delivering a live copy (independent of
-                                   * fetching: a copy skipped during a read sets it) */
+    struct qd_pull pull;          /* the reads from the cursor (FETCH): may_have_more =
+                                   * messages may wait in the stream at or after next_seq
+                                   * (read them before delivering a live copy); asked = one
+                                   * is in flight; woken_in_flight = a live copy was skipped
+                                   * (or the cursor moved) meanwhile: read again */
+    int rescuing;                 /* a RESCUE read (from gap_from) is in flight */
     int retry;                    /* in the broker's retry list */
     uint64_t gap_from;            /* a live copy said an older message of the key went to
                                    * another node: from here, what is still stored at
@@ -332,7 +317,7 @@ struct nats_broker {
     natsConnection *nc;              /* owned: destroyed once its closed callback ran */
     struct nats_subjects subj;       /* this node's subjects */
     struct nats_xq xq;               /* embedded: the nats-thread -> loop queue */
-    uv_async_t async;                /* embedded: wakes the loop for xq and deferred work */
+    uv_async_t async;                /* embedded: wakes the loop for xq (and a local loss) */
     struct nats_ev *batch;           /* owned: the loop's half of the double buffer */
     size_t batch_cap;                /* slots in batch */
     uint64_t last_rx;                /* uv_now() ms when the loop last took a message */
@@ -348,14 +333,14 @@ struct nats_broker {
     struct map keys_by_id;           /* kid -> the same keys */
     uint64_t next_kid;               /* last kid given out */
     struct nats_retry retry;         /* keys to visit again */
-    struct map topics;               /* name -> struct nats_topic (owned) */
+    struct topics topics;            /* topic -> local subscribers; bdata: struct nats_topic */
     struct map subs;                 /* subscription id -> struct nats_subref (in key / topic) */
     struct nats_grave grave;         /* subscriptions waiting to be dropped */
-    struct nats_done *done;          /* owned: callbacks to run from the async handler */
-    struct nats_done *done_tail;     /* borrowed: last of done */
-    struct nats_settle *settle_due;  /* owned: settles to complete from the async handler */
+    struct later later;              /* embedded: push/publish callbacks and due settles, run
+                                      * on the next loop pass (never inside the call) */
+    struct nats_settle *settle_due;  /* owned: settles queued on later (nothing to confirm) */
     struct nats_settle *settle_wait; /* owned: settles waiting for their barrier's reply */
-    int open_handles;                /* async + 4 timers not yet closed */
+    int open_handles;                /* async + 4 timers + later not yet closed */
     broker_close_cb close_cb;        /* the owner's close callback */
 };
 
@@ -446,12 +431,7 @@ void nats_unsubscribe(struct nats_broker *p, natsSubscription **sub, struct nats
 /* Drop the parked subscriptions: unsubscribe (connected again) or only destroy (closed). */
 void nats_grave_flush(struct nats_broker *p, int unsubscribe);
 
-/* Run cb(arg, status) from the async handler, never inside the caller's call. 0 or
- * UV_ENOMEM (then cb never runs). */
-int nats_done_add(struct nats_broker *p, broker_push_cb cb, void *arg, int status);
-
-/* The uv_async_t handler: takes xq's events, runs deferred callbacks and due settles,
- * and advances a close. Loop thread. */
+/* The uv_async_t handler: takes xq's events and advances a close. Loop thread. */
 void nats_on_async(uv_async_t *h);
 
 /* --- nats_setup.c: stream and consumer setup, the acks-ahead probe (blocking) --- */
@@ -547,6 +527,11 @@ void nats_pend_ack(struct nats_broker *p, struct nats_key *k, struct nats_pend *
  * can take it (or a socket waits for its 101). */
 void nats_key_fetch(struct nats_broker *p, struct nats_key *k);
 
+/* Messages may wait in the stream at or after k's cursor (a live copy dropped or skipped,
+ * a nudge, the cursor moved back, a reconnect): read them (qd_pull_wake, then
+ * nats_key_fetch; a read in flight is followed by another). */
+void nats_key_wake(struct nats_broker *p, struct nats_key *k);
+
 /* The reply (or failure, status < 0) of a FETCH or RESCUE request r. */
 void nats_key_fetch_done(struct nats_broker *p, struct nats_req *r, int status, natsMsg *nm);
 
@@ -555,6 +540,10 @@ void nats_on_live_msg(struct nats_broker *p, struct nats_key *k, natsMsg *nm);
 
 /* This node's state for key name (len bytes), created with its queue subscription. */
 int nats_key_get(struct nats_broker *p, const char *name, size_t len, struct nats_key **out);
+
+/* ns (subscribed to its topics and k's subject) joins k, waiting for its 101: the reply of
+ * the next read of k, sent from here (or after the read in flight). */
+void nats_key_join(struct nats_broker *p, struct nats_key *k, struct nats_sess *ns);
 
 /* Forget ns (s->bpriv goes NULL); its unwritten messages stay in the stream and the
  * key's cursor goes back to them. Never calls into ns->s. */
@@ -585,14 +574,13 @@ void nats_settle(struct broker *b, struct session *s, broker_settle_cb cb);
 
 /* --- nats_topics.c: topics and core publishes --- */
 
-/* Take ts out of its topic; the topic's subscription goes with its last subscriber. */
-void nats_topic_unlink(struct nats_broker *p, struct nats_tsub *ts);
+/* p->topics' hooks (arg: p): t got its first subscriber here, subscribe its subject (t->bdata
+ * = struct nats_topic); t lost its last one, unsubscribe and free t->bdata. */
+int nats_topic_on_first(void *arg, struct topics_topic *t);
+void nats_topic_on_last(void *arg, struct topics_topic *t);
 
 /* A broadcast on <prefix>.topic.<name>: to this node's subscribers of t. */
-void nats_on_topic_msg(struct nats_broker *p, struct nats_topic *t, natsMsg *nm);
-
-/* Subscribe ns to its session's topics (one core subscription per topic on this node). */
-int nats_sess_topics(struct nats_broker *p, struct nats_sess *ns);
+void nats_on_topic_msg(struct nats_broker *p, struct topics_topic *t, natsMsg *nm);
 
 /* broker_ops.publish and broker_ops.upstream. */
 int nats_publish(struct broker *b, const char *topic, struct msg *m, broker_push_cb cb, void *arg);

@@ -1,9 +1,9 @@
 /* test_qdeliver.c — unit tests of src/qdeliver.c: round-robin over a key's sockets (exact
  * order, unlink moves the position on), the window (unacked + promised against
  * max_inflight, room before a fetch, ack reopening it), the refused flag, send-buffer room,
- * and the pull bookkeeping (a wake-up during a fetch asks for another). Stands in for
- * session_deliver and session_can_take; links only qdeliver.o, msg.o, util.o. No loop.
- * Single thread. */
+ * the choice without the giving (qd_key_next, qd_sock_can_take), and the pull bookkeeping (a
+ * wake-up during a fetch asks for another). Stands in for session_deliver and session_can_take;
+ * links only qdeliver.o, msg.o, util.o. No loop. Single thread. */
 /* cmocka.h needs these four first. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -162,6 +162,40 @@ static void test_qd_window(void **state)
     assert_int_equal(f->socks[0].unacked, 0);
 }
 
+static void test_qd_next_chooses_without_giving(void **state)
+{
+    struct fx *f = *state;
+    const uint32_t w = 1;
+    /* the order of qd_key_give, and nothing is delivered or counted */
+    assert_ptr_equal(qd_key_next(&f->key, w, 2), &f->socks[0]);
+    assert_ptr_equal(qd_key_next(&f->key, w, 2), &f->socks[2]);
+    assert_int_equal(f->attempts, 0);
+    assert_int_equal(f->socks[0].unacked + f->socks[2].unacked, 0);
+    assert_ptr_equal(f->key.rr, &f->socks[1]);
+    /* the caller gives with its own id: socket 2's window (1) is full now */
+    assert_int_equal(qd_sock_give(&f->socks[1], 7, f->m), 0);
+    assert_int_equal(f->ids[0], 7);
+    assert_false(qd_sock_can_take(&f->socks[1], w, 2));
+    assert_true(qd_sock_can_take(&f->socks[1], 0, 2));          /* no window: only refusal counts */
+    assert_ptr_equal(qd_key_next(&f->key, w, 2), &f->socks[0]); /* 2 passed over */
+    assert_ptr_equal(f->key.rr, &f->socks[2]);
+    /* a full send buffer and a refused socket are passed over too */
+    f->conns[2].full = 1;
+    assert_false(qd_sock_can_take(&f->socks[2], w, 2));
+    assert_ptr_equal(qd_key_next(&f->key, w, 2), &f->socks[0]);
+    f->conns[0].refuse = 1;
+    assert_int_equal(qd_sock_give(&f->socks[0], 8, f->m), UV_ECANCELED);
+    assert_false(qd_sock_can_take(&f->socks[0], 0, 2));
+    /* nobody: NULL after one look at each, and the position is where it was */
+    assert_ptr_equal(f->key.rr, &f->socks[2]);
+    assert_null(qd_key_next(&f->key, w, 2));
+    assert_ptr_equal(f->key.rr, &f->socks[2]);
+    assert_int_equal(f->n, 1);
+    /* an ack reopens socket 2 */
+    assert_int_equal(qd_sock_ack(&f->socks[1], w), 1);
+    assert_ptr_equal(qd_key_next(&f->key, w, 2), &f->socks[1]);
+}
+
 static void test_qd_pull(void **state)
 {
     struct qd_pull p = {0};
@@ -198,6 +232,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_qd_round_robin_order, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_qd_refused_is_skipped, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_qd_window, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_qd_next_chooses_without_giving, fx_setup, fx_teardown),
         cmocka_unit_test(test_qd_pull),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
