@@ -173,7 +173,10 @@ def _():
     # 5 KiB refused). redis-pubsub has nothing to hold back: broadcasts are not stored.
     import subprocess
     n, size = 800, 64 * 1024
-    env = {"WSGATE_WEBSOCKET_MAX_SEND_BUFFER": "1m", "WSGATE_SERVER_MAX_MESSAGE_SIZE": "1m"}
+    # close_timeout 1s: the reader that never reads cannot take its close frame either, so it
+    # is dropped after close_timeout (+ one sweep); the 5 s default raced the 5 s wait below
+    env = {"WSGATE_WEBSOCKET_MAX_SEND_BUFFER": "1m", "WSGATE_SERVER_MAX_MESSAGE_SIZE": "1m",
+           "WSGATE_WEBSOCKET_CLOSE_TIMEOUT": "1s"}
     with RedisServer() as redis, gateway(redis, PS, env=env) as a:
         stalled = a.ws("/ws/never?topics=burst", rcvbuf=16384)
         fast = subprocess.Popen(["/usr/bin/python3", "-c", FAST_READER,
