@@ -12,12 +12,19 @@
 #   BENCH_SCENARIOS   "queue latency fanout idle" (default: all four)
 #   BENCH_TARGETS     "wsgate nchan"              (default: both); also wsgate-auth: wsgate
 #                     with [auth] on (an HS256 JWT checked on every handshake, a push token
-#                     on every push), e.g. BENCH_TARGETS="wsgate wsgate-auth"
+#                     on every push), e.g. BENCH_TARGETS="wsgate wsgate-auth"; and
+#                     wsgate-base: the binary in BENCH_BASE_BIN (an older build, to
+#                     compare two commits in one run: BENCH_TARGETS="wsgate wsgate-base")
+#   BENCH_ROUNDS      rounds (default 1); with more, each round runs the targets in the
+#                     opposite order of the one before, the table shows each metric's
+#                     median over the rounds and, for the ratio, the spread of the per-round
+#                     ratios (min-max): the way to compare on a noisy shared box
 #   BENCH_BACKENDS    "memory"                    (also redis-list, redis-pubsub, nats, kafka)
 #   BENCH_ARGS_QUEUE, BENCH_ARGS_LATENCY, BENCH_ARGS_FANOUT, BENCH_ARGS_IDLE
 #                     extra loadgen options for one scenario, e.g. "--messages 20000"
 #   BENCH_TIMEOUT     seconds one loadgen run may take (default 90)
 #   WSGATE_BIN, LOADGEN, NGINX  binaries (defaults ./wsgate, bench/loadgen, nginx)
+#   BENCH_BASE_BIN   the wsgate-base target's binary (no default)
 #   KAFKA_MOCK        librdkafka mock cluster launcher (default build/tools/kafka_mock); kafka
 #                     runs against it with fetch_wait = 10ms (the mock has no fetch long-poll)
 # The ratio column is the first target over the second (wsgate / nchan by default).
@@ -29,6 +36,8 @@ SCENARIOS=${BENCH_SCENARIOS:-queue latency fanout idle}
 TARGETS=${BENCH_TARGETS:-wsgate nchan}
 BACKENDS=${BENCH_BACKENDS:-memory}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-90}
+ROUNDS=${BENCH_ROUNDS:-1}
+BENCH_BASE_BIN=${BENCH_BASE_BIN:-}
 WSGATE_BIN=${WSGATE_BIN:-$ROOT/wsgate}
 LOADGEN=${LOADGEN:-$ROOT/bench/loadgen}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
@@ -186,15 +195,16 @@ nats_start() {
 AUTH_PUSH_TOKEN=bench-push-token-0123456789abcdef
 AUTH_JWT_SECRET=bench-jwt-secret-0123456789abcdef0123456789abcdef
 
-wsgate_start() { # [auth]: with [auth] push_tokens and jwt_secret set
-    local auth_env=""
+wsgate_start() { # [auth|base]: auth: [auth] push_tokens and jwt_secret set; base: BENCH_BASE_BIN
+    local auth_env="" bin=$WSGATE_BIN
+    [ "${1:-}" = base ] && bin=$BENCH_BASE_BIN
     [ "${1:-}" = auth ] && auth_env="WSGATE_AUTH_PUSH_TOKENS=$AUTH_PUSH_TOKEN WSGATE_AUTH_JWT_SECRET=$AUTH_JWT_SECRET"
     TARGET_PORT=$(free_port)
     TARGET_LOG=$TMP/wsgate.$TARGET_PORT.log
     # shellcheck disable=SC2086 # WSGATE_ENV is a list of NAME=value words
-    env WSGATE_SERVER_LISTEN="127.0.0.1:$TARGET_PORT" WSGATE_SERVER_MAX_CONNECTIONS=20000 \
+    env -u WSGATE_BIN WSGATE_SERVER_LISTEN="127.0.0.1:$TARGET_PORT" WSGATE_SERVER_MAX_CONNECTIONS=20000 \
         WSGATE_SERVER_BACKLOG=4096 WSGATE_SERVER_LOG_LEVEL=warn \
-        WSGATE_SERVER_DRAIN_TIMEOUT=2s $WSGATE_ENV $auth_env "$WSGATE_BIN" 2>"$TARGET_LOG" &
+        WSGATE_SERVER_DRAIN_TIMEOUT=2s $WSGATE_ENV $auth_env "$bin" 2>"$TARGET_LOG" &
     TARGET_PID=$!
     STARTED="$STARTED $TARGET_PID"
     TARGET_PIDS=$TARGET_PID
@@ -234,16 +244,16 @@ FAILED=""
 RESULTS=$TMP/results
 mkdir -p "$RESULTS"
 
-run_one() { # BACKEND SCENARIO TARGET
+run_one() { # BACKEND SCENARIO TARGET ROUND
     local backend=$1 scen=$2 target=$3 out rc args var
-    out=$RESULTS/$backend.$scen.$target
+    out=$RESULTS/$backend.$scen.$target.$4
     var=BENCH_ARGS_$(printf '%s' "$scen" | tr '[:lower:]' '[:upper:]')
     args=${!var:-}
     say ""
-    say "=== $scen / $target ($backend)"
+    say "=== $scen / $target ($backend, round $4/$ROUNDS)"
     if ! backend_start "$backend"; then
         printf 'result=FAIL\nerror=backend_start\n' >"$out"
-        FAILED="$FAILED $backend/$scen/$target"
+        FAILED="$FAILED $backend/$scen/$target/$4"
         backend_stop
         return
     fi
@@ -251,6 +261,7 @@ run_one() { # BACKEND SCENARIO TARGET
     case $target in
     wsgate) wsgate_start && started=1 ;;
     wsgate-auth) wsgate_start auth && started=1 ;;
+    wsgate-base) wsgate_start base && started=1 ;;
     nchan) nchan_start && started=1 ;;
     *) say "bench: unknown target '$target'" ;;
     esac
@@ -258,7 +269,7 @@ run_one() { # BACKEND SCENARIO TARGET
         say "bench: $target did not start; log tail:"
         [ -n "${TARGET_LOG:-}" ] && tail -n 20 "$TARGET_LOG" >&2
         printf 'result=FAIL\nerror=target_start\n' >"$out"
-        FAILED="$FAILED $backend/$scen/$target"
+        FAILED="$FAILED $backend/$scen/$target/$4"
         [ -n "${TARGET_PID:-}" ] && stop_pid "$TARGET_PID"
         backend_stop
         return
@@ -288,7 +299,7 @@ run_one() { # BACKEND SCENARIO TARGET
     fi
     sed 's/^/  /' "$out" >&2
     if [ $rc != 0 ]; then
-        FAILED="$FAILED $backend/$scen/$target"
+        FAILED="$FAILED $backend/$scen/$target/$4"
         say "  log tail ($TARGET_LOG):"
         tail -n 10 "$TARGET_LOG" 2>/dev/null | sed 's/^/    /' >&2
     fi
@@ -305,6 +316,12 @@ fi
 for t in $TARGETS; do
     case $t in
     wsgate | wsgate-auth) [ -x "$WSGATE_BIN" ] || { say "bench: $WSGATE_BIN missing (make)"; exit 2; } ;;
+    wsgate-base)
+        if [ -z "$BENCH_BASE_BIN" ] || [ ! -x "$BENCH_BASE_BIN" ]; then
+            say "bench: wsgate-base needs BENCH_BASE_BIN (an executable)"
+            exit 2
+        fi
+        ;;
     nchan)
         if [ ! -x "$NGINX" ] || [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]; then
             say "bench: nginx/nchan missing (scripts/deps.sh bench)"
@@ -314,11 +331,18 @@ for t in $TARGETS; do
     esac
 done
 
+case $ROUNDS in '' | *[!0-9]* | 0) say "bench: BENCH_ROUNDS must be a count >= 1"; exit 2 ;; esac
+# shellcheck disable=SC2086 # TARGETS is a word list
+REVERSED=$(printf '%s\n' $TARGETS | tac | tr '\n' ' ')
 T0=$(date +%s)
-for backend in $BACKENDS; do
-    for scen in $SCENARIOS; do
-        for target in $TARGETS; do
-            run_one "$backend" "$scen" "$target"
+for round in $(seq "$ROUNDS"); do
+    order=$TARGETS
+    [ $((round % 2)) = 0 ] && order=$REVERSED # alternate: neither target always runs first
+    for backend in $BACKENDS; do
+        for scen in $SCENARIOS; do
+            for target in $order; do
+                run_one "$backend" "$scen" "$target" "$round"
+            done
         done
     done
 done
@@ -328,6 +352,36 @@ get() { # KEY FILE
     local v
     v=$(grep -m1 "^$1=" "$2" 2>/dev/null | cut -d= -f2-)
     printf '%s' "${v:-NA}"
+}
+
+# median KEY BACKEND.SCENARIO.TARGET: the median over the rounds' numeric values; a
+# trailing ! when any round failed its checks (NA when no round has a number)
+median() {
+    local r f v bad="" vals=""
+    for r in $(seq "$ROUNDS"); do
+        f=$RESULTS/$2.$r
+        v=$(get "$1" "$f")
+        [ "$(get result "$f")" = ok ] || bad="!"
+        case $v in '' | *[!0-9.]*) ;; *) vals="$vals $v" ;; esac
+    done
+    # shellcheck disable=SC2086 # vals is a word list of numbers
+    printf '%s\n' $vals | sort -g | awk -v bad="$bad" '
+        { v[NR] = $1 }
+        END { if (NR == 0) { printf "NA%s", bad; exit }
+              m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+              if (m == int(m)) printf "%d%s", m, bad; else printf "%.2f%s", m, bad }'
+}
+
+# spread KEY BACKEND.SCENARIO: min-max over the rounds of first target / second target
+spread() {
+    local r a b
+    for r in $(seq "$ROUNDS"); do
+        a=$(get "$1" "$RESULTS/$2.$T_A.$r")
+        b=$(get "$1" "$RESULTS/$2.$T_B.$r")
+        printf '%s %s\n' "$a" "$b"
+    done | awk '$1 ~ /^[0-9.]+$/ && $2 ~ /^[0-9.]+$/ && $2 > 0 { r = $1 / $2
+                    if (n++ == 0 || r < lo) lo = r; if (n == 1 || r > hi) hi = r }
+                END { if (n) printf " %4.2f-%4.2f", lo, hi; else printf " %9s", "NA" }'
 }
 
 metrics_of() {
@@ -350,19 +404,19 @@ echo "# delivered_per_s: higher is better; *_us, server_cpu_us_per_delivery (ser
 echo "# time per delivered message) and rss_per_conn_bytes: lower is better"
 [ "$PAIR" = 1 ] && echo "# ratio = $T_A / $T_B"
 echo "# a value marked ! comes from a run that failed its checks"
+[ "$ROUNDS" -gt 1 ] && echo "# $ROUNDS rounds, target order alternating: medians; spread = per-round ratios min-max"
 for backend in $BACKENDS; do
     printf '%-8s %-27s' scenario "metric ($backend)"
     for t in $TARGETS; do printf ' %14s' "$t"; done
     [ "$PAIR" = 1 ] && printf ' %8s' ratio
+    [ "$PAIR" = 1 ] && [ "$ROUNDS" -gt 1 ] && printf ' %9s' spread
     printf '\n'
     for scen in $SCENARIOS; do
         for m in $(metrics_of "$scen"); do
             printf '%-8s %-27s' "$scen" "$m"
             a=NA b=NA
             for t in $TARGETS; do
-                f=$RESULTS/$backend.$scen.$t
-                v=$(get "$m" "$f")
-                [ "$(get result "$f")" = ok ] || v="$v!"
+                v=$(median "$m" "$backend.$scen.$t")
                 printf ' %14s' "$v"
                 [ "$t" = "$T_A" ] && a=${v%!}
                 [ "$t" = "$T_B" ] && b=${v%!}
@@ -371,6 +425,7 @@ for backend in $BACKENDS; do
                 awk -v a="$a" -v b="$b" 'BEGIN {
                     if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf " %8.2f", a / b;
                     else printf " %8s", "NA" }'
+                [ "$ROUNDS" -gt 1 ] && spread "$m" "$backend.$scen"
             fi
             printf '\n'
         done
