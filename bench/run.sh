@@ -16,9 +16,10 @@
 #                     wsgate-base: the binary in BENCH_BASE_BIN (an older build, to
 #                     compare two commits in one run: BENCH_TARGETS="wsgate wsgate-base")
 #   BENCH_ROUNDS      rounds (default 1); with more, each round runs the targets in the
-#                     opposite order of the one before, the table shows each metric's
-#                     median over the rounds and, for the ratio, the spread of the per-round
-#                     ratios (min-max): the way to compare on a noisy shared box
+#                     opposite order of the one before; the table shows each metric's
+#                     median over the rounds, and the ratio column becomes the median of
+#                     the per-round ratios (the two targets of a round ran back to back)
+#                     with their min-max: the way to compare on a noisy shared box
 #   BENCH_BACKENDS    "memory"                    (also redis-list, redis-pubsub, nats, kafka)
 #   BENCH_ARGS_QUEUE, BENCH_ARGS_LATENCY, BENCH_ARGS_FANOUT, BENCH_ARGS_IDLE
 #                     extra loadgen options for one scenario, e.g. "--messages 20000"
@@ -372,16 +373,20 @@ median() {
               if (m == int(m)) printf "%d%s", m, bad; else printf "%.2f%s", m, bad }'
 }
 
-# spread KEY BACKEND.SCENARIO: min-max over the rounds of first target / second target
-spread() {
+# paired KEY BACKEND.SCENARIO: the per-round ratios first target / second target (each
+# round ran both back to back, so a slow spell of the machine hits both): their median,
+# then their min-max
+paired() {
     local r a b
     for r in $(seq "$ROUNDS"); do
         a=$(get "$1" "$RESULTS/$2.$T_A.$r")
         b=$(get "$1" "$RESULTS/$2.$T_B.$r")
         printf '%s %s\n' "$a" "$b"
-    done | awk '$1 ~ /^[0-9.]+$/ && $2 ~ /^[0-9.]+$/ && $2 > 0 { r = $1 / $2
-                    if (n++ == 0 || r < lo) lo = r; if (n == 1 || r > hi) hi = r }
-                END { if (n) printf " %4.2f-%4.2f", lo, hi; else printf " %9s", "NA" }'
+    done | awk '$1 ~ /^[0-9.]+$/ && $2 ~ /^[0-9.]+$/ && $2 > 0 { print $1 / $2 }' | sort -g |
+        awk '{ v[NR] = $1 }
+             END { if (NR == 0) { printf " %8s %9s", "NA", "NA"; exit }
+                   m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+                   printf " %8.2f %4.2f-%4.2f", m, v[1], v[NR] }'
 }
 
 metrics_of() {
@@ -404,7 +409,7 @@ echo "# delivered_per_s: higher is better; *_us, server_cpu_us_per_delivery (ser
 echo "# time per delivered message) and rss_per_conn_bytes: lower is better"
 [ "$PAIR" = 1 ] && echo "# ratio = $T_A / $T_B"
 echo "# a value marked ! comes from a run that failed its checks"
-[ "$ROUNDS" -gt 1 ] && echo "# $ROUNDS rounds, target order alternating: medians; spread = per-round ratios min-max"
+[ "$ROUNDS" -gt 1 ] && echo "# $ROUNDS rounds, target order alternating: medians; ratio = median of the per-round ratios, spread = their min-max"
 for backend in $BACKENDS; do
     printf '%-8s %-27s' scenario "metric ($backend)"
     for t in $TARGETS; do printf ' %14s' "$t"; done
@@ -421,11 +426,12 @@ for backend in $BACKENDS; do
                 [ "$t" = "$T_A" ] && a=${v%!}
                 [ "$t" = "$T_B" ] && b=${v%!}
             done
-            if [ "$PAIR" = 1 ]; then
+            if [ "$PAIR" = 1 ] && [ "$ROUNDS" -gt 1 ]; then
+                paired "$m" "$backend.$scen"
+            elif [ "$PAIR" = 1 ]; then
                 awk -v a="$a" -v b="$b" 'BEGIN {
                     if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf " %8.2f", a / b;
                     else printf " %8s", "NA" }'
-                [ "$ROUNDS" -gt 1 ] && spread "$m" "$backend.$scen"
             fi
             printf '\n'
         done
