@@ -113,7 +113,8 @@ struct msg *http_render_error(struct server *srv, int status, const char *reason
                               int close);
 /* 204 No Content with extra header lines (no body headers). */
 struct msg *http_render_204(const char *extra, int close);
-/* The value of captured header id (trimmed by the caller's checks), or (NULL, 0). An
+/* The value of captured header id (trimmed by the caller's checks), or (NULL, 0) when
+ * it was not sent; an empty value is ("", 0) whatever came before it. An
  * Origin or Authorization sent twice reads as "" (present, and matching nothing): which
  * of two one would believe is exactly what an attacker would like to choose. */
 static inline const char *http_hval(const struct http_state *h, int id, size_t *len)
@@ -123,8 +124,12 @@ static inline const char *http_hval(const struct http_state *h, int id, size_t *
         *len = 0;
         return "";
     }
-    *len = v->count ? v->len : 0;
-    return v->count ? h->hbuf + v->off : NULL;
+    if (v->count == 0) {
+        *len = 0;
+        return NULL;
+    }
+    *len = v->len;
+    return v->len > 0 ? h->hbuf + v->off : ""; /* hbuf is NULL until a value had bytes */
 }
 /* "Access-Control-Allow-Origin: <origin>" lines into buf (origin NULL: ""). */
 const char *http_cors_lines(const char *origin, size_t len, char *buf, size_t cap);

@@ -155,6 +155,38 @@ static void test_empty_captured_header_value(void **state)
     fake_free(f);
 }
 
+static void only_origin_a(struct config *cfg)
+{
+    snprintf(cfg->allowed_origins, sizeof(cfg->allowed_origins), "https://a.example");
+}
+
+static void test_empty_origin_is_present(void **state)
+{
+    (void)state;
+    /* "Origin:" with no value as the first captured header: present and matching nothing
+     * (403), the same as after another captured header. It used to read as absent (a NULL
+     * buffer + 0; the fuzzer's UBSan flagged the pointer arithmetic) and the upgrade
+     * got its 101 from a page no one allowed. */
+    static const char *reqs[] = {
+        "GET /ws/k1 HTTP/1.1\r\nHost: x\r\nOrigin:\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n",
+        "GET /ws/k1 HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.1\r\nOrigin:\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(reqs) / sizeof(reqs[0]); i++) {
+        struct fake *f = fake_new(only_origin_a);
+        struct conn *c = fake_conn(f);
+        fake_feeds(c, reqs[i]);
+        assert_null(f->attaching); /* refused before any broker work */
+        fake_advance(c);
+        fake_take(f, c);
+        assert_memory_equal(f->out, "HTTP/1.1 403 ", 13);
+        fake_free(f);
+    }
+}
+
 static void test_upgrade_switches_to_websocket(void **state)
 {
     (void)state;
@@ -177,6 +209,7 @@ int main(void)
         cmocka_unit_test(test_request_deadline_not_pushed_back_by_bytes),
         cmocka_unit_test(test_push_answers_keep_request_order),
         cmocka_unit_test(test_empty_captured_header_value),
+        cmocka_unit_test(test_empty_origin_is_present),
         cmocka_unit_test(test_upgrade_switches_to_websocket),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
