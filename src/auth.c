@@ -1,5 +1,6 @@
 /* auth.c — access control (see src/auth.h): bearer tokens kept as
- * HMAC-SHA256 digests under a per-process random key and compared with CRYPTO_memcmp;
+ * HMAC-SHA256 digests under a per-process random key and compared with CRYPTO_memcmp
+ * (the last push token that passed is kept too and compared first, in constant time);
  * client JWTs verified with OpenSSL (HMAC, EVP_DigestVerify) and their claims read with
  * jansson, after the header's alg was matched against the configured key types; origin
  * lists; the client IP behind trusted proxies. Client JWTs: auth_jwt.c.
@@ -78,23 +79,6 @@ static int auth_has_space_or_ctl(const char *s, size_t len)
             return 1;
     }
     return 0;
-}
-
-/* ASCII case-insensitive equality of s[0..len) with the lowercase word w. */
-static int auth_ieq(const char *s, size_t len, const char *w)
-{
-    size_t wl = strlen(w);
-
-    if (len != wl)
-        return 0;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (c >= 'A' && c <= 'Z')
-            c = (char)(c - 'A' + 'a');
-        if (c != w[i])
-            return 0;
-    }
-    return 1;
 }
 
 int auth_eq(const char *s, size_t len, const char *w, size_t wl)
@@ -805,14 +789,18 @@ int auth_reload(struct auth *a, char *err, size_t errlen)
 
 /* --- token transports --- */
 
-int auth_bearer(const char *v, size_t len, const char **tok, size_t *tok_len)
+/* The credentials span of "Bearer <token>": auth_bearer without checking the token's
+ * bytes. Enough where the token is only compared with stored ones, which never hold a
+ * space or a control byte (refused when loaded): such a token simply does not match. */
+static int auth_bearer_span(const char *v, size_t len, const char **tok, size_t *tok_len)
 {
     *tok = NULL;
     *tok_len = 0;
     if (v == NULL)
         return UV_ENOENT;
     auth_trim(&v, &len);
-    if (len < 6 || !auth_ieq(v, 6, "bearer"))
+    if (len < 6 || ((v[0] | 0x20) != 'b' || (v[1] | 0x20) != 'e' || (v[2] | 0x20) != 'a' ||
+                    (v[3] | 0x20) != 'r' || (v[4] | 0x20) != 'e' || (v[5] | 0x20) != 'r'))
         return UV_ENOENT;
     if (len == 6)
         return UV_EINVAL;
@@ -821,11 +809,22 @@ int auth_bearer(const char *v, size_t len, const char **tok, size_t *tok_len)
     v += 6;
     len -= 6;
     auth_trim(&v, &len);
-    if (len == 0 || auth_has_space_or_ctl(v, len))
+    if (len == 0)
         return UV_EINVAL;
     *tok = v;
     *tok_len = len;
     return 0;
+}
+
+int auth_bearer(const char *v, size_t len, const char **tok, size_t *tok_len)
+{
+    int rc = auth_bearer_span(v, len, tok, tok_len);
+    if (rc == 0 && auth_has_space_or_ctl(*tok, *tok_len)) {
+        *tok = NULL;
+        *tok_len = 0;
+        return UV_EINVAL;
+    }
+    return rc;
 }
 
 int auth_query_token(const char *q, size_t len, const char **tok, size_t *tok_len)
@@ -899,6 +898,22 @@ int auth_push_required(const struct auth *a)
     return a->push_required;
 }
 
+/* 1 when the AUTH_PUSH_LAST_MAX bytes at a and b are equal, in time independent of
+ * where they differ: 8-byte words XORed and ORed together, no branch on the data
+ * (CRYPTO_memcmp goes byte by byte: ~460 instructions here, on every push). */
+_Static_assert(AUTH_PUSH_LAST_MAX % 8 == 0, "push_last is compared in 8-byte words");
+static int auth_same_last(const uint8_t *a, const uint8_t *b)
+{
+    uint64_t acc = 0;
+    for (size_t i = 0; i < AUTH_PUSH_LAST_MAX; i += 8) {
+        uint64_t x, y;
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        acc |= x ^ y;
+    }
+    return acc == 0;
+}
+
 int auth_push_ok(struct auth *a, const char *authz, size_t len)
 {
     const char *t;
@@ -906,7 +921,7 @@ int auth_push_ok(struct auth *a, const char *authz, size_t len)
 
     if (!a->push_required)
         return 1;
-    if (auth_bearer(authz, len, &t, &tl) != 0)
+    if (auth_bearer_span(authz, len, &t, &tl) != 0)
         return 0;
     /* A service sends the same token with every push: compare it with the last one that
      * passed first, in time independent of the stored token (zero-padded, both lengths
@@ -914,7 +929,7 @@ int auth_push_ok(struct auth *a, const char *authz, size_t len)
     if (tl <= AUTH_PUSH_LAST_MAX && a->push_last_len > 0) {
         uint8_t buf[AUTH_PUSH_LAST_MAX] = {0};
         memcpy(buf, t, tl);
-        if ((CRYPTO_memcmp(buf, a->push_last, sizeof buf) | (tl != a->push_last_len)) == 0)
+        if (auth_same_last(buf, a->push_last) & (tl == a->push_last_len))
             return 1;
     }
     if (!auth_digest_match(a, t, tl, (const uint8_t *)a->push, a->npush))

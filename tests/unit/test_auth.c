@@ -557,6 +557,36 @@ static void test_push_tokens(void **state)
     assert_false(PUSH("Bearer alpha beta-2"));
     assert_false(auth_push_ok(&a, NULL, 0));
     assert_false(auth_push_ok(&a, "Bearer alpha", 10)); /* length is honoured */
+    /* with "alpha" as the last token that passed: the compared-first copy must not let
+     * through a variant of it (control bytes, another scheme, a space inside) */
+    assert_true(PUSH("Bearer alpha"));
+    assert_false(PUSH("Bearer alpha\x7f"));
+    assert_false(PUSH("Bearer alp\x01ha"));
+    assert_false(PUSH("Bearerx alpha"));
+    assert_false(PUSH("Bear alpha"));
+    assert_false(PUSH("Bearer al pha"));
+    assert_true(PUSH("Bearer\talpha"));
+    auth_free(&a);
+
+    /* a token of exactly AUTH_PUSH_LAST_MAX bytes: every 8-byte word of the kept copy
+     * counts, the last one too */
+    char tok[AUTH_PUSH_LAST_MAX + 1], hdr[AUTH_PUSH_LAST_MAX + 16];
+    memset(tok, 'k', AUTH_PUSH_LAST_MAX);
+    tok[AUTH_PUSH_LAST_MAX] = '\0';
+    strcpy(c->push_tokens, tok);
+    auth_ok_init(&a, c);
+    snprintf(hdr, sizeof hdr, "Bearer %s", tok);
+    assert_true(PUSH(hdr));
+    assert_true(PUSH(hdr)); /* from the kept copy */
+    for (size_t i = 0; i < AUTH_PUSH_LAST_MAX; i += 7) {
+        hdr[7 + i] = 'x';
+        assert_false(PUSH(hdr));
+        hdr[7 + i] = 'k';
+    }
+    hdr[7 + AUTH_PUSH_LAST_MAX - 1] = 'x';
+    assert_false(PUSH(hdr));
+    hdr[7 + AUTH_PUSH_LAST_MAX - 1] = '\0'; /* one byte short */
+    assert_false(PUSH(hdr));
     auth_free(&a);
     free(c);
 #undef PUSH
