@@ -155,17 +155,21 @@ $(FUZZ_BUILD)/fuzz_config: $(FUZZ_BUILD)/tests/fuzz/fuzz_config.o $(FUZZ_BUILD)/
 
 bench:
 	@scripts/deps.sh bench
-	@$(MAKE) --no-print-directory $(BIN) bench/loadgen $(BUILD)/tools/kafka_mock
+	@$(MAKE) --no-print-directory $(BIN) bench/loadgen bench/kafka_inflight $(BUILD)/tools/kafka_mock
 	@bench/run.sh
 
 bench/loadgen: bench/loadgen.c
 	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -o $@ $< -lcrypto -lm
+
+# the kafka backend's one-in-flight ceiling without the gateway (see README, Kafka backend)
+bench/kafka_inflight: bench/kafka_inflight.c
+	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -o $@ $< -lrdkafka
 
 format:
 	clang-format -i src/*.c src/*.h include/*.h backends/*.c backends/*/*.[ch] tests/unit/*.c \
 	    tests/fuzz/*.[ch] bench/*.c
 
 clean:
-	rm -rf build build-san build-fuzz wsgate bench/loadgen
+	rm -rf build build-san build-fuzz wsgate bench/loadgen bench/kafka_inflight
 
 -include $(OBJS:.o=.d) $(UNIT_TESTS:=.d) $(wildcard $(FUZZ_BUILD)/*/*.d $(FUZZ_BUILD)/*/*/*.d)
