@@ -451,6 +451,9 @@ void conn_flush(struct conn *c)
         if (c->flags & CONN_F_CLOSE_AFTER) {
             if (c->state == CONN_HTTP && http_busy(c))
                 return; /* answers still to come (a push callback): they go out first */
+            if (c->flags & CONN_F_SETTLING)
+                return; /* the broker confirms the acks of what went out first (ws_leave);
+                           its callback flushes again */
             if (c->flags & CONN_F_LINGER)
                 conn_linger(c);
             else

@@ -40,13 +40,14 @@ uint32_t outq_drop_unsent(struct outq *q)
     uint32_t keep = q->writing;
     if (keep == 0 && q->off > 0)
         keep = 1;
-    /* of the rest, message frames go; raw bytes (a 101 not yet written, pongs, a close
-     * frame) and SSE events stay, in order, so the client still reads a well-formed
-     * stream */
+    /* of the rest, messages (WebSocket frames, SSE events: whole items, so the stream stays
+     * well-formed) go, as their broker gets them back at the detach: written after it,
+     * they would be delivered twice; raw bytes (a 101 not yet written, pongs, a close
+     * frame, an SSE comment) stay, in order */
     kept = keep;
     for (uint32_t i = keep; i < q->count; i++) {
         struct outq_item it = *outq_at(q, i);
-        if (it.m->kind != MSG_KIND_FRAME) {
+        if (it.m->kind == MSG_KIND_RAW) {
             *outq_at(q, kept++) = it;
             continue;
         }

@@ -44,9 +44,9 @@ static inline void outq_pop(struct outq *q)
     q->head = (q->head + 1) & (q->cap - 1);
     q->count--;
 }
-/* Drop queued MSG_KIND_FRAME items of q not yet being written (closing); raw bytes (the
- * 101, control frames) and SSE events stay so the stream remains well formed. Returns
- * the count dropped. */
+/* Drop the queued messages (frames, SSE events) of q not yet being written (closing: the
+ * broker gets them back at the detach); raw bytes (the 101, control frames, SSE comments)
+ * stay so the stream remains well formed. Returns the count dropped. */
 uint32_t outq_drop_unsent(struct outq *q);
 /* Release every ref and the ring. */
 void outq_free(struct outq *q);

@@ -106,16 +106,18 @@ static void sse_timeout(struct conn *c, uint64_t now)
     conn_list_append(c, CONN_LIST_WS);
 }
 
-/* The gateway ends the stream: what is queued goes out, then the socket closes (an
- * EventSource reconnects by itself). Unsent messages of queue backends go back at the
- * detach. */
+/* The gateway ends the stream: unsent events are dropped, the write in flight finishes,
+ * then the socket closes (an EventSource reconnects by itself). The broker is left as a
+ * WebSocket leaves it (ws_leave: settle, then detach, so unacked messages go back) only
+ * after that write, so the events it carries are acked, not delivered again later. */
 static void sse_end(struct conn *c, uint16_t code)
 {
     (void)code;
     if (c->state != CONN_WS)
         return;
     c->srv->m.dropped += outq_drop_unsent(&c->out);
-    conn_detach(c);
+    if (!(c->flags & CONN_F_WRITING))
+        ws_leave(c); /* else conn_on_write does, once the write is through */
     conn_list_remove(c);
     c->state = CONN_WS_CLOSING; /* no more deliveries; close_timeout bounds the rest */
     conn_list_append(c, CONN_LIST_CLOSING);

@@ -284,14 +284,12 @@ static void ws_enter_closing(struct conn *c)
 /* Send what wslay holds (a close reply among it); close once both closes are through. */
 static void ws_send_pending(struct conn *c)
 {
-    if (c->ws == NULL)
-        return;
-    if (wslay_event_send(c->ws) != 0 ||
-        (!wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws))) {
+    if (c->ws != NULL && (wslay_event_send(c->ws) != 0 ||
+                          (!wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws)))) {
         c->flags |= CONN_F_CLOSE_AFTER;
         conn_read_pause(c, 1);
     }
-    conn_flush_later(c);
+    conn_flush_later(c); /* also an ended SSE stream's close, held while settling */
 }
 
 static void ws_on_settled(struct session *s)

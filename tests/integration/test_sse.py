@@ -8,6 +8,7 @@ Starts its own wsgate and redis-server processes."""
 
 import base64
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -179,6 +180,61 @@ def _():
         except EOFError:
             pass
         check_eq(srv.proc.wait(5), 0, "exit code")
+
+
+@test("redis-list: SIGTERM ends a stream with a write in flight: what reached the client is "
+      "acked, not delivered again on reconnect; nothing lost", timeout=60)
+def _():
+    redis = RedisServer().start()
+    env = {"WSGATE_BROKER_TYPE": "redis-list", "WSGATE_REDIS_URL": redis.url(),
+           "WSGATE_WEBSOCKET_MAX_SEND_BUFFER": "32m", "WSGATE_WEBSOCKET_CLOSE_TIMEOUT": "10s",
+           "WSGATE_SERVER_DRAIN_TIMEOUT": "10s"}
+    # 10 MB: more than the kernel takes on loopback (the send buffer autotunes to ~4 MiB),
+    # so a write is still in flight when the stream ends
+    n, pad = 160, "." * 64000
+    try:
+        with Server(env=env) as srv:
+            wait_for(lambda: http_request(srv.port, "GET", "/readyz").status == 200, 5, 0.05,
+                     "redis-list ready")
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # writes stay in flight
+            sock.connect(("127.0.0.1", srv.port))
+            sock.sendall(b"GET /sse/inflight HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_for(lambda: metric(srv.port, "wsgate_ws_connections_open") == 1, 3, 0.05, "open")
+            for i in range(n):
+                accepted(push(srv.port, "inflight", ("m%03d%s" % (i, pad)).encode()), "push %d" % i)
+            time.sleep(0.5)  # the gateway has written what the kernel took; one write waits
+            srv.proc.send_signal(15)
+            raw = b""
+            sock.settimeout(10)
+            while True:
+                d = sock.recv(65536)
+                if not d:
+                    break
+                raw += d
+            sock.close()
+            check_eq(srv.proc.wait(15), 0, "exit code")
+        first = re.findall(rb"data: (m\d{3})", raw)
+        note("first stream: %d events before the end" % len(first))
+        check(0 < len(first) < n, "some, not all, events before SIGTERM: %d" % len(first))
+        with Server(env=env) as srv:
+            wait_for(lambda: http_request(srv.port, "GET", "/readyz").status == 200, 5, 0.05,
+                     "redis-list ready")
+            s = Sse(srv.port, "/sse/inflight")
+            second = []
+            try:
+                while True:
+                    second.append(s.event(timeout=2)["data"][:4].encode())
+            except (TestTimeout, socket.timeout):
+                pass  # nothing more for 2 s
+            s.close()
+        dup = sorted(set(first) & set(second))
+        check(not dup, "%d events delivered on both streams (first %s): written, then given "
+              "back to the broker" % (len(dup), dup[:3]))
+        got = set(first) | set(second)
+        check_eq(len(got), n, "distinct messages over both streams (none lost)")
+    finally:
+        redis.stop()
 
 
 run()
