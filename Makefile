@@ -158,8 +158,8 @@ bench:
 	@$(MAKE) --no-print-directory $(BIN) bench/loadgen bench/kafka_inflight $(BUILD)/tools/kafka_mock
 	@bench/run.sh
 
-bench/loadgen: bench/loadgen.c
-	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -o $@ $< -lcrypto -lm
+bench/loadgen: bench/loadgen.c src/hmac.c src/hmac.h
+	$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -Isrc -o $@ bench/loadgen.c src/hmac.c -lcrypto -lm
 
 # the kafka backend's one-in-flight ceiling without the gateway (see README, Kafka backend)
 bench/kafka_inflight: bench/kafka_inflight.c

@@ -45,6 +45,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hmac.h" /* src/hmac.h: compiled in (Makefile) */
+
 #define LG_WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define LG_BODY_MIN 42 /* "%08x:%016x:%016x" */
 #define LG_MAX_PIDS 16
@@ -497,25 +499,6 @@ static int b64url(const unsigned char *in, int n, char *out)
     return len;
 }
 
-/* An HMAC-SHA256 context keyed with secret, for jwt_mint (NULL on failure). Keyed once:
- * OpenSSL 3's one-shot HMAC() looks the algorithm up and keys it on every call (~280k
- * instructions), which slowed the load generator, not the server, in the auth runs. */
-static EVP_MAC_CTX *jwt_mac_new(const char *secret)
-{
-    char digest[] = "SHA256";
-    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", digest, 0),
-                           OSSL_PARAM_construct_end()};
-    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    EVP_MAC_CTX *ctx = mac != NULL ? EVP_MAC_CTX_new(mac) : NULL;
-    EVP_MAC_free(mac); /* ctx holds its own reference */
-    if (ctx != NULL &&
-        EVP_MAC_init(ctx, (const unsigned char *)secret, strlen(secret), params) != 1) {
-        EVP_MAC_CTX_free(ctx);
-        ctx = NULL;
-    }
-    return ctx;
-}
-
 /* An HS256 JWT {"sub": sub, "exp": now + 1 h} signed with the keyed context mac, minted
  * per handshake as each real client would present its own. Returns its length, or -1 if
  * it does not fit in cap. */
@@ -529,15 +512,11 @@ static int jwt_mint(EVP_MAC_CTX *mac, const char *sub, char *out, size_t cap)
     /* {"alg":"HS256","typ":"JWT"} */
     int n = snprintf(out, cap, "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.");
     n += b64url((const unsigned char *)claims, cn, out + n);
-    unsigned char sig[EVP_MAX_MD_SIZE];
-    size_t ml = 0;
-    /* a NULL key restarts the MAC with the key it was given in jwt_mac_new */
-    if (EVP_MAC_init(mac, NULL, 0, NULL) != 1 ||
-        EVP_MAC_update(mac, (const unsigned char *)out, (size_t)n) != 1 ||
-        EVP_MAC_final(mac, sig, &ml, sizeof(sig)) != 1)
+    uint8_t sig[HMAC_SHA256_LEN];
+    if (hmac_sha256(mac, out, (size_t)n, sig) < 0)
         return -1;
     out[n++] = '.';
-    n += b64url(sig, (int)ml, out + n);
+    n += b64url(sig, (int)sizeof(sig), out + n);
     return n;
 }
 
@@ -1771,7 +1750,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (opts_parse(&g->o, argc, argv) < 0 ||
-        (g->o.jwt_secret != NULL && (g->jwt_mac = jwt_mac_new(g->o.jwt_secret)) == NULL) ||
+        (g->o.jwt_secret != NULL &&
+         (g->jwt_mac = hmac_sha256_new(g->o.jwt_secret, strlen(g->o.jwt_secret))) == NULL) ||
         lg_setup(g) < 0) {
         lg_free(g);
         free(g);

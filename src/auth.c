@@ -31,6 +31,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "hmac.h"
 #include "util.h"
 
 /* --- small helpers --- */
@@ -153,33 +154,9 @@ struct auth_dvec {
     size_t cap;                    /* allocated */
 };
 
-EVP_MAC_CTX *auth_hmac_new(const void *key, size_t len)
-{
-    static const unsigned char empty = 0;
-    char digest[] = "SHA256";
-    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", digest, 0),
-                           OSSL_PARAM_construct_end()};
-    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    EVP_MAC_CTX *ctx = mac != NULL ? EVP_MAC_CTX_new(mac) : NULL;
-
-    EVP_MAC_free(mac); /* ctx holds its own reference */
-    if (ctx != NULL && EVP_MAC_init(ctx, len > 0 ? key : &empty, len, params) != 1) {
-        EVP_MAC_CTX_free(ctx);
-        ctx = NULL;
-    }
-    return ctx;
-}
-
 int auth_hmac(EVP_MAC_CTX *ctx, const void *p, size_t len, uint8_t out[AUTH_DIGEST_LEN])
 {
-    size_t n = 0;
-
-    /* a NULL key restarts the MAC with the key set in auth_hmac_new (its inner and outer
-     * pads are kept: no key schedule or algorithm lookup per call) */
-    if (EVP_MAC_init(ctx, NULL, 0, NULL) != 1 || (len > 0 && EVP_MAC_update(ctx, p, len) != 1) ||
-        EVP_MAC_final(ctx, out, &n, AUTH_DIGEST_LEN) != 1 || n != AUTH_DIGEST_LEN)
-        return UV_ENOMEM;
-    return 0;
+    return hmac_sha256(ctx, p, len, out) < 0 ? UV_ENOMEM : 0;
 }
 
 static int auth_dvec_add(struct auth_dvec *v, EVP_MAC_CTX *mac, const char *tok, size_t len)
@@ -658,7 +635,7 @@ int auth_init(struct auth *a, const struct config *cfg, char *err, size_t errlen
             auth_err(err, errlen, "auth: no randomness for the token key");
             return UV_EIO;
         }
-        a->tok_mac = auth_hmac_new(key, sizeof key);
+        a->tok_mac = hmac_sha256_new(key, sizeof key);
         OPENSSL_cleanse(key, sizeof key);
         if (a->tok_mac == NULL) {
             auth_err(err, errlen, "auth: OpenSSL has no HMAC-SHA256");
@@ -711,7 +688,7 @@ int auth_init(struct auth *a, const struct config *cfg, char *err, size_t errlen
             goto fail;
         }
         memcpy(a->hs_secret, cfg->jwt_secret, a->hs_secret_len);
-        if ((a->jwt_mac = auth_hmac_new(a->hs_secret, a->hs_secret_len)) == NULL) {
+        if ((a->jwt_mac = hmac_sha256_new(a->hs_secret, a->hs_secret_len)) == NULL) {
             auth_err(err, errlen, "key 'auth.jwt_secret': OpenSSL has no HMAC-SHA256");
             rc = UV_ENOMEM;
             goto fail;

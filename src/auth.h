@@ -142,10 +142,8 @@ int auth_push_required(const struct auth *a);
  * CRYPTO_memcmp: the time depends on the number of tokens only. The last token that
  * passed is remembered (a service repeats it) and compared first in constant time. */
 int auth_push_ok(struct auth *a, const char *authz, size_t len);
-/* An HMAC-SHA256 context keyed with key (len bytes), reused for every auth_hmac; NULL when
- * OpenSSL lacks it or memory is short. Free with EVP_MAC_CTX_free. */
-struct evp_mac_ctx_st *auth_hmac_new(const void *key, size_t len);
-/* out = HMAC-SHA256(ctx's key, p[0..len)). 0, or UV_ENOMEM. Loop thread: ctx is reused. */
+/* out = HMAC-SHA256(ctx's key, p[0..len)) with a context from hmac_sha256_new (hmac.h).
+ * 0, or UV_ENOMEM. Loop thread: ctx is reused. */
 int auth_hmac(struct evp_mac_ctx_st *ctx, const void *p, size_t len, uint8_t out[AUTH_DIGEST_LEN]);
 /* The same for /metrics and metrics_token; 1 when metrics_token is empty. */
 int auth_metrics_ok(const struct auth *a, const char *authz, size_t len);
