@@ -14,6 +14,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "util.h"
 #include "msg.h"
 #include "session.h"
 #include "topics.h"
@@ -97,10 +98,12 @@ int rcommon_ready(const struct rcommon *r)
 size_t rcommon_name(const struct rcommon *r, const char *kind, const char *name, char *out,
                     size_t cap)
 {
-    int n = snprintf(out, cap, "%s.%s.%s", r->cfg->prefix, kind, name);
-    if (n < 0 || cap == 0)
-        return 0;
-    return (size_t)n < cap ? (size_t)n : cap - 1;
+    /* "<prefix>.<kind>.<name>", truncated like snprintf (on every push: no snprintf) */
+    size_t at = str_put(out, cap, 0, r->cfg->prefix, strlen(r->cfg->prefix));
+    at = str_put(out, cap, at, ".", 1);
+    at = str_put(out, cap, at, kind, strlen(kind));
+    at = str_put(out, cap, at, ".", 1);
+    return str_put(out, cap, at, name, strlen(name));
 }
 
 int rcommon_publish_to(struct rcommon *r, const char *kind, const char *name, struct msg *m,

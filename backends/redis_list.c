@@ -68,14 +68,20 @@
 #include "msg.h"
 #include "redis_list.h"
 #include "session.h"
+#include "util.h"
 
 /* --- helpers --- */
 
 size_t rlist_inflight_key(const struct rlist *rl, uint64_t sid, char *out, size_t cap)
 {
-    int n = snprintf(out, cap, "%s.inflight.%s.%llu", rl->base.cfg->prefix, rl->nid,
-                     (unsigned long long)sid);
-    return n < 0 ? 0 : (size_t)n;
+    /* "<prefix>.inflight.<node>.<sid>" (on every push and fetch: no snprintf) */
+    char num[21];
+    size_t nl = fmt_u64(num, sid);
+    size_t at = str_put(out, cap, 0, rl->base.cfg->prefix, strlen(rl->base.cfg->prefix));
+    at = str_put(out, cap, at, ".inflight.", 10);
+    at = str_put(out, cap, at, rl->nid, strlen(rl->nid));
+    at = str_put(out, cap, at, ".", 1);
+    return str_put(out, cap, at, num, nl);
 }
 
 void rlist_sess_unref(struct rlist_sess *rs)
@@ -273,10 +279,10 @@ static void rlist_detach(struct broker *b, struct session *s)
 static int rlist_push_to(struct rlist *rl, const char *kind, const char *name, struct msg *m,
                          broker_push_cb cb, void *arg)
 {
-    char q[RCOMMON_NAME_MAX], max[16], ttl[24];
+    char q[RCOMMON_NAME_MAX], max[21], ttl[24];
     size_t ql = rcommon_name(&rl->base, kind, name, q, sizeof(q));
-    int ml = snprintf(max, sizeof(max), "%u", rl->base.cfg->max_queue);
-    int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)rl->base.cfg->ttl_ms);
+    size_t ml = fmt_u64(max, rl->base.cfg->max_queue);
+    size_t tl = fmt_u64(ttl, rl->base.cfg->ttl_ms);
     const char *argv[] = {"EVALSHA", rl->sha[RLIST_LUA_PUSH], "1", q, m->data, max, ttl};
     size_t lens[] = {7, 40, 1, ql, m->len, (size_t)ml, (size_t)tl};
     if (rl->base.closing)
@@ -290,8 +296,8 @@ static int rlist_push(struct broker *b, const char *key, struct msg *m, broker_p
     struct rlist *rl = b->priv;
     struct rlist_sess *rs;
     struct rlist_push_req *req;
-    char q[RCOMMON_NAME_MAX], fkey[RCOMMON_NAME_MAX], lease[RCOMMON_NAME_MAX], max[16], ttl[24],
-        acks[16];
+    char q[RCOMMON_NAME_MAX], fkey[RCOMMON_NAME_MAX], lease[RCOMMON_NAME_MAX], max[21], ttl[24],
+        acks[21];
     size_t ql = rcommon_name(&rl->base, "recv", key, q, sizeof(q));
     int rc;
     if (rl->base.closing)
@@ -302,9 +308,9 @@ static int rlist_push(struct broker *b, const char *key, struct msg *m, broker_p
         return UV_ENOMEM;
     size_t fl = rlist_inflight_key(rl, rs->sid, fkey, sizeof(fkey));
     size_t ll = rcommon_name(&rl->base, "lease", rl->nid, lease, sizeof(lease));
-    int ml = snprintf(max, sizeof(max), "%u", rl->base.cfg->max_queue);
-    int tl = snprintf(ttl, sizeof(ttl), "%llu", (unsigned long long)rl->base.cfg->ttl_ms);
-    int al = snprintf(acks, sizeof(acks), "%u", rs->acks);
+    size_t ml = fmt_u64(max, rl->base.cfg->max_queue);
+    size_t tl = fmt_u64(ttl, rl->base.cfg->ttl_ms);
+    size_t al = fmt_u64(acks, rs->acks);
     const char *argv[] = {
         "EVALSHA", rl->sha[RLIST_LUA_PUSHD], "3", q, fkey, lease, m->data, max, ttl, acks};
     size_t lens[] = {7, 40, 1, ql, fl, ll, m->len, (size_t)ml, (size_t)tl, (size_t)al};

@@ -25,6 +25,7 @@
 #include "msg.h"
 #include "redis_list.h"
 #include "session.h"
+#include "util.h"
 
 /* --- held messages and giving --- */
 
@@ -164,7 +165,7 @@ static void rlist_on_flow(redisAsyncContext *ac, void *r, void *priv)
 static void rlist_service(struct rlist_sess *rs)
 {
     struct rlist *rl = rs->rl;
-    char fkey[RCOMMON_NAME_MAX], lease[RCOMMON_NAME_MAX], acks[16], kbuf[16];
+    char fkey[RCOMMON_NAME_MAX], lease[RCOMMON_NAME_MAX], acks[21], kbuf[21];
     size_t flen;
     uint32_t k = 0;
     if (rs->base.detached || rs->settling || !rl->registered || !rconn_is_up(rl->base.cmd))
@@ -190,9 +191,9 @@ static void rlist_service(struct rlist_sess *rs)
     if (k == 0)
         return; /* acks alone wait for the ack timer (rlist_on_ack_timer) */
     flen = rlist_inflight_key(rl, rs->sid, fkey, sizeof(fkey));
-    int alen = snprintf(acks, sizeof(acks), "%u", rs->acks);
+    size_t alen = fmt_u64(acks, rs->acks);
     size_t llen = rcommon_name(&rl->base, "lease", rl->nid, lease, sizeof(lease));
-    int klen = snprintf(kbuf, sizeof(kbuf), "%u", k);
+    size_t klen = fmt_u64(kbuf, (uint64_t)k);
     const char *argv[] = {"EVALSHA", rl->sha[RLIST_LUA_FLOW], "3", rs->qkey, fkey, lease, acks,
                           kbuf};
     size_t lens[] = {7, 40, 1, rs->qkey_len, flen, llen, (size_t)alen, (size_t)klen};
@@ -403,7 +404,7 @@ void rlist_on_pushd(redisAsyncContext *ac, void *r, void *priv)
 /* Drop the acked heads of n in-flight lists in one script call; releases the batch's refs. */
 static void rlist_acks_send(struct rlist *rl, struct rlist_sess **batch, int n)
 {
-    char keys[RLIST_ACK_CHUNK][RCOMMON_NAME_MAX], counts[RLIST_ACK_CHUNK][12], nk[8];
+    char keys[RLIST_ACK_CHUNK][RCOMMON_NAME_MAX], counts[RLIST_ACK_CHUNK][21], nk[21];
     const char *argv[3 + 2 * RLIST_ACK_CHUNK];
     size_t lens[3 + 2 * RLIST_ACK_CHUNK];
     argv[0] = "EVALSHA";
@@ -411,12 +412,12 @@ static void rlist_acks_send(struct rlist *rl, struct rlist_sess **batch, int n)
     argv[1] = rl->sha[RLIST_LUA_ACKS];
     lens[1] = 40;
     argv[2] = nk;
-    lens[2] = (size_t)snprintf(nk, sizeof(nk), "%d", n);
+    lens[2] = fmt_u64(nk, (uint64_t)n);
     for (int i = 0; i < n; i++) {
         argv[3 + i] = keys[i];
         lens[3 + i] = rlist_inflight_key(rl, batch[i]->sid, keys[i], sizeof(keys[i]));
         argv[3 + n + i] = counts[i];
-        lens[3 + n + i] = (size_t)snprintf(counts[i], sizeof(counts[i]), "%u", batch[i]->acks);
+        lens[3 + n + i] = fmt_u64(counts[i], batch[i]->acks);
     }
     int sent = rlist_eval(rl, NULL, NULL, NULL, NULL, 3 + 2 * n, argv, lens) == 0;
     for (int i = 0; i < n; i++) {

@@ -172,3 +172,31 @@ int parse_size(const char *s, uint64_t *bytes)
         return -1;
     return util_mul(v, mul, bytes);
 }
+
+size_t fmt_u64(char *out, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    out[n] = '\0';
+    return n;
+}
+
+size_t str_put(char *out, size_t cap, size_t at, const char *s, size_t n)
+{
+    if (cap == 0)
+        return 0;
+    if (at > cap - 1)
+        at = cap - 1;
+    if (n > cap - 1 - at)
+        n = cap - 1 - at;
+    if (n > 0)
+        memcpy(out + at, s, n);
+    out[at + n] = '\0';
+    return at + n;
+}

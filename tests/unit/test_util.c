@@ -633,9 +633,46 @@ static void test_log_long_lines(void **state)
     free(out);
 }
 
+static void test_fmt_u64(void **state)
+{
+    (void)state;
+    char b[21];
+    assert_int_equal(fmt_u64(b, 0), 1);
+    assert_string_equal(b, "0");
+    assert_int_equal(fmt_u64(b, 7), 1);
+    assert_string_equal(b, "7");
+    assert_int_equal(fmt_u64(b, 10), 2);
+    assert_string_equal(b, "10");
+    assert_int_equal(fmt_u64(b, 4294967295u), 10);
+    assert_string_equal(b, "4294967295");
+    assert_int_equal(fmt_u64(b, UINT64_MAX), 20);
+    assert_string_equal(b, "18446744073709551615");
+}
+
+static void test_str_put(void **state)
+{
+    (void)state;
+    char b[8];
+    size_t at = str_put(b, sizeof b, 0, "ws", 2);
+    at = str_put(b, sizeof b, at, ".", 1);
+    at = str_put(b, sizeof b, at, "recv", 4);
+    assert_int_equal(at, 7);
+    assert_string_equal(b, "ws.recv");
+    at = str_put(b, sizeof b, at, ".x", 2); /* full: truncated, still terminated */
+    assert_int_equal(at, 7);
+    assert_string_equal(b, "ws.recv");
+    assert_int_equal(str_put(b, sizeof b, 0, "abcdefghij", 10), 7);
+    assert_string_equal(b, "abcdefg");
+    assert_int_equal(str_put(b, sizeof b, 3, "", 0), 3);
+    assert_string_equal(b, "abc");
+    assert_int_equal(str_put(b, 0, 0, "a", 1), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fmt_u64),
+        cmocka_unit_test(test_str_put),
         cmocka_unit_test(test_key_lengths),
         cmocka_unit_test(test_key_every_byte),
         cmocka_unit_test(test_key_dots),
