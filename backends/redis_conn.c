@@ -20,6 +20,7 @@
 
 #include "log.h"
 #include "map.h"
+#include "util.h"
 
 #define RCONN_BACKOFF_MIN_MS 100
 
@@ -235,16 +236,58 @@ static void rconn_kill(struct rconn *rc, int err, const char *why)
     redisAsyncFree(rc->ac);
 }
 
+/* The RESP form of argv (an array of bulk strings) in buf when it fits in cap bytes, else
+ * in a malloc'd buffer returned in *heap (owned by the caller). NULL when out of memory.
+ * hiredis's redisAsyncCommandArgv formats through sdscatfmt per argument (~7,000
+ * instructions per push); this is a few hundred, and the copies are the same: one here,
+ * one into hiredis's output buffer. */
+static const char *rconn_resp(char *buf, size_t cap, int argc, const char **argv,
+                              const size_t *lens, size_t *len, char **heap)
+{
+    size_t need = 1 + 20 + 2; /* "*<argc>\r\n" */
+    for (int i = 0; i < argc; i++)
+        need += 1 + 20 + 2 + lens[i] + 2; /* "$<len>\r\n<bytes>\r\n" */
+    char *o = buf;
+    *heap = NULL;
+    if (need > cap && (o = *heap = malloc(need)) == NULL)
+        return NULL;
+    const char *start = o;
+    *o++ = '*';
+    o += fmt_u64(o, (uint64_t)argc);
+    *o++ = '\r';
+    *o++ = '\n';
+    for (int i = 0; i < argc; i++) {
+        *o++ = '$';
+        o += fmt_u64(o, lens[i]);
+        *o++ = '\r';
+        *o++ = '\n';
+        if (lens[i] > 0)
+            memcpy(o, argv[i], lens[i]);
+        o += lens[i];
+        *o++ = '\r';
+        *o++ = '\n';
+    }
+    *len = (size_t)(o - start);
+    return start;
+}
+
 /* Append a command to the context's output buffer; hiredis writes it when the socket is
  * writable, i.e. everything sent during this loop iteration leaves in one write. */
 int rconn_send(struct rconn *rc, redisCallbackFn *fn, void *priv, int argc, const char **argv,
                const size_t *lens)
 {
-    int was_busy;
+    int was_busy, rv;
+    char buf[2048], *heap;
+    size_t len;
+    const char *cmd;
     if (rc->ac == NULL || rc->dying)
         return UV_ENOTCONN;
     was_busy = rconn_busy(rc);
-    if (redisAsyncCommandArgv(rc->ac, fn, priv, argc, argv, lens) != REDIS_OK)
+    if ((cmd = rconn_resp(buf, sizeof(buf), argc, argv, lens, &len, &heap)) == NULL)
+        return UV_ENOMEM;
+    rv = redisAsyncFormattedCommand(rc->ac, fn, priv, cmd, len);
+    free(heap);
+    if (rv != REDIS_OK)
         return rc->ac->c.err == REDIS_ERR_OOM ? UV_ENOMEM : UV_ENOTCONN;
     if (!was_busy) {
         /* The deadline runs from now; make sure the timer fires by then. */
