@@ -236,15 +236,15 @@ static void rconn_kill(struct rconn *rc, int err, const char *why)
     redisAsyncFree(rc->ac);
 }
 
-/* The RESP form of argv (an array of bulk strings) in buf when it fits in cap bytes, else
- * in a malloc'd buffer returned in *heap (owned by the caller). NULL when out of memory.
- * hiredis's redisAsyncCommandArgv formats through sdscatfmt per argument (~7,000
+/* hiredis's redisAsyncCommandArgv formats through sdscatfmt per argument (~7,000
  * instructions per push); this is a few hundred, and the copies are the same: one here,
- * one into hiredis's output buffer. */
-static const char *rconn_resp(char *buf, size_t cap, int argc, const char **argv,
-                              const size_t *lens, size_t *len, char **heap)
+ * one into hiredis's output buffer. The text is NUL-terminated like hiredis's own:
+ * redisAsyncFormattedCommand walks a SUBSCRIBE's arguments with strchr until it meets
+ * the NUL (without it, it read past the end into stale bytes and could assert). */
+const char *rconn_resp(char *buf, size_t cap, int argc, const char **argv, const size_t *lens,
+                       size_t *len, char **heap)
 {
-    size_t need = 1 + 20 + 2; /* "*<argc>\r\n" */
+    size_t need = 1 + 20 + 2 + 1; /* "*<argc>\r\n", and the NUL */
     for (int i = 0; i < argc; i++)
         need += 1 + 20 + 2 + lens[i] + 2; /* "$<len>\r\n<bytes>\r\n" */
     char *o = buf;
@@ -267,6 +267,7 @@ static const char *rconn_resp(char *buf, size_t cap, int argc, const char **argv
         *o++ = '\r';
         *o++ = '\n';
     }
+    *o = '\0';
     *len = (size_t)(o - start);
     return start;
 }

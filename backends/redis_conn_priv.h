@@ -89,5 +89,10 @@ void rconn_chans_reset(struct rconn *rc);
 void rconn_resubscribe_all(struct rconn *rc);
 /* The reply callback of every (UN)SUBSCRIBE: confirmations and messages. */
 void rconn_on_sub_reply(redisAsyncContext *ac, void *r, void *priv);
+/* The RESP text of argv (an array of bulk strings), NUL-terminated (not counted in *len),
+ * in buf when it fits in cap bytes, else in a malloc'd buffer returned in *heap (owned by
+ * the caller; NULL when buf was used). NULL when out of memory. */
+const char *rconn_resp(char *buf, size_t cap, int argc, const char **argv, const size_t *lens,
+                       size_t *len, char **heap);
 
 #endif
