@@ -366,9 +366,9 @@ median() {
     done
     # shellcheck disable=SC2086 # vals is a word list of numbers
     printf '%s\n' $vals | sort -g | awk -v bad="$bad" '
-        { v[NR] = $1 }
-        END { if (NR == 0) { printf "NA%s", bad; exit }
-              m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+        NF { v[++n] = $1 } # no values: printf gives one empty line, which is no number
+        END { if (n == 0) { printf "NA%s", bad; exit }
+              m = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
               if (m == int(m)) printf "%d%s", m, bad; else printf "%.2f%s", m, bad }'
 }
 
