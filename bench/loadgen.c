@@ -1,19 +1,23 @@
 /* bench/loadgen.c — wsgate's load generator for `make bench`.
  *
  * What it does: one scenario (queue, latency, fanout, idle) against one server (wsgate or
- * nchan) from one process: RFC 6455 WebSocket clients (real handshake checked with
- * SHA-1 + base64, masked client frames, an incremental fragmentation-safe frame parser,
- * pongs for pings) and keep-alive HTTP/1.1 push/publish connections with pipelining. Every
- * message body carries "<receiver:8 hex>:<seq:16 hex>:<send time ns:16 hex>" padded with
- * '.' to --size, so each receiving socket checks that every accepted message arrives
- * exactly once and in order, and push-to-frame latency is measured. For idle, it reads the
- * server's VmRSS (summed over --pid) before and after opening the connections. It prints a
- * block of key=value lines and exits 0 (all good), 1 (a message lost, duplicated, out of
- * order or misrouted, a push refused, a connection failed) or 2 (bad usage/setup).
+ * nchan), or several gateway nodes sharing a broker (--port P1,P2,...: receiving socket i
+ * connects to port i % n, push connection j to port j % n), from one process: RFC 6455
+ * WebSocket clients (real handshake checked with SHA-1 + base64, masked client frames, an
+ * incremental fragmentation-safe frame parser, pongs for pings) and keep-alive HTTP/1.1
+ * push/publish connections with pipelining. Every message body carries "<receiver:8
+ * hex>:<seq:16 hex>:<send time ns:16 hex>" padded with '.' to --size, so each receiving
+ * socket checks that every accepted message arrives exactly once and in order, and
+ * push-to-frame latency is measured. Server CPU time is summed over --pid (every node); for
+ * idle, it also reads the servers' VmRSS (summed over --pid) before and after opening the
+ * connections. It prints a block of key=value lines and exits 0 (all good), 1 (a message
+ * lost, duplicated, out of order or misrouted, a push refused, a connection failed) or 2
+ * (bad usage/setup).
  *
  * What it does NOT do: start or stop servers (bench/run.sh does), TLS, permessage-deflate,
- * DNS beyond one getaddrinfo at start. It never waits without a deadline: --timeout bounds
- * the whole scenario, --grace the wait for deliveries after the last push was answered.
+ * DNS beyond one getaddrinfo per port at start. It never waits without a deadline:
+ * --timeout bounds the whole scenario, --grace the wait for deliveries after the last push
+ * was answered.
  *
  * Threads: one (main); epoll, level-triggered, non-blocking sockets. No global mutable
  * state: everything lives in struct lg, owned by main().
@@ -50,6 +54,7 @@
 #define LG_WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define LG_BODY_MIN 42 /* "%08x:%016x:%016x" */
 #define LG_MAX_PIDS 16
+#define LG_MAX_PORTS 16          /* --port P1,P2,...: gateway nodes */
 #define LG_MAX_HEAD 16384        /* response head larger than this: protocol error */
 #define LG_MAX_FRAME (16u << 20) /* server frame larger than this: protocol error */
 #define LG_TOPIC_RX 0xffffffffu  /* receiver field of a topic message */
@@ -206,8 +211,10 @@ static bool http_value_has(const char *v, size_t vlen, const char *token)
 enum lg_scenario { SCEN_QUEUE, SCEN_LATENCY, SCEN_FANOUT, SCEN_IDLE };
 
 struct opts {
-    const char *host; /* borrowed: argv */
-    const char *port; /* borrowed: argv */
+    const char *host;                /* borrowed: argv */
+    char portlist[256];              /* --port's list, split in place by opts_parse */
+    const char *ports[LG_MAX_PORTS]; /* borrowed: point into portlist */
+    int nports;                      /* >= 1 */
     enum lg_scenario scen;
     const char *scen_name;   /* borrowed: static string */
     long sessions;           /* queue/latency: receiving sockets, one per session */
@@ -218,7 +225,7 @@ struct opts {
     long sockets;            /* fanout: subscribed sockets */
     const char *topic;       /* borrowed: argv or default */
     long idle;               /* idle: connections */
-    pid_t pids[LG_MAX_PIDS]; /* server processes whose VmRSS is summed */
+    pid_t pids[LG_MAX_PIDS]; /* server processes: VmRSS and CPU time summed */
     int npids;
     pid_t bpids[LG_MAX_PIDS]; /* broker processes whose CPU time is reported */
     int nbpids;
@@ -277,14 +284,15 @@ struct rx {
 
 struct lg {
     struct opts o;
-    int ep;                       /* owned: epoll fd */
-    int tfd;                      /* owned: timerfd pacing the latency scenario, or -1 */
-    struct conn *tmark;           /* owned: epoll marker for tfd (fd -1: events skipped) */
-    struct sockaddr_storage addr; /* server address */
-    socklen_t addrlen;
-    char hostport[300];   /* Host header */
-    uint64_t rnd;         /* xorshift state for keys and masks */
-    EVP_MAC_CTX *jwt_mac; /* owned: HMAC-SHA256 keyed once with --jwt-secret, or NULL */
+    int ep;             /* owned: epoll fd */
+    int tfd;            /* owned: timerfd pacing the latency scenario, or -1 */
+    struct conn *tmark; /* owned: epoll marker for tfd (fd -1: events skipped) */
+    struct sockaddr_storage addr[LG_MAX_PORTS]; /* one per --port entry (node) */
+    socklen_t addrlen[LG_MAX_PORTS];
+    char hostport[LG_MAX_PORTS][300]; /* Host header, per node */
+    uint32_t naddr;                   /* = o.nports */
+    uint64_t rnd;                     /* xorshift state for keys and masks */
+    EVP_MAC_CTX *jwt_mac;             /* owned: HMAC-SHA256 keyed once with --jwt-secret, or NULL */
 
     struct conn *ws; /* owned: nws receiving sockets */
     uint32_t nws;
@@ -366,15 +374,24 @@ static void conn_close(struct lg *g, struct conn *c, enum conn_state next)
     c->state = (uint8_t)next;
 }
 
+/* The node (index into --port's list) c talks to: receiving socket i and push connection
+ * j go to i % n and j % n, round robin; a reconnect goes to the same node. */
+static uint32_t conn_node(const struct lg *g, const struct conn *c)
+{
+    return c->idx % g->naddr;
+}
+
 /* Starts a non-blocking connect. Returns 0 or -errno. */
 static int conn_connect(struct lg *g, struct conn *c)
 {
-    int fd = socket(g->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    uint32_t node = conn_node(g, c);
+    int fd = socket(g->addr[node].ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    if (connect(fd, (struct sockaddr *)&g->addr, g->addrlen) < 0 && errno != EINPROGRESS) {
+    if (connect(fd, (struct sockaddr *)&g->addr[node], g->addrlen[node]) < 0 &&
+        errno != EINPROGRESS) {
         int err = errno;
         close(fd);
         return -err;
@@ -542,7 +559,7 @@ static void ws_on_connected(struct lg *g, struct conn *c)
     n += snprintf(req + n, sizeof(req) - (size_t)n,
                   "Host: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                   "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n",
-                  g->hostport, key);
+                  g->hostport[conn_node(g, c)], key);
     if (g->o.jwt_secret != NULL) { /* the browser transport: Sec-WebSocket-Protocol */
         char sub[96], jwt[512];
         snprintf(sub, sizeof(sub), "%s-%" PRIu32, g->o.prefix, c->idx);
@@ -775,7 +792,7 @@ static void http_request_append(struct lg *g, struct conn *c, uint64_t i)
                        g->o.push_token);
     hn += snprintf(head + hn, sizeof(head) - (size_t)hn,
                    "Host: %s\r\nContent-Type: text/plain\r\nContent-Length: %ld\r\n\r\n",
-                   g->hostport, g->o.size);
+                   g->hostport[conn_node(g, c)], g->o.size);
     buf_append(&c->out, head, (size_t)hn);
     char *body = buf_reserve(&c->out, (size_t)g->o.size + 1);
     int bn = snprintf(body, (size_t)g->o.size + 1, "%08" PRIx32 ":%016" PRIx64 ":%016" PRIx64, who,
@@ -1078,8 +1095,8 @@ static long rss_read_kib(const struct lg *g, const char *field)
     return sum;
 }
 
-/* Server CPU seconds (utime + stime) summed over --pid, -1 if unreadable. */
-/* utime + stime in seconds summed over pids, or -1 (none given, or one is gone). */
+/* utime + stime in seconds summed over pids (--pid: every node), or -1 (none given, or one
+ * is gone). */
 static double cpu_pids_s(const pid_t *pids, int npids)
 {
     double ticks = 0;
@@ -1304,6 +1321,15 @@ static int lg_run_push(struct lg *g, int64_t deadline)
         printf("sockets=%" PRIu32 "\n", receivers);
     else
         printf("sessions=%" PRIu32 "\n", receivers);
+    if (g->o.scen != SCEN_FANOUT && g->naddr > 1) {
+        /* how many sessions get their pushes through the node that holds their socket
+         * (session r: socket on node r % n, pushes on connection r % conns, so on node
+         * (r % conns) % n): 100 when n divides --conns */
+        uint64_t same = 0;
+        for (uint64_t r = 0; r < (uint64_t)g->o.sessions; r++)
+            same += (r % g->nhttp) % g->naddr == r % g->naddr;
+        printf("push_via_socket_node_pct=%.1f\n", 100.0 * (double)same / (double)g->o.sessions);
+    }
     printf("sent=%" PRIu64 "\n", g->sent);
     printf("accepted=%" PRIu64 "\n", g->accepted_n);
     printf("rejected=%" PRIu64 "\n", g->rejected);
@@ -1356,7 +1382,9 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: loadgen --scenario queue|latency|fanout|idle [options]\n"
             "  --url-host H      server address (default 127.0.0.1)\n"
-            "  --port P          server port (default 8080)\n"
+            "  --port P[,P...]   server port (default 8080); several: gateway nodes sharing\n"
+            "                    a broker, socket i on port i %% n, push connection j on\n"
+            "                    port j %% n (also --ports)\n"
             "  --sessions N      queue/latency: receiving sessions (default 1000)\n"
             "  --messages N      pushes (queue 100000, latency 25000) or publishes (fanout "
             "200)\n"
@@ -1367,7 +1395,7 @@ static void usage(FILE *f)
             "  --sockets N       fanout: sockets subscribed to the topic (default 5000)\n"
             "  --topic T         fanout topic (default bench)\n"
             "  --idle N          idle: WebSocket connections (default 10000)\n"
-            "  --pid PID[,PID]   server processes whose VmRSS is summed (idle)\n"
+            "  --pid PID[,PID]   server processes (every node): CPU time and VmRSS summed\n"
             "  --broker-pid PID[,PID]  broker processes: their CPU per push is reported\n"
             "  --nchan           nchan routes (fanout sockets on /topic/T)\n"
             "  --label L         target name printed as target= (default wsgate|nchan)\n"
@@ -1437,6 +1465,7 @@ static int opts_parse(struct opts *o, int argc, char **argv)
     static const struct option longopts[] = {
         {"url-host", required_argument, NULL, 'H'},
         {"port", required_argument, NULL, 'p'},
+        {"ports", required_argument, NULL, 'p'},
         {"scenario", required_argument, NULL, 's'},
         {"sessions", required_argument, NULL, 'S'},
         {"messages", required_argument, NULL, 'm'},
@@ -1464,7 +1493,7 @@ static int opts_parse(struct opts *o, int argc, char **argv)
     const char *scen = NULL, *prefix = NULL;
     memset(o, 0, sizeof(*o));
     o->host = "127.0.0.1";
-    o->port = "8080";
+    snprintf(o->portlist, sizeof(o->portlist), "8080");
     o->sessions = o->messages = o->conns = o->sockets = o->idle = -1;
     o->size = 64;
     o->rate = -1;
@@ -1482,7 +1511,8 @@ static int opts_parse(struct opts *o, int argc, char **argv)
             o->host = optarg;
             break;
         case 'p':
-            o->port = optarg;
+            bad |= snprintf(o->portlist, sizeof(o->portlist), "%s", optarg) >=
+                   (int)sizeof(o->portlist);
             break;
         case 's':
             scen = optarg;
@@ -1558,6 +1588,19 @@ static int opts_parse(struct opts *o, int argc, char **argv)
     if (bad || optind != argc || scen == NULL) {
         usage(stderr);
         return -1;
+    }
+    /* "P1,P2,...": split in place; an empty entry or more than LG_MAX_PORTS is an error */
+    o->nports = 0;
+    for (char *t = o->portlist, *end; t != NULL; t = end) {
+        end = strchr(t, ',');
+        if (end != NULL)
+            *end++ = '\0';
+        if (*t == '\0' || o->nports == LG_MAX_PORTS) {
+            fprintf(stderr, "loadgen: --port: 1..%d non-empty ports, comma-separated\n",
+                    LG_MAX_PORTS);
+            return -1;
+        }
+        o->ports[o->nports++] = t;
     }
     static const char *const names[] = {"queue", "latency", "fanout", "idle"};
     o->scen_name = NULL;
@@ -1638,17 +1681,20 @@ static int lg_setup(struct lg *g)
 {
     struct opts *o = &g->o;
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    struct addrinfo *ai = NULL;
-    int rc = getaddrinfo(o->host, o->port, &hints, &ai);
-    if (rc != 0) {
-        fprintf(stderr, "loadgen: %s:%s: %s\n", o->host, o->port, gai_strerror(rc));
-        return -1;
+    g->naddr = (uint32_t)o->nports;
+    for (uint32_t k = 0; k < g->naddr; k++) {
+        struct addrinfo *ai = NULL;
+        int rc = getaddrinfo(o->host, o->ports[k], &hints, &ai);
+        if (rc != 0) {
+            fprintf(stderr, "loadgen: %s:%s: %s\n", o->host, o->ports[k], gai_strerror(rc));
+            return -1;
+        }
+        memcpy(&g->addr[k], ai->ai_addr, ai->ai_addrlen);
+        g->addrlen[k] = ai->ai_addrlen;
+        freeaddrinfo(ai);
+        snprintf(g->hostport[k], sizeof(g->hostport[k]), strchr(o->host, ':') ? "[%s]:%s" : "%s:%s",
+                 o->host, o->ports[k]);
     }
-    memcpy(&g->addr, ai->ai_addr, ai->ai_addrlen);
-    g->addrlen = ai->ai_addrlen;
-    freeaddrinfo(ai);
-    snprintf(g->hostport, sizeof(g->hostport), strchr(o->host, ':') ? "[%s]:%s" : "%s:%s", o->host,
-             o->port);
     g->rnd = (uint64_t)lg_now_ns() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
 
     switch (o->scen) {
@@ -1759,6 +1805,7 @@ int main(int argc, char **argv)
     }
     printf("scenario=%s\n", g->o.scen_name);
     printf("target=%s\n", g->o.label);
+    printf("nodes=%" PRIu32 "\n", g->naddr);
     if (g->o.scen != SCEN_IDLE) {
         printf("size=%ld\n", g->o.size);
         printf("conns=%ld\n", g->o.conns);

@@ -21,6 +21,12 @@
 #                     the per-round ratios (the two targets of a round ran back to back)
 #                     with their min-max: the way to compare on a noisy shared box
 #   BENCH_BACKENDS    "memory"                    (also redis-list, redis-pubsub, nats, kafka)
+#   BENCH_NODES       gateway nodes per wsgate target (default 1, at most 16): N wsgate
+#                     processes share the backend's broker, each on its own free port with
+#                     its own log (kafka: WSGATE_KAFKA_NODE=bench1..benchN); loadgen spreads
+#                     its sockets and push connections over them round robin and sums the
+#                     CPU time and RSS of all N. Needs a shared broker: refused (exit 2)
+#                     with the memory backend and with the nchan target
 #   BENCH_ARGS_QUEUE, BENCH_ARGS_LATENCY, BENCH_ARGS_FANOUT, BENCH_ARGS_IDLE
 #                     extra loadgen options for one scenario, e.g. "--messages 20000"
 #   BENCH_TIMEOUT     seconds one loadgen run may take (default 90)
@@ -38,6 +44,7 @@ TARGETS=${BENCH_TARGETS:-wsgate nchan}
 BACKENDS=${BENCH_BACKENDS:-memory}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-90}
 ROUNDS=${BENCH_ROUNDS:-1}
+NODES=${BENCH_NODES:-1}
 BENCH_BASE_BIN=${BENCH_BASE_BIN:-}
 WSGATE_BIN=${WSGATE_BIN:-$ROOT/wsgate}
 LOADGEN=${LOADGEN:-$ROOT/bench/loadgen}
@@ -72,6 +79,7 @@ forget_pid() { # PID: no longer ours to stop
 # shellcheck disable=SC2317 # run by the trap
 cleanup() {
     local pid
+    trap '' INT TERM # a second signal must not cut the cleanup short (it is bounded)
     for pid in $STARTED; do stop_pid "$pid"; done
     rm -rf "$TMP"
 }
@@ -108,9 +116,11 @@ wait_cmd() {
 # backend_start BACKEND sets WSGATE_ENV (extra env for wsgate), NCHAN_STORE (memory|redis),
 # REDIS_PORT, DEP_PIDS. To add a backend: start its server(s) here, append to DEP_PIDS.
 # WSGATE_BROKER_PIDS / NCHAN_BROKER_PIDS: the broker servers each target uses (their CPU
-# per push is reported as broker_cpu_us_per_push).
+# per push is reported as broker_cpu_us_per_push). WSGATE_NODE_VAR: the variable that
+# names a gateway node (bench1, bench2, ...), for backends that need distinct names.
 backend_start() {
     WSGATE_ENV="WSGATE_BROKER_TYPE=$1"
+    WSGATE_NODE_VAR=""
     NCHAN_STORE=memory
     DEP_PIDS="" WSGATE_BROKER_PIDS="" NCHAN_BROKER_PIDS=""
     case $1 in
@@ -132,7 +142,8 @@ backend_start() {
     kafka)
         kafka_start || return 1
         WSGATE_BROKER_PIDS=$LAST_PID
-        WSGATE_ENV="$WSGATE_ENV WSGATE_KAFKA_BROKERS=$KAFKA_BOOTSTRAP WSGATE_KAFKA_NODE=bench"
+        WSGATE_ENV="$WSGATE_ENV WSGATE_KAFKA_BROKERS=$KAFKA_BOOTSTRAP"
+        WSGATE_NODE_VAR=WSGATE_KAFKA_NODE # each node its own consumer group
         WSGATE_ENV="$WSGATE_ENV WSGATE_KAFKA_FETCH_WAIT=${BENCH_KAFKA_FETCH_WAIT:-10ms}"
         case " $TARGETS " in *" nchan "*) redis_start || return 1 ;; esac
         NCHAN_STORE=redis
@@ -191,27 +202,39 @@ nats_start() {
         { say "bench: nats-server did not start"; return 1; }
 }
 
-# --- targets: TARGET_PORT, TARGET_PID (to stop), TARGET_PIDS (for RSS), TARGET_LOG ------
+# --- targets: TARGET_PORT (comma list: one per node), TARGET_STOP (PIDs to stop),
+# TARGET_PIDS (comma list, for CPU and RSS), TARGET_LOGS (one per process), TARGET_LABEL
 # bench-only secrets for wsgate-auth (a throwaway token and HS256 key, never used elsewhere)
 AUTH_PUSH_TOKEN=bench-push-token-0123456789abcdef
 AUTH_JWT_SECRET=bench-jwt-secret-0123456789abcdef0123456789abcdef
 
-wsgate_start() { # [auth|base]: auth: [auth] push_tokens and jwt_secret set; base: BENCH_BASE_BIN
-    local auth_env="" bin=$WSGATE_BIN
+# wsgate_start [auth|base]: BENCH_NODES processes on one broker. auth: [auth] push_tokens
+# and jwt_secret set; base: BENCH_BASE_BIN.
+wsgate_start() {
+    local auth_env="" bin=$WSGATE_BIN i port log pid name_env
     [ "${1:-}" = base ] && bin=$BENCH_BASE_BIN
     [ "${1:-}" = auth ] && auth_env="WSGATE_AUTH_PUSH_TOKENS=$AUTH_PUSH_TOKEN WSGATE_AUTH_JWT_SECRET=$AUTH_JWT_SECRET"
-    TARGET_PORT=$(free_port)
-    TARGET_LOG=$TMP/wsgate.$TARGET_PORT.log
-    # shellcheck disable=SC2086 # WSGATE_ENV is a list of NAME=value words
-    env -u WSGATE_BIN WSGATE_SERVER_LISTEN="127.0.0.1:$TARGET_PORT" WSGATE_SERVER_MAX_CONNECTIONS=20000 \
-        WSGATE_SERVER_BACKLOG=4096 WSGATE_SERVER_LOG_LEVEL=warn \
-        WSGATE_SERVER_DRAIN_TIMEOUT=2s $WSGATE_ENV $auth_env "$bin" 2>"$TARGET_LOG" &
-    TARGET_PID=$!
-    STARTED="$STARTED $TARGET_PID"
-    TARGET_PIDS=$TARGET_PID
     TARGET_LABEL=wsgate+${WSGATE_ENV#WSGATE_BROKER_TYPE=}
     TARGET_LABEL=${TARGET_LABEL%% *}${1:+-$1}
-    wait_http "$TARGET_PORT" /readyz "$TARGET_PID" 10 # broker connected too
+    [ "$NODES" -gt 1 ] && TARGET_LABEL="$TARGET_LABEL/${NODES}nodes"
+    TARGET_PORT="" TARGET_PIDS=""
+    for i in $(seq "$NODES"); do
+        port=$(free_port)
+        log=$TMP/wsgate.$port.log
+        name_env=""
+        [ -n "$WSGATE_NODE_VAR" ] && name_env="$WSGATE_NODE_VAR=bench$i"
+        # shellcheck disable=SC2086 # WSGATE_ENV etc. are lists of NAME=value words
+        env -u WSGATE_BIN WSGATE_SERVER_LISTEN="127.0.0.1:$port" WSGATE_SERVER_MAX_CONNECTIONS=20000 \
+            WSGATE_SERVER_BACKLOG=4096 WSGATE_SERVER_LOG_LEVEL=warn \
+            WSGATE_SERVER_DRAIN_TIMEOUT=2s $WSGATE_ENV $name_env $auth_env "$bin" 2>"$log" &
+        pid=$!
+        STARTED="$STARTED $pid"
+        TARGET_STOP="$TARGET_STOP $pid"
+        TARGET_LOGS="$TARGET_LOGS $log"
+        TARGET_PORT=${TARGET_PORT:+$TARGET_PORT,}$port
+        TARGET_PIDS=${TARGET_PIDS:+$TARGET_PIDS,}$pid
+        wait_http "$port" /readyz "$pid" 10 || return 1 # broker connected too
+    done
 }
 
 nchan_start() {
@@ -225,19 +248,34 @@ nchan_start() {
     sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$TARGET_PORT|g" -e "s|@USER@|$(id -un)|g" \
         -e "s|@REDIS_HTTP@|$redis_http|g" -e "s|@REDIS_LOC@|$redis_loc|g" \
         "$NCHAN_CONF_IN" >"$dir/nginx.conf"
-    TARGET_LOG=$dir/error.log
-    "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$TARGET_LOG" 2>"$dir/stderr.log" &
-    TARGET_PID=$!
-    STARTED="$STARTED $TARGET_PID"
+    TARGET_LOGS=$dir/error.log
+    "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$TARGET_LOGS" 2>"$dir/stderr.log" &
+    local pid=$!
+    STARTED="$STARTED $pid"
+    TARGET_STOP=$pid # the master stops its workers
     TARGET_LABEL=nchan+$NCHAN_STORE
-    wait_http "$TARGET_PORT" /healthz "$TARGET_PID" 10 || return 1
+    wait_http "$TARGET_PORT" /healthz "$pid" 10 || return 1
     # RSS is the master plus its workers (pgrep by parent PID, never by name)
     for _ in $(seq 50); do
-        w=$(pgrep -P "$TARGET_PID" | paste -sd, -)
+        w=$(pgrep -P "$pid" | paste -sd, -)
         [ "$(printf '%s' "$w" | tr ',' '\n' | grep -c .)" -ge 2 ] && break
         sleep 0.1
     done
-    TARGET_PIDS="$TARGET_PID,$w"
+    TARGET_PIDS="$pid,$w"
+}
+
+target_stop() {
+    local pid
+    for pid in $TARGET_STOP; do stop_pid "$pid"; done
+    TARGET_STOP=""
+}
+
+target_log_tails() { # LINES
+    local log
+    for log in $TARGET_LOGS; do
+        say "  log tail ($log):"
+        tail -n "$1" "$log" 2>/dev/null | sed 's/^/    /' >&2
+    done
 }
 
 # --- one run ----------------------------------------------------------------------------
@@ -259,6 +297,7 @@ run_one() { # BACKEND SCENARIO TARGET ROUND
         return
     fi
     local started=0
+    TARGET_STOP="" TARGET_LOGS=""
     case $target in
     wsgate) wsgate_start && started=1 ;;
     wsgate-auth) wsgate_start auth && started=1 ;;
@@ -267,11 +306,11 @@ run_one() { # BACKEND SCENARIO TARGET ROUND
     *) say "bench: unknown target '$target'" ;;
     esac
     if [ $started != 1 ]; then
-        say "bench: $target did not start; log tail:"
-        [ -n "${TARGET_LOG:-}" ] && tail -n 20 "$TARGET_LOG" >&2
+        say "bench: $target did not start"
+        target_log_tails 20
         printf 'result=FAIL\nerror=target_start\n' >"$out"
         FAILED="$FAILED $backend/$scen/$target/$4"
-        [ -n "${TARGET_PID:-}" ] && stop_pid "$TARGET_PID"
+        target_stop
         backend_stop
         return
     fi
@@ -294,17 +333,19 @@ run_one() { # BACKEND SCENARIO TARGET ROUND
     rc=$?
     forget_pid "$lg"
     echo "exit=$rc" >>"$out"
-    if ! kill -0 "$TARGET_PID" 2>/dev/null; then
-        echo "error=server_died" >>"$out"
-        rc=1
-    fi
+    local pid
+    for pid in $TARGET_STOP; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            printf 'error=server_died\ndead_pid=%s\n' "$pid" >>"$out"
+            rc=1
+        fi
+    done
     sed 's/^/  /' "$out" >&2
     if [ $rc != 0 ]; then
         FAILED="$FAILED $backend/$scen/$target/$4"
-        say "  log tail ($TARGET_LOG):"
-        tail -n 10 "$TARGET_LOG" 2>/dev/null | sed 's/^/    /' >&2
+        target_log_tails 10
     fi
-    stop_pid "$TARGET_PID"
+    target_stop
     backend_stop
 }
 
@@ -333,6 +374,22 @@ for t in $TARGETS; do
 done
 
 case $ROUNDS in '' | *[!0-9]* | 0) say "bench: BENCH_ROUNDS must be a count >= 1"; exit 2 ;; esac
+case $NODES in '' | *[!0-9]* | 0*) say "bench: BENCH_NODES must be a count from 1 to 16"; exit 2 ;; esac
+[ "$NODES" -le 16 ] || { say "bench: BENCH_NODES must be a count from 1 to 16"; exit 2; }
+if [ "$NODES" -gt 1 ]; then # several gateway nodes need a broker they all share
+    for b in $BACKENDS; do
+        [ "$b" = memory ] || continue
+        say "bench: BENCH_NODES=$NODES: the memory backend keeps everything inside one process"
+        say "bench: (no shared broker); use BENCH_BACKENDS with redis-list, redis-pubsub, nats or kafka"
+        exit 2
+    done
+    for t in $TARGETS; do
+        [ "$t" = nchan ] || continue
+        say "bench: BENCH_NODES=$NODES: several nodes are started for wsgate targets only; nchan"
+        say "bench: runs as one nginx: set BENCH_TARGETS without nchan (e.g. BENCH_TARGETS=wsgate)"
+        exit 2
+    done
+fi
 # shellcheck disable=SC2086 # TARGETS is a word list
 REVERSED=$(printf '%s\n' $TARGETS | tac | tr '\n' ' ')
 T0=$(date +%s)
@@ -367,9 +424,9 @@ median() {
     done
     # shellcheck disable=SC2086 # vals is a word list of numbers
     printf '%s\n' $vals | sort -g | awk -v bad="$bad" '
-        { v[NR] = $1 }
-        END { if (NR == 0) { printf "NA%s", bad; exit }
-              m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+        NF { v[++n] = $1 } # no values: printf gives one empty line, which is no number
+        END { if (n == 0) { printf "NA%s", bad; exit }
+              m = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
               if (m == int(m)) printf "%d%s", m, bad; else printf "%.2f%s", m, bad }'
 }
 
@@ -410,6 +467,7 @@ echo "# time per delivered message) and rss_per_conn_bytes: lower is better"
 [ "$PAIR" = 1 ] && echo "# ratio = $T_A / $T_B"
 echo "# a value marked ! comes from a run that failed its checks"
 [ "$ROUNDS" -gt 1 ] && echo "# $ROUNDS rounds, target order alternating: medians; ratio = median of the per-round ratios, spread = their min-max"
+[ "$NODES" -gt 1 ] && echo "# $NODES gateway nodes per wsgate target on one broker: server CPU and RSS summed over them"
 for backend in $BACKENDS; do
     printf '%-8s %-27s' scenario "metric ($backend)"
     for t in $TARGETS; do printf ' %14s' "$t"; done
