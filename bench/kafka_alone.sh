@@ -167,7 +167,7 @@ CONSUMED=${CONSUMED:-0} SEQ_ERR=${SEQ_ERR:-NA}
 rate() { awk -v n="$1" -v ns="$2" 'BEGIN { printf "%.0f", (ns > 0 ? n * 1e9 / ns : 0) }'; }
 us_per() { # TICKS_BEFORE TICKS_AFTER RECORDS
     awk -v a="$1" -v b="$2" -v n="$3" -v hz="$HZ" \
-        'BEGIN { if (a < 0 || b < 0) print "NA"; else printf "%.2f", (b - a) / hz * 1e6 / n }'
+        'BEGIN { if (a < 0 || b < 0 || n <= 0) print "NA"; else printf "%.2f", (b - a) / hz * 1e6 / n }'
 }
 cpu_s() { awk -v a="$1" -v b="$2" -v hz="$HZ" 'BEGIN { if (a < 0 || b < 0) print "NA"; else printf "%.2f", (b - a) / hz }'; }
 
@@ -187,7 +187,7 @@ echo "sequence_errors=$SEQ_ERR"
 echo "consume_elapsed_s=$(awk -v ns="$C_NS" 'BEGIN { printf "%.3f", ns / 1e9 }')"
 echo "consume_records_per_s=$(rate "$CONSUMED" "$C_NS")"
 echo "consume_mock_cpu_s=$(cpu_s "$c1" "$c2")"
-echo "consume_mock_cpu_us_per_record=$(us_per "$c1" "$c2" "$RECORDS")"
+echo "consume_mock_cpu_us_per_record=$(us_per "$c1" "$c2" "${CONSUMED:-0}")"
 echo "consume_kcat_cpu_s=${C_CPU:-NA}"
 echo "clock_ticks_per_s=$HZ"
 if [ "$c0" -ge 0 ] && [ "$c2" -ge 0 ] && { [ $((c1 - c0)) -lt 20 ] || [ $((c2 - c1)) -lt 20 ]; }; then
