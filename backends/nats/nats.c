@@ -129,6 +129,26 @@ static void nats_on_open_failed_later_closed(struct later *l)
         nats_free(p);
 }
 
+static void nats_open_check_thread(void *arg)
+{
+    struct nats_broker *p = arg;
+    p->check.rc =
+        nats_stream_ensure(p->nc, p->cfg, p->subj.stream, p->subj.deliver, &p->acker.ahead,
+                           &p->max_seq, p->check.why, sizeof(p->check.why));
+}
+
+/* The stream check at open, before the loop runs: its requests are answered through the
+ * socket the loop thread reads, so it runs on a thread while this one does the I/O. */
+static int nats_open_check(struct nats_broker *p)
+{
+    int rc = nats_el_run_sync(p, nats_open_check_thread, p);
+    if (rc < 0) {
+        snprintf(p->check.why, sizeof(p->check.why), "no thread: %s", uv_err_name(rc));
+        return rc;
+    }
+    return p->check.rc;
+}
+
 static int nats_open(struct broker *b, uv_loop_t *loop, const struct config *cfg)
 {
     struct nats_broker *p = calloc(1, sizeof(*p));
@@ -190,7 +210,8 @@ static int nats_open(struct broker *b, uv_loop_t *loop, const struct config *cfg
     (void)later_init(&p->later, loop); /* uv_idle_init: cannot fail either */
     p->async.data = p->req.timer.data = p->check.timer.data = p->retry.timer.data = p;
     p->acker.timer.data = p->later.data = p;
-    p->open_handles = 6;
+    nats_el_init(p, loop);
+    p->open_handles = 7;
     p->last_rx = uv_now(loop);
     nats_url_redact(cfg->nats_url, url, sizeof(url));
 
@@ -215,8 +236,7 @@ static int nats_open(struct broker *b, uv_loop_t *loop, const struct config *cfg
         p->conn = NATS_CONN_CHECKING;
         /* The loop does not serve yet, so this one blocking check is fine here: an
          * incompatible stream stops the gateway at start with a clear message. */
-        rc = nats_stream_ensure(p->nc, cfg, p->subj.stream, p->subj.deliver, &p->acker.ahead,
-                                &p->max_seq, p->check.why, sizeof(p->check.why));
+        rc = nats_open_check(p);
         if (rc == UV_EINVAL && strstr(p->check.why, "JetStream") != NULL) {
             log_error("event=nats_jetstream_disabled url=%s reason=\"%s\"", url, p->check.why);
             goto fail;
@@ -248,6 +268,10 @@ static int nats_open(struct broker *b, uv_loop_t *loop, const struct config *cfg
         snprintf(subject, sizeof(subject), "%s.r.*", p->subj.inbox);
         if ((rc = nats_subscribe(p, subject, NULL, &p->req.sub, NULL)) == 0)
             p->req.sub_id = natsSubscription_GetID(p->req.sub);
+        snprintf(subject, sizeof(subject), "%s.p.*", p->subj.inbox);
+        if (rc == 0 &&
+            (rc = nats_err(natsConnection_SubscribeSync(&p->req.psub, p->nc, subject))) < 0)
+            p->req.psub = NULL;
         snprintf(subject, sizeof(subject), "%s.a", p->subj.inbox);
         if (rc == 0 && (rc = nats_subscribe(p, subject, NULL, &p->acker.sub, NULL)) == 0)
             p->acker.sub_id = natsSubscription_GetID(p->acker.sub);
@@ -266,6 +290,7 @@ fail:
     if (p->nc != NULL) {
         /* Wait for the closed callback so no nats thread can touch p after it is freed. */
         nats_unsubscribe(p, &p->req.sub, NULL);
+        nats_unsubscribe(p, &p->req.psub, NULL);
         nats_unsubscribe(p, &p->acker.sub, NULL);
         natsConnection_Close(p->nc);
         uv_mutex_lock(&p->xq.lock);
@@ -282,6 +307,7 @@ fail:
     uv_close((uv_handle_t *)&p->check.timer, nats_on_open_failed_closed);
     uv_close((uv_handle_t *)&p->retry.timer, nats_on_open_failed_closed);
     uv_close((uv_handle_t *)&p->acker.timer, nats_on_open_failed_closed);
+    nats_el_close(p, nats_on_open_failed_closed);
     later_close(&p->later, nats_on_open_failed_later_closed); /* nothing queued yet */
     return rc < 0 ? rc : UV_EINVAL;
 }
@@ -396,6 +422,7 @@ void nats_close_step(struct nats_broker *p)
     uv_close((uv_handle_t *)&p->check.timer, nats_on_handle_closed);
     uv_close((uv_handle_t *)&p->retry.timer, nats_on_handle_closed);
     uv_close((uv_handle_t *)&p->acker.timer, nats_on_handle_closed);
+    nats_el_close(p, nats_on_handle_closed);
 }
 
 /* Sessions still attached are closed with 1001 and let go (their unwritten messages stay
@@ -445,6 +472,7 @@ static void nats_close(struct broker *b, broker_close_cb cb)
      * later's handle is closed, a pass or so from now; p goes with the last handle */
     later_close(&p->later, nats_on_later_closed);
     nats_unsubscribe(p, &p->req.sub, NULL);
+    nats_unsubscribe(p, &p->req.psub, NULL);
     nats_unsubscribe(p, &p->acker.sub, NULL);
     log_info("event=broker_close type=nats");
     nats_close_step(p);

@@ -34,8 +34,13 @@ void nats_opts_set(struct nats_broker *p, const struct config *cfg, natsStatus *
         s = natsOptions_SetMaxPingsOut(o, NATS_PINGS_OUT);
     if (s == NATS_OK)
         s = natsOptions_UseGlobalMessageDelivery(o, true); /* no thread per subscription */
-    if (s == NATS_OK) /* batch writes through the flusher thread (docs/NATS.md) */
-        s = natsOptions_SetSendAsap(o, false);
+    /* Socket I/O on our loop: reads there, and what a loop pass buffered is written at
+     * its end, in one send (nats_loop.c). SendAsap: no flusher thread and its 1 ms timer
+     * (with an event loop it only asks for that write, it does not send). */
+    if (s == NATS_OK)
+        s = natsOptions_SetSendAsap(o, true);
+    if (s == NATS_OK)
+        s = nats_el_opts_set(p, o);
     if (s == NATS_OK) /* a stalled server never blocks the loop in write() for longer */
         s = natsOptions_SetWriteDeadline(o, (int64_t)cfg->nats_timeout_ms);
     /* No reconnect buffer: by default nats.c keeps what is published while it reconnects

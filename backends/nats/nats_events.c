@@ -305,6 +305,8 @@ void nats_on_async(uv_async_t *h)
     int subs_left, closed;
     uint64_t lost, drops_more;
     size_t ndrops, bytes;
+    if (p->phase != NATS_CLOSING_HANDLES)
+        nats_el_apply(p); /* a socket attached, or reads or writes asked for, off the loop */
     uv_mutex_lock(&p->xq.lock);
     evs = p->xq.evs; /* swap buffers: nats threads fill the other one meanwhile */
     n = p->xq.n;

@@ -92,6 +92,21 @@ struct nats_xq {
 
 /* --- loop-side state --- */
 
+struct nats_el_poll;
+
+/* nats.c's socket I/O on our loop (nats_loop.c). */
+struct nats_el {
+    /* guarded by xq.lock: nats.c's threads set them */
+    int fd_new;    /* owned: a dup of the socket nats.c attached, not polled yet; -1 none */
+    unsigned want; /* what nats.c asked for last: NATS_EL_READ | NATS_EL_WRITE */
+    int detached;  /* the connection is closed for good */
+    /* the loop's */
+    uv_thread_t loop_thread;  /* the loop's thread: a callback on it acts at once */
+    struct nats_el_poll *cur; /* owned: the socket polled (freed by its close callback) */
+    int write_blocked;        /* the last write would have blocked: wait for POLLOUT */
+    uv_check_t check;         /* embedded: the write at the end of a loop pass */
+};
+
 enum nats_req_kind {
     NATS_REQ_PUSH,   /* a JetStream publish waiting for its ack */
     NATS_REQ_FETCH,  /* a DIRECT.GET next_by_subj for one key, from its cursor */
@@ -249,13 +264,15 @@ struct nats_subjects {
 
 /* Requests in flight (nats_request.c). */
 struct nats_reqs {
-    struct map map;        /* id -> struct nats_req (owned) */
-    struct nats_req *head; /* borrowed: oldest request (timeout FIFO) */
-    struct nats_req *tail; /* borrowed: newest request */
-    uint64_t next_id;      /* last request id given out */
-    uv_timer_t timer;      /* embedded: request timeouts; active only with requests */
-    natsSubscription *sub; /* owned: core sub on <inbox>.r.* (the replies) */
-    int64_t sub_id;        /* its subscription id */
+    struct map map;         /* id -> struct nats_req (owned) */
+    struct nats_req *head;  /* borrowed: oldest request (timeout FIFO) */
+    struct nats_req *tail;  /* borrowed: newest request */
+    uint64_t next_id;       /* last request id given out */
+    uv_timer_t timer;       /* embedded: request timeouts; active only with requests */
+    natsSubscription *sub;  /* owned: core sub on <inbox>.r.* (the replies) */
+    int64_t sub_id;         /* its subscription id */
+    natsSubscription *psub; /* owned: synchronous sub on <inbox>.p.* (publish acks of
+                             * pushes), drained on the loop after each read (nats_loop.c) */
 };
 
 /* The one blocking job on the libuv thread pool: the stream check (nats_stream_ensure),
@@ -317,6 +334,7 @@ struct nats_broker {
     natsConnection *nc;              /* owned: destroyed once its closed callback ran */
     struct nats_subjects subj;       /* this node's subjects */
     struct nats_xq xq;               /* embedded: the nats-thread -> loop queue */
+    struct nats_el el;               /* embedded: nats.c's socket on our loop */
     uv_async_t async;                /* embedded: wakes the loop for xq (and a local loss) */
     struct nats_ev *batch;           /* owned: the loop's half of the double buffer */
     size_t batch_cap;                /* slots in batch */
@@ -340,7 +358,7 @@ struct nats_broker {
                                       * on the next loop pass (never inside the call) */
     struct nats_settle *settle_due;  /* owned: settles queued on later (nothing to confirm) */
     struct nats_settle *settle_wait; /* owned: settles waiting for their barrier's reply */
-    int open_handles;                /* async + 4 timers + later not yet closed */
+    int open_handles;                /* async + 4 timers + el.check + later not yet closed */
     broker_close_cb close_cb;        /* the owner's close callback */
 };
 
@@ -433,6 +451,14 @@ void nats_grave_flush(struct nats_broker *p, int unsubscribe);
 
 /* The uv_async_t handler: takes xq's events and advances a close. Loop thread. */
 void nats_on_async(uv_async_t *h);
+
+/* nats_loop.c: nats.c's socket I/O on the loop. */
+void nats_el_init(struct nats_broker *p, uv_loop_t *loop);
+natsStatus nats_el_opts_set(struct nats_broker *p, natsOptions *o);
+void nats_el_apply(struct nats_broker *p);
+int nats_el_run_sync(struct nats_broker *p, void (*fn)(void *), void *arg);
+void nats_el_close(struct nats_broker *p, uv_close_cb done);
+void nats_push_acks_take(struct nats_broker *p);
 
 /* --- nats_setup.c: stream and consumer setup, the acks-ahead probe (blocking) --- */
 

@@ -50,7 +50,8 @@ static void nats_req_timer_arm(struct nats_broker *p)
                    p->req.head->deadline > now ? p->req.head->deadline - now : 0, 0);
 }
 
-/* Publish data to subject with reply <inbox>.r.<id> and track r (moved here on success). */
+/* Publish data to subject with reply <inbox>.r.<id> (a push: <inbox>.p.<id>) and track r
+ * (moved here on success). */
 int nats_req_send(struct nats_broker *p, struct nats_req *r, const char *subject, const void *data,
                   size_t len)
 {
@@ -59,7 +60,8 @@ int nats_req_send(struct nats_broker *p, struct nats_req *r, const char *subject
     int rc;
     if (len > INT32_MAX)
         return UV_E2BIG;
-    snprintf(reply, sizeof(reply), "%s.r.%" PRIu64, p->subj.inbox, r->id);
+    snprintf(reply, sizeof(reply), "%s.%c.%" PRIu64, p->subj.inbox,
+             r->kind == NATS_REQ_PUSH ? 'p' : 'r', r->id);
     if ((rc = map_put(&p->req.map, &r->node)) < 0)
         return rc;
     s = natsConnection_PublishRequest(p->nc, subject, reply, data, (int)len);
@@ -149,6 +151,27 @@ void nats_on_reply_msg(struct nats_broker *p, natsMsg *nm, const char *tail)
     nats_req_timer_arm(p);
     nats_req_complete(p, r, 0, nm);
     free(r);
+}
+
+/* Publish acks of pushes: they come on a synchronous subscription, taken here on the
+ * loop right after the read that brought them (nats_loop.c), not through nats.c's
+ * delivery thread and the hand-over: a push is answered in the pass its ack is read. They
+ * need no ordering with the rest (a push's answer depends on nothing else we receive). */
+void nats_push_acks_take(struct nats_broker *p)
+{
+    size_t ilen = strlen(p->subj.inbox);
+    natsMsg *nm;
+    int got = 0;
+    while (p->req.psub != NULL && !nats_closing(p) &&
+           natsSubscription_NextMsg(&nm, p->req.psub, 0) == NATS_OK) {
+        const char *subject = natsMsg_GetSubject(nm);
+        got = 1;
+        if (strncmp(subject, p->subj.inbox, ilen) == 0 && strncmp(subject + ilen, ".p.", 3) == 0)
+            nats_on_reply_msg(p, nm, subject + ilen + 3);
+        natsMsg_Destroy(nm);
+    }
+    if (got)
+        p->last_rx = uv_now(p->b->loop);
 }
 
 /* A request went unanswered for [nats] timeout. If nothing at all came from the server
