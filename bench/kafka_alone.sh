@@ -44,7 +44,8 @@ FETCH_WAIT=${KAFKA_FETCH_WAIT_MS:-10}
 KAFKA_MOCK=${KAFKA_MOCK:-$ROOT/build/tools/kafka_mock}
 KCAT=${KCAT:-$(command -v kcat || echo /usr/bin/kcat)}
 
-say() { printf '%s\n' "$*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh" # say, stop_pid, forget_pid, the cleanup trap
 
 for v in RECORDS SIZE SESSIONS TIMEOUT FETCH_WAIT; do
     case ${!v} in '' | *[!0-9]*) say "kafka_alone: $v must be a number"; exit 2 ;; esac
@@ -60,31 +61,7 @@ fi
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/wsgate-kafka-alone.XXXXXX") || exit 2
 STARTED="" # PIDs this script started and has not reaped yet
 
-# shellcheck disable=SC2317 # run by cleanup, from the trap
-stop_pid() { # PID: TERM, up to 5 s, then KILL; reap it
-    local pid=$1 _
-    if kill -TERM "$pid" 2>/dev/null; then
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null
-    fi
-    wait "$pid" 2>/dev/null
-    # shellcheck disable=SC2086 # STARTED is a list of PIDs
-    STARTED=$(printf '%s\n' $STARTED | grep -vx "$pid" | tr '\n' ' ')
-    return 0
-}
-
-# shellcheck disable=SC2317 # run by the trap
-cleanup() {
-    local pid
-    trap '' INT TERM # a second signal must not cut the cleanup short (it is bounded)
-    for pid in $STARTED; do stop_pid "$pid"; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'say "kafka_alone: interrupted"; exit 130' INT TERM
+bench_traps kafka_alone
 
 cpu_ticks() { # PID: utime + stime in clock ticks (fields 14, 15 after the ")" of comm)
     local rest
@@ -112,8 +89,7 @@ run_timed() {
     RT_RC=$?
     times >"$TMP/$name.times1"
     t1=$(date +%s%N)
-    # shellcheck disable=SC2086 # STARTED is a list of PIDs
-    STARTED=$(printf '%s\n' $STARTED | grep -vx "$pid" | tr '\n' ' ')
+    forget_pid "$pid"
     RT_NS=$((t1 - t0))
     # `times`: line 2 = children's "XmY.YYYs XmY.YYYs" (user, sys)
     RT_CPU=$(awk 'FNR == 2 { for (i = 1; i <= 2; i++) { split($i, a, /[ms]/)

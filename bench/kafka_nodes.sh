@@ -17,38 +17,33 @@ WSGATE_BIN=${WSGATE_BIN:-$ROOT/wsgate}
 LOADGEN=${LOADGEN:-$ROOT/bench/loadgen}
 KAFKA_MOCK=${KAFKA_MOCK:-$ROOT/build/tools/kafka_mock}
 for b in "$WSGATE_BIN" "$LOADGEN" "$KAFKA_MOCK"; do
-    [ -x "$b" ] || { echo "kafka_nodes: $b missing (make bench)" >&2; exit 2; }
+    [ -x "$b" ] || { printf '%s\n' "kafka_nodes: $b missing (make bench)" >&2; exit 2; }
 done
-D=$(mktemp -d "${TMPDIR:-/tmp}/wsgate-knodes.XXXXXX") || exit 2
-PIDS=()
-# shellcheck disable=SC2317 # run by the trap
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null; done
-    rm -rf "$D"
-}
-trap cleanup EXIT
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/wsgate-knodes.XXXXXX") || exit 2
+STARTED="" # PIDs this script started and has not reaped yet
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh" # say, stop_pid, the cleanup trap
+bench_traps kafka_nodes
 free_port() {
     /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 per_msg() { awk -v t="$1" -v n="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }'; }
 
-"$KAFKA_MOCK" -f "$D/bootstrap" -t ws.recv:4 -t ws.send:4 -t ws.topic:4 >"$D/mock.log" 2>&1 &
+"$KAFKA_MOCK" -f "$TMP/bootstrap" -t ws.recv:4 -t ws.send:4 -t ws.topic:4 >"$TMP/mock.log" 2>&1 &
 MOCK=$!
-PIDS+=("$MOCK")
-for _ in $(seq 50); do [ -s "$D/bootstrap" ] && break; sleep 0.1; done
-[ -s "$D/bootstrap" ] || { echo "kafka_nodes: the mock did not start" >&2; exit 2; }
+STARTED="$STARTED $MOCK"
+for _ in $(seq 50); do [ -s "$TMP/bootstrap" ] && break; sleep 0.1; done
+[ -s "$TMP/bootstrap" ] || { say "kafka_nodes: the mock did not start"; exit 2; }
 NODES=() PORTS=()
 for i in $(seq "$N"); do
     port=$(free_port)
     env -u WSGATE_BIN WSGATE_SERVER_LISTEN="127.0.0.1:$port" WSGATE_SERVER_LOG_LEVEL=warn \
-        WSGATE_BROKER_TYPE=kafka WSGATE_KAFKA_BROKERS="$(cat "$D/bootstrap")" \
+        WSGATE_BROKER_TYPE=kafka WSGATE_KAFKA_BROKERS="$(cat "$TMP/bootstrap")" \
         WSGATE_KAFKA_NODE="bench$i" WSGATE_KAFKA_FETCH_WAIT=10ms \
-        "$WSGATE_BIN" 2>"$D/node$i.log" &
+        "$WSGATE_BIN" 2>"$TMP/node$i.log" &
     NODES+=($!)
-    PIDS+=($!)
+    STARTED="$STARTED $!"
     PORTS+=("$port")
 done
 for port in "${PORTS[@]}"; do
@@ -61,15 +56,15 @@ sleep 2 # every node's consumer has joined and reached the end of the topic
 declare -a C0
 for k in "${!NODES[@]}"; do C0[k]=$(cpu_ticks "${NODES[k]}"); done
 M0=$(cpu_ticks "$MOCK")
-"$LOADGEN" --scenario queue --port "${PORTS[0]}" --messages "$MSGS" --timeout 100 >"$D/lg.out"
+"$LOADGEN" --scenario queue --port "${PORTS[0]}" --messages "$MSGS" --timeout 100 >"$TMP/lg.out"
 rc=$?
 sleep 1 # the other nodes finish reading
-del=$(grep -m1 '^delivered=' "$D/lg.out" | cut -d= -f2)
+del=$(grep -m1 '^delivered=' "$TMP/lg.out" | cut -d= -f2)
 if [ -z "$del" ] || [ "$del" -eq 0 ]; then
-    cat "$D/lg.out" >&2
+    cat "$TMP/lg.out" >&2
     exit 2
 fi
-line="nodes=$N delivered=$del $(grep -m1 '^result=' "$D/lg.out")"
+line="nodes=$N delivered=$del $(grep -m1 '^result=' "$TMP/lg.out")"
 total=0
 for k in "${!NODES[@]}"; do
     t=$(($(cpu_ticks "${NODES[k]}") - C0[k]))

@@ -56,35 +56,9 @@ PY=/usr/bin/python3
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/wsgate-bench.XXXXXX") || exit 2
 STARTED="" # PIDs of every server this script started and has not stopped yet
 
-say() { printf '%s\n' "$*" >&2; }
-
-stop_pid() { # PID: TERM, up to 5 s, then KILL; reap it
-    local pid=$1 _
-    kill -TERM "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null; forget_pid "$pid"; return 0; }
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-    forget_pid "$pid"
-}
-
-forget_pid() { # PID: no longer ours to stop
-    # shellcheck disable=SC2086 # STARTED is a list of PIDs
-    STARTED=$(printf '%s\n' $STARTED | grep -vx "$1" | tr '\n' ' ')
-    return 0
-}
-
-# shellcheck disable=SC2317 # run by the trap
-cleanup() {
-    local pid
-    trap '' INT TERM # a second signal must not cut the cleanup short (it is bounded)
-    for pid in $STARTED; do stop_pid "$pid"; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'say "bench: interrupted"; exit 130' INT TERM
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh" # say, stop_pid, forget_pid, the cleanup trap
+bench_traps bench
 
 free_port() {
     "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
