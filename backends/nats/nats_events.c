@@ -293,6 +293,7 @@ static void nats_on_event_msg(struct nats_broker *p, int64_t subid, natsMsg *nm)
                strncmp(subject + ilen, ".r.", 3) == 0) {
         nats_on_reply_msg(p, nm, subject + ilen + 3);
     }
+    natsMsg_Destroy(nm);
 }
 
 void nats_on_async(uv_async_t *h)
@@ -360,11 +361,6 @@ void nats_on_async(uv_async_t *h)
             break;
         }
     }
-    /* Destroyed together: nats.c hands each to its collector thread, which is woken once
-     * for the lot instead of once or more per message. */
-    for (size_t i = 0; i < n; i++)
-        if (evs[i].msg != NULL)
-            natsMsg_Destroy(evs[i].msg);
     if (n > 0) {
         uv_mutex_lock(&p->xq.lock);
         p->xq.bytes -= bytes;

@@ -159,22 +159,19 @@ void nats_on_reply_msg(struct nats_broker *p, natsMsg *nm, const char *tail)
  * need no ordering with the rest (a push's answer depends on nothing else we receive). */
 void nats_push_acks_take(struct nats_broker *p)
 {
-    size_t ilen = strlen(p->subj.inbox), n = 0;
-    natsMsg *nm, *done[64]; /* destroyed together (see nats_on_async) */
+    size_t ilen = strlen(p->subj.inbox);
+    natsMsg *nm;
+    int got = 0;
     while (p->req.psub != NULL && !nats_closing(p) &&
            natsSubscription_NextMsg(&nm, p->req.psub, 0) == NATS_OK) {
         const char *subject = natsMsg_GetSubject(nm);
+        got = 1;
         if (strncmp(subject, p->subj.inbox, ilen) == 0 && strncmp(subject + ilen, ".p.", 3) == 0)
             nats_on_reply_msg(p, nm, subject + ilen + 3);
-        if (n == sizeof(done) / sizeof(done[0]))
-            for (; n > 0; n--)
-                natsMsg_Destroy(done[n - 1]);
-        done[n++] = nm;
+        natsMsg_Destroy(nm);
     }
-    if (n > 0)
+    if (got)
         p->last_rx = uv_now(p->b->loop);
-    for (; n > 0; n--)
-        natsMsg_Destroy(done[n - 1]);
 }
 
 /* A request went unanswered for [nats] timeout. If nothing at all came from the server
