@@ -41,6 +41,12 @@ void nats_opts_set(struct nats_broker *p, const struct config *cfg, natsStatus *
         s = natsOptions_SetSendAsap(o, true);
     if (s == NATS_OK)
         s = nats_el_opts_set(p, o);
+    /* One read takes up to this much (nats.c's default is 32 KB): with NATS_EL_READS reads
+     * per readable event the loop drains a flood faster than it delivers, even under ASan,
+     * so the excess is dropped at the hand-over instead of piling up in nats-server until
+     * it closes us as a slow consumer (test_nats_backend, the flood test). */
+    if (s == NATS_OK)
+        s = natsOptions_SetIOBufSize(o, NATS_IO_BUF);
     if (s == NATS_OK) /* a stalled server never blocks the loop in write() for longer */
         s = natsOptions_SetWriteDeadline(o, (int64_t)cfg->nats_timeout_ms);
     /* No reconnect buffer: by default nats.c keeps what is published while it reconnects

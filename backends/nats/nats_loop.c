@@ -24,7 +24,7 @@
 #include "nats_priv.h"
 
 enum { NATS_EL_READ = 1, NATS_EL_WRITE = 2 };
-#define NATS_EL_READS 16 /* reads (of nats.c's 32 KB buffer) per readable event, at most */
+#define NATS_EL_READS 16 /* reads (of NATS_IO_BUF each) per readable event, at most */
 
 struct nats_el_poll {
     uv_poll_t h; /* h.data: the broker until closed */

@@ -41,6 +41,7 @@
 #define NATS_PULL_EXPIRES_MS 30000         /* its expiry (a 408 then asks for a new one) */
 #define NATS_PULL_MARGIN_MS 2000           /* no 408 by expiry + this: the request was lost */
 #define NATS_ACKED_RING 32                 /* recently acked sequences remembered per key */
+#define NATS_IO_BUF (256 * 1024) /* nats.c's read buffer (and its write buffer's size) */
 #define NATS_EV_COST 256   /* bytes counted per queued message besides its payload */
 #define NATS_DROP_SLOTS 64 /* subscriptions whose drops are remembered per pass */
 #define NATS_QUEUE_FACTOR                                                                          \
