@@ -97,6 +97,7 @@ static void nats_free(struct nats_broker *p)
         nats_settle_unlink(p, st);
         free(st);
     }
+    nats_bin_flush(p);
     for (size_t i = 0; i < p->xq.n; i++)
         if (p->xq.evs[i].msg != NULL)
             natsMsg_Destroy(p->xq.evs[i].msg);

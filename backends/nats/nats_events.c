@@ -5,7 +5,8 @@
  * topics: anyone may publish there) are bounded in bytes at the hand-over; what is
  * dropped over the bound is remembered per subscription and made good here
  * (nats_drops_apply). The async handler also runs the clean-up of a connection we took
- * as lost, and advances a close.
+ * as lost, and advances a close. Messages the loop is done with are destroyed in groups
+ * (nats_msg_done).
  * Does NOT: interpret messages (keys, topics, requests and the acker do), touch a
  * session, or run deferred callbacks (p->later does: later.h). Threads: *_thread_cb on
  * nats.c's threads (they touch only xq); the rest on the loop. */
@@ -293,7 +294,27 @@ static void nats_on_event_msg(struct nats_broker *p, int64_t subid, natsMsg *nm)
                strncmp(subject + ilen, ".r.", 3) == 0) {
         nats_on_reply_msg(p, nm, subject + ilen + 3);
     }
-    natsMsg_Destroy(nm);
+    nats_msg_done(p, nm);
+}
+
+/* Destroy what the bin holds (also at close). */
+void nats_bin_flush(struct nats_broker *p)
+{
+    for (size_t i = 0; i < p->bin.n; i++)
+        natsMsg_Destroy(p->bin.msgs[i]);
+    p->bin.n = 0;
+    p->bin.bytes = 0;
+}
+
+/* The loop is done with nm: destroy it with the next NATS_BIN_MSGS - 1 (nats.c's
+ * collector thread is woken once for them), or at once past NATS_BIN_BYTES held. An idle
+ * loop holds at most that much. */
+void nats_msg_done(struct nats_broker *p, natsMsg *nm)
+{
+    p->bin.msgs[p->bin.n++] = nm;
+    p->bin.bytes += (size_t)natsMsg_GetDataLength(nm);
+    if (p->bin.n == NATS_BIN_MSGS || p->bin.bytes >= NATS_BIN_BYTES)
+        nats_bin_flush(p);
 }
 
 void nats_on_async(uv_async_t *h)

@@ -168,7 +168,7 @@ void nats_push_acks_take(struct nats_broker *p)
         got = 1;
         if (strncmp(subject, p->subj.inbox, ilen) == 0 && strncmp(subject + ilen, ".p.", 3) == 0)
             nats_on_reply_msg(p, nm, subject + ilen + 3);
-        natsMsg_Destroy(nm);
+        nats_msg_done(p, nm);
     }
     if (got)
         p->last_rx = uv_now(p->b->loop);
