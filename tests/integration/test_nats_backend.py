@@ -967,7 +967,10 @@ def _():
                     check(f.returncode == 0, "flood: %s" % err.decode())
                     sent += int(out.split(b"=")[1])
                 grown = (srv.hwm_kb() - base) // 1024
-                limit = 40 * (SAN_SLOWDOWN if sanitized() else 1)  # ASan doubles memory too
+                # 16-17 MB measured without ASan (unbounded: 200+ MB). ASan's redzones,
+                # quarantine and shadow make the same flood read 61-91 MB (2026-12-06), so
+                # its bound is wider; an unbounded queue still reads far above either.
+                limit = 150 if sanitized() else 40
                 check(grown < limit, "gateway peak RSS grew by %d MB during the flood (bound %d)"
                       % (grown, limit))
                 pt.join(30)
