@@ -9,7 +9,9 @@
 # every process this script started and removes the temp dir.
 #
 # Environment knobs:
-#   BENCH_SCENARIOS   "queue latency fanout idle" (default: all four)
+#   BENCH_SCENARIOS   "queue queue1 latency fanout idle" (default: all five); queue1 is
+#                     queue with one request in flight per push connection (--pipeline 1),
+#                     what services pushing with plain HTTP clients do
 #   BENCH_TARGETS     "wsgate nchan"              (default: both); also wsgate-auth: wsgate
 #                     with [auth] on (an HS256 JWT checked on every handshake, a push token
 #                     on every push), e.g. BENCH_TARGETS="wsgate wsgate-auth"; and
@@ -27,7 +29,7 @@
 #                     its sockets and push connections over them round robin and sums the
 #                     CPU time and RSS of all N. Needs a shared broker: refused (exit 2)
 #                     with the memory backend and with the nchan target
-#   BENCH_ARGS_QUEUE, BENCH_ARGS_LATENCY, BENCH_ARGS_FANOUT, BENCH_ARGS_IDLE
+#   BENCH_ARGS_QUEUE, BENCH_ARGS_QUEUE1, BENCH_ARGS_LATENCY, BENCH_ARGS_FANOUT, BENCH_ARGS_IDLE
 #                     extra loadgen options for one scenario, e.g. "--messages 20000"
 #   BENCH_TIMEOUT     seconds one loadgen run may take (default 90)
 #   WSGATE_BIN, LOADGEN, NGINX  binaries (defaults ./wsgate, bench/loadgen, nginx)
@@ -39,7 +41,7 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-SCENARIOS=${BENCH_SCENARIOS:-queue latency fanout idle}
+SCENARIOS=${BENCH_SCENARIOS:-queue queue1 latency fanout idle}
 TARGETS=${BENCH_TARGETS:-wsgate nchan}
 BACKENDS=${BENCH_BACKENDS:-memory}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-90}
@@ -258,10 +260,12 @@ RESULTS=$TMP/results
 mkdir -p "$RESULTS"
 
 run_one() { # BACKEND SCENARIO TARGET ROUND
-    local backend=$1 scen=$2 target=$3 out rc args var
+    local backend=$1 scen=$2 target=$3 out rc args var lgscen=$2
     out=$RESULTS/$backend.$scen.$target.$4
     var=BENCH_ARGS_$(printf '%s' "$scen" | tr '[:lower:]' '[:upper:]')
     args=${!var:-}
+    # queue1: the queue scenario, one request in flight per connection (later options win)
+    [ "$scen" = queue1 ] && lgscen=queue args="--pipeline 1 $args"
     say ""
     say "=== $scen / $target ($backend, round $4/$ROUNDS)"
     if ! backend_start "$backend"; then
@@ -298,7 +302,7 @@ run_one() { # BACKEND SCENARIO TARGET ROUND
     # In the background + wait, so a TERM/INT reaches the trap at once (bash runs traps
     # only after a foreground child ends); the trap's cleanup stops loadgen too.
     # shellcheck disable=SC2086 # args and flags are word lists
-    timeout -k 5 "$BENCH_TIMEOUT" "$LOADGEN" --scenario "$scen" --url-host 127.0.0.1 \
+    timeout -k 5 "$BENCH_TIMEOUT" "$LOADGEN" --scenario "$lgscen" --url-host 127.0.0.1 \
         --port "$TARGET_PORT" --pid "$TARGET_PIDS" --label "$TARGET_LABEL" \
         --timeout $((BENCH_TIMEOUT - 15)) $flags $args >"$out" 2>&1 &
     local lg=$!
@@ -422,7 +426,7 @@ paired() {
 
 metrics_of() {
     case $1 in
-    queue) echo delivered_per_s server_cpu_us_per_delivery broker_cpu_us_per_push ;;
+    queue | queue1) echo delivered_per_s server_cpu_us_per_delivery broker_cpu_us_per_push ;;
     latency) echo p50_us p99_us max_us ;;
     fanout) echo delivered_per_s server_cpu_us_per_delivery ;;
     idle) echo rss_per_conn_bytes handshakes_per_s server_cpu_us_per_handshake ;;
