@@ -235,6 +235,10 @@ static void nats_el_on_poll(uv_poll_t *h, int status, int events)
     want = nats_el_want(p);
     if (!(((events & UV_READABLE) || status < 0) && (want & NATS_EL_READ) && p->nc != NULL))
         return;
+    /* Bytes came from the server (a PONG counts): it is alive, however slow its replies
+     * (nats_on_req_timer takes the link as lost only after nothing at all for timeout). */
+    if (status == 0 && (events & UV_READABLE))
+        p->last_rx = uv_now(p->b->loop);
     /* Up to NATS_EL_READS reads while more is there: the socket is drained faster than the
      * loop delivers, so a flood is dropped at the hand-over (bounded) rather than left in
      * the server, which would close us as a slow consumer. */

@@ -353,7 +353,7 @@ struct nats_broker {
     uv_async_t async;                /* embedded: wakes the loop for xq (and a local loss) */
     struct nats_ev *batch;           /* owned: the loop's half of the double buffer */
     size_t batch_cap;                /* slots in batch */
-    uint64_t last_rx;                /* uv_now() ms when the loop last took a message */
+    uint64_t last_rx;                /* uv_now() ms when the loop last read anything */
     struct nats_overload ovl;        /* drops at the hand-over, for the log */
     struct nats_reqs req;            /* requests in flight */
     struct nats_check check;         /* the thread-pool job */

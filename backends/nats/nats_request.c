@@ -179,8 +179,8 @@ void nats_push_acks_take(struct nats_broker *p)
  * that drops packets without a reset: TCP would wait for minutes): /readyz and new pushes
  * answer 503 at once, and nothing more is written to it. nats.c's own PINGs (every
  * timeout / 2, NATS_PINGS_OUT unanswered) then drop the socket and reconnect; an idle node
- * notices that way. A reply that was only slow (the server answers other things) fails
- * only its own request. */
+ * notices that way. A reply that was only slow (the server answers other things, or
+ * only PONGs: every readable event counts, nats_loop.c) fails only its own request. */
 void nats_on_req_timer(uv_timer_t *h)
 {
     struct nats_broker *p = h->data;
@@ -188,8 +188,10 @@ void nats_on_req_timer(uv_timer_t *h)
     struct nats_req *r;
     if (p->req.head != NULL && p->req.head->deadline <= now && nats_conn_up(p) &&
         now - p->last_rx >= p->cfg->nats_timeout_ms) {
-        log_warn("event=nats_timeout waited_ms=%llu reason=\"no reply and nothing read\"",
-                 (unsigned long long)(now - p->last_rx));
+        static const char *const kinds[] = {"push", "fetch", "rescue", "settle"};
+        log_warn("event=nats_timeout waited_ms=%llu oldest=%s reason=\"no reply and nothing "
+                 "read\"",
+                 (unsigned long long)(now - p->last_rx), kinds[p->req.head->kind]);
         nats_conn_lost(p, "read_timeout");
     }
     while ((r = p->req.head) != NULL && r->deadline <= now) {

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from wsgate_test import *  # noqa: E402,F403
@@ -108,6 +109,85 @@ def gw(nats, **extra):
     for k, v in extra.items():
         env["WSGATE_" + k.upper()] = str(v)
     return Server(env=asan_env(env), name="wsgate-nats")
+
+
+class SlowReplies:
+    """A TCP proxy in front of nats-server that, while .delay > 0, holds back every MSG and
+    HMSG frame (replies, acks, deliveries) for .delay seconds, in order, and passes the
+    rest (PING, PONG, INFO, +OK, -ERR) at once: a server that is alive but slow to
+    answer. .url is what a gateway connects to. Stopped with stop()."""
+
+    def __init__(self, port):
+        self.port, self.delay, self.stopped = port, 0.0, False
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.url = "nats://127.0.0.1:%d" % self.ls.getsockname()[1]
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self):
+        self.ls.settimeout(0.1)
+        while not self.stopped:
+            try:
+                c, _ = self.ls.accept()
+            except OSError:
+                continue
+            u = socket.create_connection(("127.0.0.1", self.port))
+            for fn in (self._up, self._down):
+                t = threading.Thread(target=fn, args=(c, u), daemon=True)
+                t.start()
+                self.threads.append(t)
+
+    def _up(self, c, u):  # client -> server, as is
+        try:
+            while not self.stopped:
+                d = c.recv(65536)
+                if not d:
+                    break
+                u.sendall(d)
+        except OSError:
+            pass
+        u.close()
+
+    def _down(self, c, u):  # server -> client: frames parsed, MSG/HMSG held while delayed
+        buf, held = b"", []
+        u.settimeout(0.02)
+        try:
+            while not self.stopped:
+                try:
+                    d = u.recv(65536)
+                    if not d:
+                        break
+                    buf += d
+                except socket.timeout:
+                    pass
+                while True:
+                    i = buf.find(b"\r\n")
+                    if i < 0:
+                        break
+                    line = buf[:i]
+                    if line.startswith((b"MSG ", b"HMSG ")):
+                        end = i + 2 + int(line.split()[-1]) + 2
+                        if len(buf) < end:
+                            break
+                        held.append((time.monotonic() + self.delay, buf[:end]))
+                        buf = buf[end:]
+                    else:
+                        c.sendall(buf[:i + 2])
+                        buf = buf[i + 2:]
+                now = time.monotonic()
+                while held and held[0][0] <= now:
+                    c.sendall(held.pop(0)[1])
+        except OSError:
+            pass
+        c.close()
+
+    def stop(self):
+        self.stopped = True
+        self.ls.close()
+        for t in self.threads:
+            t.join(2)
 
 
 def tool(*args, nats=None, stdin=None, timeout=10):
@@ -856,6 +936,38 @@ def _():
                          what="/readyz 200 after SIGCONT")
                 accepted(push(srv.port, "stall.s1", b"resumed"))
                 check_eq(ws.recv_message(5), (OP_TEXT, b"resumed"), "same socket after SIGCONT")
+
+
+@test("a server that answers PINGs but replies slowly is not taken as lost: pushes past "
+      "[nats] timeout get 503, /readyz stays 200", timeout=40)
+def _():
+    n = shared_nats()
+    px = SlowReplies(n.port)
+    try:
+        with gw(types.SimpleNamespace(url=px.url), nats_timeout="1s") as srv:
+            with srv.ws("/ws/slowrep.s1") as ws:
+                accepted(push(srv.port, "slowrep.s1", b"before"))
+                check_eq(ws.recv_message(), (OP_TEXT, b"before"), "before the slowdown")
+                px.delay = 2.5  # longer than the timeout; PONGs still pass
+                t0 = time.monotonic()
+                r = push(srv.port, "slowrep.s1", b"slow")
+                check_eq(r.status, 503, "a push whose ack is late (unknown outcome)")
+                check(time.monotonic() - t0 < 2.0, "the 503 came after the timeout, not the ack")
+                time.sleep(1.5)
+                check("event=nats_timeout" not in srv.log_text(),
+                      "taken as lost while PONGs came:\n" + srv.log_tail())
+                check_eq(http_request(srv.port, "GET", "/readyz").status, 200,
+                         "/readyz while the server is slow but alive")
+                px.delay = 0.0
+                time.sleep(2.0)  # what was held comes out
+                accepted(push(srv.port, "slowrep.s1", b"after"))
+                got = []
+                while b"after" not in got:
+                    got.append(ws.recv_message(5)[1])
+                # the late push was stored (its 503 said: unknown), so it may come first
+                check(set(got) <= {b"slow", b"after"}, "got %s" % got)
+    finally:
+        px.stop()
 
 
 @test("silent partition (nats-server SIGSTOPped): /readyz 503 within ~[nats] timeout, then "
