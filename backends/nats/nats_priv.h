@@ -110,8 +110,9 @@ struct nats_el {
 
 /* Messages the loop is done with, destroyed together (nats_msg_done): nats.c hands every
  * natsMsg_Destroy to its collector thread and wakes it when it sleeps (and again when it
- * then waits for the collector's lock). 40k messages at one request in flight: destroyed
- * one by one ~10k wakes, in groups of 32 6.4k, in groups of 256 0.95k. Held: at most
+ * then waits for the collector's lock). At one request in flight, one by one: ~19k
+ * context switches of that thread per 100k messages; woken 6.4k times per 40k in groups
+ * of 32, 0.95k in groups of 256. Held: at most
  * NATS_BIN_MSGS small messages or NATS_BIN_BYTES of payload, plus the last one. */
 #define NATS_BIN_MSGS 256          /* destroyed together once this many are held */
 #define NATS_BIN_BYTES (64 * 1024) /* ... or once their payloads reach this */
