@@ -161,17 +161,14 @@ void nats_push_acks_take(struct nats_broker *p)
 {
     size_t ilen = strlen(p->subj.inbox);
     natsMsg *nm;
-    int got = 0;
+    /* (no last_rx here: the readable event that brought them set it, nats_loop.c) */
     while (p->req.psub != NULL && !nats_closing(p) &&
            natsSubscription_NextMsg(&nm, p->req.psub, 0) == NATS_OK) {
         const char *subject = natsMsg_GetSubject(nm);
-        got = 1;
         if (strncmp(subject, p->subj.inbox, ilen) == 0 && strncmp(subject + ilen, ".p.", 3) == 0)
             nats_on_reply_msg(p, nm, subject + ilen + 3);
         nats_msg_done(p, nm);
     }
-    if (got)
-        p->last_rx = uv_now(p->b->loop);
 }
 
 /* A request went unanswered for [nats] timeout. If nothing at all came from the server
@@ -189,6 +186,7 @@ void nats_on_req_timer(uv_timer_t *h)
     if (p->req.head != NULL && p->req.head->deadline <= now && nats_conn_up(p) &&
         now - p->last_rx >= p->cfg->nats_timeout_ms) {
         static const char *const kinds[] = {"push", "fetch", "rescue", "settle"};
+        _Static_assert(NATS_REQ_SETTLE == 3, "kinds[] follows enum nats_req_kind");
         log_warn("event=nats_timeout waited_ms=%llu oldest=%s reason=\"no reply and nothing "
                  "read\"",
                  (unsigned long long)(now - p->last_rx), kinds[p->req.head->kind]);

@@ -15,6 +15,7 @@ import tempfile
 import time
 
 from wsgate_test import Server, TestTimeout, check, wait_for, http_request, LOGDIR
+from wsgate_test import TcpProxy as _TcpProxy
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
@@ -196,107 +197,11 @@ class RedisServer:
         return False
 
 
-class TcpProxy:
-    """A TCP proxy in front of 127.0.0.1:target (threads; for network stalls between one
-    gateway and Redis). hold(seconds) stops forwarding client->server bytes for that long:
-    they wait in the proxy, in order, and go on afterwards. A client that goes away while
-    its bytes are held loses them (they never reach the server), like a node that dies
-    during a network stall. Server->client bytes always flow."""
-
-    def __init__(self, target):
-        import threading
-        self.target = target
-        self.lsock = socket.socket()
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(64)
-        self.port = self.lsock.getsockname()[1]
-        self.held_until = 0.0
-        self.socks = []
-        self.closed = False
-        self.t = threading.Thread(target=self._accept, daemon=True)
-        self.t.start()
+class TcpProxy(_TcpProxy):
+    """wsgate_test.TcpProxy with a Redis URL."""
 
     def url(self, db=0):
         return "redis://127.0.0.1:%d/%d" % (self.port, db)
-
-    def hold(self, seconds):
-        self.held_until = time.monotonic() + seconds
-
-    def _accept(self):
-        import threading
-        while not self.closed:
-            try:
-                c, _ = self.lsock.accept()
-                s = socket.create_connection(("127.0.0.1", self.target))
-            except OSError:
-                return
-            for x in (c, s):
-                x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.socks += [c, s]
-            threading.Thread(target=self._up, args=(c, s), daemon=True).start()
-            threading.Thread(target=self._down, args=(s, c), daemon=True).start()
-
-    def _up(self, c, s):
-        import select
-        buf, eof = bytearray(), False
-        try:
-            while not self.closed:
-                held = time.monotonic() < self.held_until
-                if buf and not held:
-                    s.sendall(buf)
-                    buf.clear()
-                if eof:
-                    if held and buf:
-                        break  # the client died during the stall: its bytes are lost
-                    if not buf:
-                        s.shutdown(socket.SHUT_WR)
-                        return
-                    time.sleep(0.005)
-                    continue
-                r, _, _ = select.select([c], [], [], 0.005 if held or buf else 0.2)
-                if r:
-                    try:
-                        d = c.recv(65536)
-                    except ConnectionResetError:
-                        d = b""
-                    if d:
-                        buf += d
-                    else:
-                        eof = True
-        except OSError:
-            pass
-        for x in (c, s):
-            try:
-                x.close()
-            except OSError:
-                pass
-
-    def _down(self, s, c):
-        try:
-            while True:
-                d = s.recv(65536)
-                if not d:
-                    c.shutdown(socket.SHUT_WR)
-                    return
-                c.sendall(d)
-        except OSError:
-            pass
-
-    def close(self):
-        self.closed = True
-        for x in [self.lsock] + self.socks:
-            try:
-                x.close()
-            except OSError:
-                pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        self.close()
-        return False
 
 
 class RedisGateway(Server):

@@ -111,52 +111,24 @@ def gw(nats, **extra):
     return Server(env=asan_env(env), name="wsgate-nats")
 
 
-class SlowReplies:
-    """A TCP proxy in front of nats-server that, while .delay > 0, holds back every MSG and
+class SlowReplies(TcpProxy):
+    """A TcpProxy in front of nats-server that, while .delay > 0, holds back every MSG and
     HMSG frame (replies, acks, deliveries) for .delay seconds, in order, and passes the
     rest (PING, PONG, INFO, +OK, -ERR) at once: a server that is alive but slow to
-    answer. .url is what a gateway connects to. Stopped with stop()."""
+    answer. .url is what a gateway connects to."""
 
     def __init__(self, port):
-        self.port, self.delay, self.stopped = port, 0.0, False
-        self.ls = socket.socket()
-        self.ls.bind(("127.0.0.1", 0))
-        self.ls.listen(16)
-        self.url = "nats://127.0.0.1:%d" % self.ls.getsockname()[1]
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
+        self.delay = 0.0
+        super().__init__(port)
+        self.url = "nats://127.0.0.1:%d" % self.port
 
-    def _accept(self):
-        self.ls.settimeout(0.1)
-        while not self.stopped:
-            try:
-                c, _ = self.ls.accept()
-            except OSError:
-                continue
-            u = socket.create_connection(("127.0.0.1", self.port))
-            for fn in (self._up, self._down):
-                t = threading.Thread(target=fn, args=(c, u), daemon=True)
-                t.start()
-                self.threads.append(t)
-
-    def _up(self, c, u):  # client -> server, as is
-        try:
-            while not self.stopped:
-                d = c.recv(65536)
-                if not d:
-                    break
-                u.sendall(d)
-        except OSError:
-            pass
-        u.close()
-
-    def _down(self, c, u):  # server -> client: frames parsed, MSG/HMSG held while delayed
+    def _down(self, s, c):  # server -> client: frames parsed, MSG/HMSG held while delayed
         buf, held = b"", []
-        u.settimeout(0.02)
+        s.settimeout(0.02)
         try:
-            while not self.stopped:
+            while not self.closed:
                 try:
-                    d = u.recv(65536)
+                    d = s.recv(65536)
                     if not d:
                         break
                     buf += d
@@ -182,12 +154,6 @@ class SlowReplies:
         except OSError:
             pass
         c.close()
-
-    def stop(self):
-        self.stopped = True
-        self.ls.close()
-        for t in self.threads:
-            t.join(2)
 
 
 def tool(*args, nats=None, stdin=None, timeout=10):
@@ -942,8 +908,7 @@ def _():
       "[nats] timeout get 503, /readyz stays 200", timeout=40)
 def _():
     n = shared_nats()
-    px = SlowReplies(n.port)
-    try:
+    with SlowReplies(n.port) as px:
         with gw(types.SimpleNamespace(url=px.url), nats_timeout="1s") as srv:
             with srv.ws("/ws/slowrep.s1") as ws:
                 accepted(push(srv.port, "slowrep.s1", b"before"))
@@ -966,8 +931,6 @@ def _():
                     got.append(ws.recv_message(5)[1])
                 # the late push was stored (its 503 said: unknown), so it may come first
                 check(set(got) <= {b"slow", b"after"}, "got %s" % got)
-    finally:
-        px.stop()
 
 
 @test("silent partition (nats-server SIGSTOPped): /readyz 503 within ~[nats] timeout, then "

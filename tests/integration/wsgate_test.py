@@ -3,14 +3,15 @@
 What it does: starts the real wsgate binary ($WSGATE_BIN) on a free loopback port with
 WSGATE_* environment overrides and stops it by PID; a raw HTTP/1.1 client over sockets
 (exact bytes out, full responses in: Content-Length, chunked, read-to-close, keep-alive,
-pipelining); our own RFC 6455 WebSocket client (handshake with Sec-WebSocket-Accept check,
+pipelining); a TCP proxy that can stall a gateway's link to its broker (TcpProxy); our
+own RFC 6455 WebSocket client (handshake with Sec-WebSocket-Accept check,
 masked frames, incremental frame parser, close codes, ping/pong, raw malformed bytes); and
 a TAP test registry (`@test`) that runs each test in try/except and prints
 `ok N - name` / `not ok N - name` with `# diagnostic` lines and the server log tail.
 
 What it does NOT do: mock any broker or server behaviour, or depend on anything outside
 the Python standard library (the point is an independent client). Single-threaded except
-for one stderr-draining thread per started server.
+for one stderr-draining thread per started server and TcpProxy's forwarding threads.
 
 Usage in a test file:
     from wsgate_test import *
@@ -28,6 +29,7 @@ import functools
 import json
 import os
 import re
+import select
 import selectors
 import signal
 import socket
@@ -45,7 +47,7 @@ __all__ = [
     "metrics", "metric", "check", "check_eq", "check_json_error", "wait_for", "BIN", "note",
     "OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG", "read_proc_status",
     "ws_handshake_request", "LOGDIR", "build_request", "encode_frame", "accepted", "recv_n",
-    "sanitized", "SAN_SLOWDOWN", "asan_env",
+    "sanitized", "SAN_SLOWDOWN", "asan_env", "TcpProxy",
 ]
 
 BIN = os.environ.get("WSGATE_BIN") or os.path.join(
@@ -1013,3 +1015,101 @@ def recv_all(clients, count_each, timeout=5.0):
 
 
 __all__.append("recv_all")
+
+
+class TcpProxy:
+    """A TCP proxy in front of 127.0.0.1:target (threads; for network stalls between a
+    gateway and its broker; .port is where to connect). hold(seconds) stops forwarding
+    client->server bytes for that long: they wait in the proxy, in order, and go on
+    afterwards. A client that goes away while its bytes are held loses them (they never
+    reach the server), like a node that dies during a network stall. Server->client bytes
+    always flow (_down: a subclass may hold them its own way)."""
+
+    def __init__(self, target):
+        self.target = target
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(64)
+        self.port = self.lsock.getsockname()[1]
+        self.held_until = 0.0
+        self.socks = []
+        self.closed = False
+        self.t = threading.Thread(target=self._accept, daemon=True)
+        self.t.start()
+
+    def hold(self, seconds):
+        self.held_until = time.monotonic() + seconds
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                c, _ = self.lsock.accept()
+                s = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                return
+            for x in (c, s):
+                x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.socks += [c, s]
+            threading.Thread(target=self._up, args=(c, s), daemon=True).start()
+            threading.Thread(target=self._down, args=(s, c), daemon=True).start()
+
+    def _up(self, c, s):
+        buf, eof = bytearray(), False
+        try:
+            while not self.closed:
+                held = time.monotonic() < self.held_until
+                if buf and not held:
+                    s.sendall(buf)
+                    buf.clear()
+                if eof:
+                    if held and buf:
+                        break  # the client died during the stall: its bytes are lost
+                    if not buf:
+                        s.shutdown(socket.SHUT_WR)
+                        return
+                    time.sleep(0.005)
+                    continue
+                r, _, _ = select.select([c], [], [], 0.005 if held or buf else 0.2)
+                if r:
+                    try:
+                        d = c.recv(65536)
+                    except ConnectionResetError:
+                        d = b""
+                    if d:
+                        buf += d
+                    else:
+                        eof = True
+        except OSError:
+            pass
+        for x in (c, s):
+            try:
+                x.close()
+            except OSError:
+                pass
+
+    def _down(self, s, c):
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    c.shutdown(socket.SHUT_WR)
+                    return
+                c.sendall(d)
+        except OSError:
+            pass
+
+    def close(self):
+        self.closed = True
+        for x in [self.lsock] + self.socks:
+            try:
+                x.close()
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+        return False
