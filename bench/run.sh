@@ -32,6 +32,10 @@
 #   BENCH_ARGS_QUEUE, BENCH_ARGS_QUEUE1, BENCH_ARGS_LATENCY, BENCH_ARGS_FANOUT, BENCH_ARGS_IDLE
 #                     extra loadgen options for one scenario, e.g. "--messages 20000"
 #   BENCH_TIMEOUT     seconds one loadgen run may take (default 90)
+#   BENCH_NATS_ENV    NAME=value words put in nats-server's environment (default none:
+#                     a stock server), e.g. "GOGC=800" to measure the nats backend with
+#                     the server's Go garbage collector tuned (docs/NATS.md, tail latency);
+#                     printed in the table's header
 #   WSGATE_BIN, LOADGEN, NGINX  binaries (defaults ./wsgate, bench/loadgen, nginx)
 #   BENCH_BASE_BIN   the wsgate-base target's binary (no default)
 #   KAFKA_MOCK        librdkafka mock cluster launcher (default build/tools/kafka_mock); kafka
@@ -45,6 +49,7 @@ SCENARIOS=${BENCH_SCENARIOS:-queue queue1 latency fanout idle}
 TARGETS=${BENCH_TARGETS:-wsgate nchan}
 BACKENDS=${BENCH_BACKENDS:-memory}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-90}
+BENCH_NATS_ENV=${BENCH_NATS_ENV:-}
 ROUNDS=${BENCH_ROUNDS:-1}
 NODES=${BENCH_NODES:-1}
 BENCH_BASE_BIN=${BENCH_BASE_BIN:-}
@@ -169,7 +174,8 @@ nats_start() {
     NATS_PORT=$(free_port)
     local dir=$TMP/nats.$NATS_PORT
     mkdir -p "$dir"
-    nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$dir" >"$dir/log" 2>&1 &
+    # shellcheck disable=SC2086 # BENCH_NATS_ENV is a list of NAME=value words
+    env $BENCH_NATS_ENV nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$dir" >"$dir/log" 2>&1 &
     local pid=$!
     STARTED="$STARTED $pid"
     DEP_PIDS="$DEP_PIDS $pid"
@@ -443,6 +449,7 @@ echo "# wsgate bench: $(nproc) cores, $(date -u +%FT%TZ), $(($(date +%s) - T0)) 
 echo "# delivered_per_s: higher is better; *_us, server_cpu_us_per_delivery (server CPU"
 echo "# time per delivered message) and rss_per_conn_bytes: lower is better"
 [ "$PAIR" = 1 ] && echo "# ratio = $T_A / $T_B"
+[ -n "$BENCH_NATS_ENV" ] && case " $BACKENDS " in *" nats "*) echo "# nats-server run with: $BENCH_NATS_ENV" ;; esac
 echo "# a value marked ! comes from a run that failed its checks"
 [ "$ROUNDS" -gt 1 ] && echo "# $ROUNDS rounds, target order alternating: medians; ratio = median of the per-round ratios, spread = their min-max"
 [ "$NODES" -gt 1 ] && echo "# $NODES gateway nodes per wsgate target on one broker: server CPU and RSS summed over them"
